@@ -1,0 +1,192 @@
+"""Slide access by physical resolution: reader choice, level selection by µm/px, and the tissue patch grid."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from monai.data import WSIReader
+from tifffile.tifffile import svs_description_metadata
+
+from .tissue import tissue_mask
+
+logger = logging.getLogger(__name__)
+
+READERS = ("cuCIM", "OpenSlide", "tifffile")
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+MPP_TOLERANCE = 0.1
+MASK_MAX_SIDE = 4096
+
+
+def make_reader(backend: str) -> WSIReader:
+    """A MONAI ``WSIReader`` for one of ``READERS`` (case-insensitive)."""
+    if backend.lower() not in {name.lower() for name in READERS}:
+        raise ValueError(f"wsi_reader must be one of {list(READERS)}, got {backend!r}.")
+    return WSIReader(backend=backend.lower())
+
+
+def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None = None) -> float:
+    """Level-0 µm per pixel, or ``assume_mpp`` when the file records none.
+
+    cuCIM reports 1.0 µm/px with empty units for a TIFF without resolution tags; that is treated as missing, not
+    trusted, because every physical size downstream would silently be wrong.
+    """
+    mpp: float | None = None
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        mpp = float(reader.get_mpp(wsi, 0)[0])
+    if mpp is None and getattr(wsi, "is_svs", False):  # tifffile: Aperio keeps MPP in the description, not in tags
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            mpp = float(svs_description_metadata(wsi.pages[0].description)["MPP"])
+    metadata = getattr(wsi, "metadata", None)
+    if isinstance(metadata, dict) and "aperio" not in metadata:
+        units = metadata.get("cucim", {}).get("spacing_units", ["micrometer"])
+        if not units or not units[0]:
+            mpp = None
+    if mpp is not None and mpp > 0:
+        return mpp
+    if assume_mpp is not None:
+        logger.warning("%s records no resolution; using assume_mpp=%s µm/px.", path, assume_mpp)
+        return float(assume_mpp)
+    raise ValueError(f"{path}: no resolution (µm/px) in the file; pass --assume_mpp <µm per level-0 pixel> to read it.")
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where and how big one model patch is read on a slide."""
+
+    level: int  # pyramid level the patch is read from
+    read_size: int  # patch side read at ``level`` (resized to ``patch_size`` when it differs)
+    patch_size: int  # patch side the model sees
+    size0: int  # patch side in level-0 pixels
+    stride0: int  # grid stride in level-0 pixels
+    mpp0: float  # level-0 µm per pixel
+    level_mpp: float
+
+
+def select_geometry(
+    reader: WSIReader,
+    wsi,
+    path: str | Path,
+    target_mpp: float,
+    patch_size: int,
+    stride: int,
+    assume_mpp: float | None = None,
+) -> PatchGeometry:
+    """Choose the level by physical size, not index.
+
+    The level whose µm/px is closest to ``target_mpp`` is used if within 10 %; otherwise the next finer level. The
+    read size is scaled so a patch always covers ``patch_size * target_mpp`` µm (a 0.5 µm/px scan is read at its
+    1.0 µm/px level, 93 px, resized to 96).
+    """
+    mpp0 = slide_mpp(reader, wsi, path, assume_mpp)
+    downsamples = np.array([reader.get_downsample_ratio(wsi, lv) for lv in range(reader.get_level_count(wsi))])
+    level_mpps = mpp0 * downsamples
+    level = int(np.argmin(np.abs(level_mpps - target_mpp)))
+    if abs(level_mpps[level] - target_mpp) > MPP_TOLERANCE * target_mpp:
+        finer = np.flatnonzero(level_mpps <= target_mpp)
+        level = int(finer[np.argmax(level_mpps[finer])]) if finer.size else 0
+    scale = target_mpp / level_mpps[level]
+    read_size = max(1, round(patch_size * scale))
+    size0 = round(read_size * downsamples[level])
+    return PatchGeometry(
+        level=level,
+        read_size=read_size,
+        patch_size=patch_size,
+        size0=size0,
+        stride0=max(1, round(size0 * stride / patch_size)),
+        mpp0=mpp0,
+        level_mpp=float(level_mpps[level]),
+    )
+
+
+def _mask_level(reader: WSIReader, wsi) -> int:
+    """The finest level whose long side fits ``MASK_MAX_SIDE`` (the coarsest one if none does)."""
+    n = reader.get_level_count(wsi)
+    for level in range(n):
+        if max(reader.get_size(wsi, level)) <= MASK_MAX_SIDE:
+            return level
+    return n - 1
+
+
+def read_thumbnail(reader: WSIReader, wsi) -> tuple[np.ndarray, float]:
+    """An HWC uint8 RGB image of the whole slide at a low-resolution level, and that level's downsample."""
+    level = _mask_level(reader, wsi)
+    image, _ = reader.get_data(wsi, level=level)
+    return np.moveaxis(np.asarray(image)[:3], 0, -1), float(reader.get_downsample_ratio(wsi, level))
+
+
+def tissue_grid(
+    mask: np.ndarray, mask_downsample: float, slide_size0: tuple[int, int], geometry: PatchGeometry, min_tissue: float
+) -> np.ndarray:
+    """Top-left level-0 (row, col), grid (i, j) and tissue fraction of every grid patch with enough tissue.
+
+    Returns an (N, 5) float array: row0, col0, i, j, tissue_fraction. Fractions come from a summed-area table of the
+    low-resolution mask, so the whole grid costs one pass whatever the slide size.
+    """
+    height0, width0 = slide_size0
+    n_rows = (height0 - geometry.size0) // geometry.stride0 + 1
+    n_cols = (width0 - geometry.size0) // geometry.stride0 + 1
+    if n_rows <= 0 or n_cols <= 0:
+        return np.zeros((0, 5))
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+    table[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
+    starts = np.arange(max(n_rows, n_cols)) * geometry.stride0
+
+    def bounds(start0: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.clip(np.floor(start0 / mask_downsample), 0, limit - 1).astype(int)
+        hi = np.clip(np.ceil((start0 + geometry.size0) / mask_downsample), lo + 1, limit).astype(int)
+        return lo, hi
+
+    r0, r1 = bounds(starts[:n_rows], mask.shape[0])
+    c0, c1 = bounds(starts[:n_cols], mask.shape[1])
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    inside = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
+    fraction = inside / area
+    i, j = np.nonzero(fraction >= min_tissue)
+    return np.stack([starts[i], starts[j], i, j, fraction[i, j]], axis=1)
+
+
+def slide_patches(
+    path: str | Path,
+    reader: WSIReader,
+    target_mpp: float,
+    patch_size: int,
+    stride: int,
+    min_tissue: float,
+    assume_mpp: float | None = None,
+) -> tuple[list[dict], PatchGeometry, dict]:
+    """Samples for MONAI's ``PatchWSIDataset`` covering the tissue of one slide on a regular grid.
+
+    Returns the samples, the geometry, and grid facts (shape, tissue mask and its downsample) for the outputs.
+    """
+    wsi = reader.read(str(path))
+    geometry = select_geometry(reader, wsi, path, target_mpp, patch_size, stride, assume_mpp)
+    thumbnail, mask_downsample = read_thumbnail(reader, wsi)
+    mask = tissue_mask(thumbnail)
+    size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
+    grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
+    samples = [
+        {
+            "image": str(path),
+            "location": [int(r), int(c)],
+            "size": [geometry.read_size, geometry.read_size],
+            "level": geometry.level,
+            "grid": [int(i), int(j)],
+            "tissue_fraction": float(f),
+        }
+        for r, c, i, j, f in grid
+    ]
+    facts = {
+        "shape": (
+            max(0, (size0[0] - geometry.size0) // geometry.stride0 + 1),
+            max(0, (size0[1] - geometry.size0) // geometry.stride0 + 1),
+        ),
+        "size0": size0,
+        "thumbnail": thumbnail,
+        "mask": mask,
+        "mask_downsample": mask_downsample,
+    }
+    return samples, geometry, facts
