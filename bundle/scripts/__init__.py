@@ -6,6 +6,9 @@ CUDA its C code prints "Failed to load nvjpeg ..." lines that are harmless and w
 
 import contextlib
 import os
+from pathlib import Path
+
+BUNDLE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def _import_nvimgcodec_quietly() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -40,3 +42,19 @@ class BetaVAELoss(nn.Module):
         recon, mu, logvar = prediction
         kl_excess = torch.clamp(kl_divergence(mu, logvar) - self.capacity, min=0.0)
         return (reconstruction_error(recon, target, self.recon) + self.beta * kl_excess).mean()
+
+
+def loss_term(term: str, kind: str = "l1") -> Callable[[tuple, torch.Tensor], torch.Tensor]:
+    """A ``loss_fn(prediction, target)`` giving the batch mean of one term (``"recon"`` or ``"kl"``).
+
+    Wrapped in ``ignite.metrics.Loss`` (which weights each batch by its size) it logs that term's exact epoch mean.
+    """
+    if term not in ("recon", "kl"):
+        raise ValueError(f"term must be 'recon' or 'kl', got {term!r}.")
+
+    def batch_mean(prediction: tuple, target: torch.Tensor) -> torch.Tensor:
+        recon, mu, logvar = prediction
+        values = kl_divergence(mu, logvar) if term == "kl" else reconstruction_error(recon, target, kind)
+        return values.mean().detach()
+
+    return batch_mean

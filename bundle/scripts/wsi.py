@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from monai.data import WSIReader
 from tifffile.tifffile import svs_description_metadata
 
@@ -19,6 +21,36 @@ READERS = ("cuCIM", "OpenSlide", "tifffile")
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
 MPP_TOLERANCE = 0.1
 MASK_MAX_SIDE = 4096
+
+
+def read_datalist(path: str | Path, key: str = "training") -> list[str]:
+    """Slide paths from a JSON datalist (MONAI style ``{key: [{"image": ...}]}`` or a plain list) or a CSV/text list.
+
+    Relative paths are taken relative to the datalist's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {path} not found.")
+    if path.suffix == ".json":
+        content = json.loads(path.read_text())
+        items = content.get(key, []) if isinstance(content, dict) else content
+        paths = [item["image"] if isinstance(item, dict) else item for item in items]
+    else:
+        table = pd.read_csv(path)
+        column = "image" if "image" in table.columns else table.columns[0]
+        paths = table[column].astype(str).tolist()
+    return [str(p if Path(p).is_absolute() else path.parent / p) for p in paths]
+
+
+def find_slides(dataset_dir: str | Path | None, datalist: str | Path | None = None) -> list[str]:
+    """The slides of ``datalist`` when given, else every file with a slide suffix directly in ``dataset_dir``."""
+    if datalist:
+        return read_datalist(datalist)
+    if not dataset_dir or not Path(dataset_dir).is_dir():
+        raise FileNotFoundError(
+            f"dataset_dir {dataset_dir!r} is not a folder; pass --dataset_dir DIR or --datalist FILE."
+        )
+    return sorted(str(p) for p in Path(dataset_dir).iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
 
 
 def make_reader(backend: str) -> WSIReader:

@@ -1,0 +1,208 @@
+"""Normal-tissue patch sources for training: PCam HDF5, tiles with tumour masks, and whole slides.
+
+Every source yields ``{"image": CHW uint8}`` patches of normal tissue; ``normal_tissue_splits`` picks one by name and
+splits it into train and validation parts with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from monai.data import PatchWSIDataset
+from monai.transforms import Resized
+from skimage import io
+from torch.utils.data import Dataset, Subset
+
+from .tissue import tissue_mask, window_fraction
+from .wsi import find_slides, make_reader, slide_patches
+
+logger = logging.getLogger(__name__)
+
+DATA_SOURCES = ("pcam", "tiles", "wsi")
+PCAM_SPLITS = ("train", "valid")
+
+
+class PCamNormals(Dataset):
+    """Label-0 (normal) patches of the official PatchCamelyon HDF5 files, pooled over ``splits``.
+
+    Only the small label files are read up front; images are read one at a time from a handle opened lazily in each
+    process, because h5py handles do not survive ``fork`` into DataLoader workers.
+    """
+
+    def __init__(self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.x_paths = []
+        index = []
+        for k, split in enumerate(splits):
+            x_path = self.dataset_dir / f"camelyonpatch_level_2_split_{split}_x.h5"
+            y_path = self.dataset_dir / f"camelyonpatch_level_2_split_{split}_y.h5"
+            for path in (x_path, y_path):
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"{path} not found: data_source 'pcam' needs the official PCam files in dataset_dir."
+                    )
+            with h5py.File(y_path, "r") as f:
+                labels = np.asarray(f["y"]).reshape(-1)
+            normals = np.flatnonzero(labels == 0)
+            index.append(np.stack([np.full_like(normals, k), normals], axis=1))
+            self.x_paths.append(x_path)
+        self.index = np.concatenate(index)
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        k, row = (int(v) for v in self.index[i])
+        if k not in self._handles:
+            self._handles[k] = h5py.File(self.x_paths[k], "r")
+        return {"image": np.ascontiguousarray(np.moveaxis(self._handles[k]["x"][row], -1, 0))}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}, "_pid": -1}
+
+
+class TileNormals(Dataset):
+    """Crops of ``images/*`` tiles that lie on tissue and wholly outside the tumour in ``masks/*`` (same names).
+
+    Crops sit on a ``crop_stride`` grid of every valid top-left corner; shuffling and flips make them random. Tiles
+    are small (about 512 px), so they are decoded once and kept in memory.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        names: Sequence[str],
+        patch_size: int = 96,
+        crop_stride: int = 16,
+        min_tissue: float = 0.5,
+    ) -> None:
+        self.patch_size = patch_size
+        self.images: list[np.ndarray] = []
+        positions = []
+        for name in names:
+            image = io.imread(Path(dataset_dir) / "images" / name)[..., :3]
+            tumour = io.imread(Path(dataset_dir) / "masks" / name, as_gray=True)
+            tumour = tumour > (0.5 if tumour.max() <= 1.0 else 127)
+            tissue = window_fraction(tissue_mask(image), patch_size)[::crop_stride, ::crop_stride]
+            clean = window_fraction(tumour, patch_size)[::crop_stride, ::crop_stride] == 0
+            rows, cols = np.nonzero((tissue >= min_tissue) & clean)
+            k = len(self.images)
+            positions.append(np.stack([np.full_like(rows, k), rows * crop_stride, cols * crop_stride], axis=1))
+            self.images.append(image)
+        self.positions = np.concatenate(positions) if positions else np.zeros((0, 3), dtype=int)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict:
+        k, y, x = (int(v) for v in self.positions[i])
+        crop = self.images[k][y : y + self.patch_size, x : x + self.patch_size]
+        return {"image": np.ascontiguousarray(np.moveaxis(crop, -1, 0))}
+
+
+def tile_names(dataset_dir: str | Path, exclude: Sequence[str] = ()) -> list[str]:
+    """Image names under ``images/`` that have a mask, sorted, without those whose stem is in ``exclude``."""
+    images = Path(dataset_dir) / "images"
+    if not images.is_dir() or not (Path(dataset_dir) / "masks").is_dir():
+        raise FileNotFoundError(
+            f"{dataset_dir}: data_source 'tiles' needs images/ and masks/ folders with the same names."
+        )
+    excluded = {Path(e).stem for e in exclude}
+    names = sorted(
+        p.name for p in images.iterdir() if (Path(dataset_dir) / "masks" / p.name).is_file() and p.stem not in excluded
+    )
+    if not names:
+        raise FileNotFoundError(f"{images}: no image with a matching mask in masks/.")
+    return names
+
+
+def wsi_normal_patches(
+    slides: Sequence[str],
+    wsi_reader: str = "cuCIM",
+    target_mpp: float = 0.972,
+    patch_size: int = 96,
+    stride: int = 96,
+    min_tissue: float = 0.5,
+) -> list[PatchWSIDataset]:
+    """One MONAI ``PatchWSIDataset`` per slide over its tissue grid at ``target_mpp``; patches stream from the file."""
+    reader = make_reader(wsi_reader)
+    datasets: list[PatchWSIDataset] = []
+    for slide in slides:
+        samples, geometry, _ = slide_patches(slide, reader, target_mpp, patch_size, stride, min_tissue)
+        logger.info(
+            "%s: %d tissue patches at level %d (%.3f µm/px)", slide, len(samples), geometry.level, geometry.level_mpp
+        )
+        resize = None
+        if geometry.read_size != patch_size:
+            resize = Resized(keys="image", spatial_size=(patch_size, patch_size), mode="area")
+        datasets.append(
+            PatchWSIDataset(samples, center_location=False, include_label=False, reader=reader, transform=resize)
+        )
+    return datasets
+
+
+@dataclass
+class NormalTissueSplits:
+    train: Dataset
+    val: Dataset
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def normal_tissue_splits(
+    data_source: str,
+    dataset_dir: str | Path | None = None,
+    datalist: str | Path | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 42,
+    patch_size: int = 96,
+    exclude: Sequence[str] = (),
+    wsi_reader: str = "cuCIM",
+    target_mpp: float = 0.972,
+    min_tissue: float = 0.5,
+) -> NormalTissueSplits:
+    """Build the normal-tissue source named ``data_source`` and split it 85/15 (by default) with ``seed``.
+
+    PCam splits by patch. Tiles and slides split by tile or slide when there are at least two, so validation patches
+    never overlap training ones; a single slide is split by patch.
+    """
+    from torch.utils.data import ConcatDataset
+
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"data_source must be one of {list(DATA_SOURCES)}, got {data_source!r}.")
+    if data_source == "pcam":
+        full = PCamNormals(dataset_dir)
+        train_idx, val_idx = _split(len(full), val_fraction, seed)
+        return NormalTissueSplits(Subset(full, train_idx), Subset(full, val_idx))
+    if data_source == "tiles":
+        names = tile_names(dataset_dir, exclude)
+        if len(names) < 2:
+            raise ValueError(f"{dataset_dir}: data_source 'tiles' needs at least 2 tiles to split, found {names}.")
+        train_idx, val_idx = _split(len(names), val_fraction, seed)
+        make = lambda idx: TileNormals(dataset_dir, [names[i] for i in idx], patch_size, min_tissue=min_tissue)  # noqa: E731
+        return NormalTissueSplits(make(train_idx), make(val_idx))
+    per_slide = wsi_normal_patches(
+        find_slides(dataset_dir, datalist), wsi_reader, target_mpp, patch_size, patch_size, min_tissue
+    )
+    if len(per_slide) >= 2:
+        train_idx, val_idx = _split(len(per_slide), val_fraction, seed)
+        return NormalTissueSplits(
+            ConcatDataset([per_slide[i] for i in train_idx]), ConcatDataset([per_slide[i] for i in val_idx])
+        )
+    full = ConcatDataset(per_slide)
+    train_idx, val_idx = _split(len(full), val_fraction, seed)
+    return NormalTissueSplits(Subset(full, train_idx), Subset(full, val_idx))

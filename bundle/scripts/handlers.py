@@ -1,0 +1,153 @@
+"""Ignite handlers for the beta-VAE workflow: loss schedules, a reconstruction grid, atomic checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from torch.utils.tensorboard import SummaryWriter
+
+from .transforms import ChannelStats
+
+logger = logging.getLogger(__name__)
+
+
+class LinearScheduleHandler:
+    """Set ``target.<attribute>`` at the start of every epoch, linear from ``start`` to ``end`` over ``epochs``.
+
+    The value is a function of ``engine.state.epoch`` alone, so a run resumed from a checkpoint (which restores the
+    epoch) continues the schedule exactly where it stopped. The value is also put in ``engine.state.metrics[name]``
+    so StatsHandler and TensorBoardStatsHandler log it with the epoch's metrics.
+    """
+
+    def __init__(
+        self, target: Any, attribute: str, end: float, epochs: int, start: float = 0.0, name: str | None = None
+    ):
+        if not hasattr(target, attribute):
+            raise AttributeError(f"{type(target).__name__} has no attribute {attribute!r} to schedule.")
+        self.target = target
+        self.attribute = attribute
+        self.start = float(start)
+        self.end = float(end)
+        self.epochs = int(epochs)
+        self.name = name or attribute
+
+    def value(self, epoch: int) -> float:
+        """The value during 1-based ``epoch``: ``start`` in epoch 1, ``end`` from epoch ``epochs + 1`` on."""
+        progress = 1.0 if self.epochs <= 0 else min(1.0, (epoch - 1) / self.epochs)
+        return self.start + (self.end - self.start) * progress
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = self.value(engine.state.epoch)
+        setattr(self.target, self.attribute, value)
+        engine.state.metrics[self.name] = value
+
+
+class ReconstructionGridHandler:
+    """Write the first validation batch's inputs above their reconstructions to TensorBoard after every epoch.
+
+    The first thing to look at when training: a blur means the latent is unused, a perfect copy means the skips are.
+    Images are mapped back from the normalised space with the training ``ChannelStats``.
+    """
+
+    def __init__(self, log_dir: str, stats: ChannelStats, max_images: int = 8, tag: str = "val/input_vs_recon"):
+        self.log_dir = log_dir
+        self.stats = stats
+        self.max_images = max_images
+        self.tag = tag
+        self._writer: SummaryWriter | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if (engine.state.iteration - 1) % engine.state.epoch_length != 0:
+            return
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        output = engine.state.output
+        images = output["image"][: self.max_images].detach().float().cpu()
+        recon = output["pred"][0][: self.max_images].detach().float().cpu()
+        mean = torch.tensor(self.stats.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.stats.std).view(1, -1, 1, 1)
+        rows = [torch.cat(list(batch * std + mean), dim=-1) for batch in (images, recon)]
+        grid = torch.cat(rows, dim=-2).clamp(0, 1)
+        self._writer.add_image(self.tag, grid, global_step=engine.state.epoch)
+        self._writer.flush()
+
+
+class AtomicCheckpointer:
+    """Save the ``state_dict`` of every object in ``save_dict`` to ``save_dir/filename`` after each epoch.
+
+    ``engine_key`` adds the attached engine's own state (epoch, iteration) under that key, which a config cannot do
+    by reference without a cycle (the engine holds this handler). With ``metric_name`` it saves only when that
+    metric (lower is better) beats the best so far; the best score is part of this handler's own ``state_dict`` so
+    that a resumed run keeps comparing against it. Writes go to a temp file in the same folder and are swapped in
+    with ``os.replace``: a run killed mid-save keeps the previous file.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict[str, Any],
+        filename: str,
+        metric_name: str | None = None,
+        engine_key: str | None = None,
+    ):
+        self.path = Path(save_dir) / filename
+        self.save_dict = save_dict
+        self.metric_name = metric_name
+        self.engine_key = engine_key
+        self.best = math.inf
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best = float(state["best"])
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.metric_name is not None:
+            score = float(engine.state.metrics[self.metric_name])
+            if not score < self.best:
+                return
+            self.best = score
+        if idist.get_rank() != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        to_save = {**self.save_dict, self.engine_key: engine} if self.engine_key else self.save_dict
+        checkpoint = {key: obj.state_dict() for key, obj in to_save.items()}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
+    """Restore every object of ``to_load`` (network, optimiser, trainer, checkpointer state) from ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: {path} not found; run once without --resume true, or point --ckpt_dir at it.")
+    Checkpoint.load_objects(to_load=to_load, checkpoint=torch.load(path, map_location="cpu", weights_only=False))
+    trainer = to_load.get("trainer")
+    if trainer is not None:
+        logger.info("resumed from %s at epoch %d", path, trainer.state.epoch)
