@@ -1,7 +1,8 @@
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from torch.distributions import Normal, kl_divergence as torch_kl
+from torch.distributions import Normal
+from torch.distributions import kl_divergence as torch_kl
 
 from scripts.handlers import LinearScheduleHandler
 from scripts.losses import BetaVAELoss, kl_divergence, loss_term, reconstruction_error
