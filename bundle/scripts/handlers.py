@@ -143,11 +143,18 @@ class AtomicCheckpointer:
 
 
 def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
-    """Restore every object of ``to_load`` (network, optimiser, trainer, checkpointer state) from ``path``."""
+    """Restore every object of ``to_load`` (network, optimiser, trainer, checkpointer state) from ``path``.
+
+    The trainer keeps the ``max_epochs`` it was configured with, not the one saved, so a finished run can be extended.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: {path} not found; run once without --resume true, or point --ckpt_dir at it.")
-    Checkpoint.load_objects(to_load=to_load, checkpoint=torch.load(path, map_location="cpu", weights_only=False))
     trainer = to_load.get("trainer")
+    max_epochs = trainer.state.max_epochs if trainer is not None else None
+    Checkpoint.load_objects(to_load=to_load, checkpoint=torch.load(path, map_location="cpu", weights_only=False))
     if trainer is not None:
+        if trainer.state.epoch >= max_epochs:
+            raise ValueError(f"resume: {path} has already run {trainer.state.epoch} epochs; raise --max_epochs.")
+        trainer.state.max_epochs = max_epochs
         logger.info("resumed from %s at epoch %d", path, trainer.state.epoch)
