@@ -25,6 +25,8 @@ from .wsi import find_slides, make_reader, slide_patches
 logger = logging.getLogger(__name__)
 
 DATA_SOURCES = ("pcam", "tiles", "wsi")
+# The last 8 tiles by name of the shared CAMELYON16 tile set form the demo slide; they are never trained on.
+DEMO_TILES = ("10692", "10693", "10694", "10695", "10696", "10697", "10698", "10699")
 PCAM_SPLITS = ("train", "valid")
 
 

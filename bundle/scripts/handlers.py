@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from torch.utils.tensorboard import SummaryWriter
 
+from .atomic import atomic_path
 from .transforms import ChannelStats
 
 logger = logging.getLogger(__name__)
@@ -128,18 +127,10 @@ class AtomicCheckpointer:
             self.best = score
         if idist.get_rank() != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         to_save = {**self.save_dict, self.engine_key: engine} if self.engine_key else self.save_dict
         checkpoint = {key: obj.state_dict() for key, obj in to_save.items()}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:

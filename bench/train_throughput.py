@@ -1,0 +1,102 @@
+"""Training throughput: the bundle's training workflow against the bare model step, same batch size and machine.
+
+    python bench/train_throughput.py --dataset_dir ../shared/data/camelyon16_tiles [--batch_size 64 --iterations 20]
+
+Prints one table: patches/s of (a) forward + backward + optimiser step on a batch already in memory and (b) the
+ignite workflow from train.json (data loading, augmentation, metrics, handlers included), and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+from monai.bundle import ConfigParser  # noqa: E402
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{platform.node()} · {device} · torch {torch.__version__} · {threads} threads"
+
+
+def bare_step_rate(parser: ConfigParser, batch_size: int, iterations: int) -> float:
+    network = parser.get_parsed_content("network")
+    loss = parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    device = parser.get_parsed_content("device")
+    x = torch.randn(batch_size, 3, 96, 96, device=device)
+    network.train()
+    for i in range(iterations + 2):  # two warm-up steps
+        if i == 2:
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss(network(x + 0.03 * torch.randn_like(x)), x).backward()
+        optimizer.step()
+    return iterations * batch_size / (time.perf_counter() - start)
+
+
+def workflow_rate(parser: ConfigParser, iterations: int) -> tuple[float, int]:
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.state.epoch_length = iterations
+    trainer.state.max_epochs = 1
+    times = []
+    trainer.add_event_handler("iteration_completed", lambda e: times.append(time.perf_counter()))
+    trainer.run()
+    # the first two iterations include worker start-up; count from the end of the second
+    steady = times[2:]
+    return (len(steady) - 1) * parser["batch_size"] / (steady[-1] - steady[0]), len(times)
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--dataset_dir", required=True)
+    cli.add_argument("--data_source", default="tiles")
+    cli.add_argument("--batch_size", type=int, default=64)
+    cli.add_argument("--num_workers", type=int, default=2)
+    cli.add_argument("--iterations", type=int, default=20)
+    cli.add_argument("--channels", default="[32, 64, 128, 128, 256, 256]")
+    cli.add_argument("--latent_channels", type=int, default=64)
+    args = cli.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train.json")
+    parser.update(
+        {
+            "dataset_dir": args.dataset_dir,
+            "data_source": args.data_source,
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "channels": json.loads(args.channels),
+            "latent_channels": args.latent_channels,
+            "stats_samples": 256,
+            "ckpt_dir": "/tmp/skip96_bench/models",
+            "output_dir": "/tmp/skip96_bench/runs",
+            "train#handlers": [],
+        }
+    )
+    torch.manual_seed(0)
+    bare = bare_step_rate(parser, args.batch_size, max(5, args.iterations // 2))
+    workflow, _ = workflow_rate(parser, args.iterations + 2)
+    print(f"machine: {machine()}")
+    print(f"network channels {args.channels}, latent {args.latent_channels}x3x3, batch {args.batch_size}")
+    print(f"{'measure':<44}{'patches/s':>12}")
+    print(f"{'ratio workflow / bare step':<44}{workflow / bare:>12.2f}")
+    print(f"{'bare step (forward+backward+AdamW, in memory)':<44}{bare:>12.1f}")
+    print(f"{'training workflow (train.json, ' + str(args.num_workers) + ' workers)':<44}{workflow:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()
