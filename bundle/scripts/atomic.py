@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temp file beside the target, then ``os.replace``, so no reader ever sees half a file."""
+"""Atomic file output: write a temp file beside the target, then ``os.replace``: no reader sees half a file."""
 
 from __future__ import annotations
 
