@@ -57,6 +57,10 @@ def test_checkpoint_loads_into_network_def(trained):
     net.load_state_dict(checkpoint["model"])  # strict: every weight present, none extra
     assert len(checkpoint["norm_stats"]["mean"]) == 3
     assert all(s > 0 for s in checkpoint["norm_stats"]["std"])
+    latent = checkpoint["latent_stats"]  # for the Mahalanobis `latent` score, fitted on normal training patches
+    dim = TINY_NET["latent_channels"] * 9
+    assert latent["mean"].shape == (dim,) and latent["precision"].shape == (dim, dim)
+    assert torch.linalg.eigvalsh(latent["precision"].double()).min() > 0
 
 
 def test_epoch_metrics_and_grid_reach_tensorboard_and_console(trained):

@@ -149,3 +149,61 @@ def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
             raise ValueError(f"resume: {path} has already run {trainer.state.epoch} epochs; raise --max_epochs.")
         trainer.state.max_epochs = max_epochs
         logger.info("resumed from %s at epoch %d", path, trainer.state.epoch)
+
+
+class LatentStatsHandler:
+    """When training completes, fit a Gaussian to the latent means of normal patches and add it to the checkpoint.
+
+    The ``latent`` anomaly score is the Mahalanobis distance of a patch's mu from this Gaussian. It is fitted with the
+    best weights (loaded from ``checkpoint_path``), on up to ``max_samples`` patches, with the covariance shrunk
+    towards a scaled identity by ``shrinkage`` so that it stays invertible when the latent has more dimensions than
+    there are patches.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        dataset: Any,
+        checkpoint_path: str | Path,
+        batch_size: int = 128,
+        max_samples: int = 20000,
+        shrinkage: float = 0.1,
+        seed: int = 42,
+    ):
+        self.network = network
+        self.dataset = dataset
+        self.checkpoint_path = Path(checkpoint_path)
+        self.batch_size = batch_size
+        self.max_samples = max_samples
+        self.shrinkage = shrinkage
+        self.seed = seed
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0 or not self.checkpoint_path.is_file():
+            return
+        checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        self.network.load_state_dict(checkpoint["model"])
+        self.network.eval()
+        device = next(self.network.parameters()).device
+        generator = torch.Generator().manual_seed(self.seed)
+        indices = torch.randperm(len(self.dataset), generator=generator)[: self.max_samples].tolist()
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size)
+        with torch.inference_mode():
+            images = (batch["image"].as_subclass(torch.Tensor).to(device) for batch in loader)
+            mus = [self.network.encode(x)[0].flatten(1).double().cpu() for x in images]
+        mu = torch.cat(mus)
+        mean = mu.mean(0)
+        covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
+        target = torch.eye(len(mean), dtype=mu.dtype) * covariance.diagonal().mean().clamp(min=1e-6)
+        shrunk = (1 - self.shrinkage) * covariance + self.shrinkage * target
+        checkpoint["latent_stats"] = {
+            "mean": mean.float(),
+            "precision": torch.linalg.inv(shrunk).float(),
+            "num_samples": len(mu),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(checkpoint, tmp)
+        logger.info("latent statistics of %d normal patches added to %s", len(mu), self.checkpoint_path)
