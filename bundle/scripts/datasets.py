@@ -30,6 +30,12 @@ DEMO_TILES = ("10692", "10693", "10694", "10695", "10696", "10697", "10698", "10
 PCAM_SPLITS = ("train", "valid")
 
 
+def read_tumour_mask(path: str | Path) -> np.ndarray:
+    """A tile's tumour mask as booleans: white (> 50 % grey) is tumour, whatever the file's bit depth."""
+    mask = io.imread(path, as_gray=True)
+    return mask > (0.5 if mask.max() <= 1.0 else 127)
+
+
 class PCamNormals(Dataset):
     """Label-0 (normal) patches of the official PatchCamelyon HDF5 files, pooled over ``splits``.
 
@@ -93,8 +99,7 @@ class TileNormals(Dataset):
         positions = []
         for name in names:
             image = io.imread(Path(dataset_dir) / "images" / name)[..., :3]
-            tumour = io.imread(Path(dataset_dir) / "masks" / name, as_gray=True)
-            tumour = tumour > (0.5 if tumour.max() <= 1.0 else 127)
+            tumour = read_tumour_mask(Path(dataset_dir) / "masks" / name)
             tissue = window_fraction(tissue_mask(image), patch_size)[::crop_stride, ::crop_stride]
             clean = window_fraction(tumour, patch_size)[::crop_stride, ::crop_stride] == 0
             rows, cols = np.nonzero((tissue >= min_tissue) & clean)

@@ -1,0 +1,293 @@
+"""Cohort inference: one evaluator run per slide, with a post-processing handler writing each slide's outputs.
+
+Slides are processed one at a time so that memory is bounded by one slide, the stain fit of a slide is done before
+its patches stream, and a slide that fails is recorded in ``summary.csv`` without costing the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, PatchWSIDataset
+from monai.transforms import Compose, Resized
+
+from .atomic import atomic_path
+from .heatmap import save_heatmap
+from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
+from .stain import StainNormalized
+from .wsi import PatchGeometry, make_reader, slide_patches
+
+logger = logging.getLogger(__name__)
+
+PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
+SUMMARY_COLUMNS = [
+    "slide", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
+    "stain_fallbacks", "seconds",
+]  # fmt: skip
+
+
+def load_network(network: torch.nn.Module, ckpt_path: str | Path, device: torch.device | str) -> torch.nn.Module:
+    """Load the ``model`` weights of a training checkpoint, saying clearly when they do not fit ``network_def``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} not found; train first or pass --ckpt_path.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ValueError(
+            f"{path} does not match network_def (set channels / latent_channels to the values it was trained with): "
+            f"{first}"
+        ) from None
+    return network.to(device).eval()
+
+
+def calibrated(name: str, default: float, calibration_file: str | Path | None) -> float:
+    """``name`` from a calibration JSON when one is given (it must hold it), else ``default``."""
+    if not calibration_file:
+        return default
+    content = json.loads(Path(calibration_file).read_text())
+    if name not in content:
+        raise KeyError(f"calibration_file {calibration_file} has no {name!r}; it holds {sorted(content)}.")
+    return type(default)(content[name])
+
+
+@dataclass
+class SlideJob:
+    """What the post-processing handler needs to know about the slide the evaluator is scoring."""
+
+    slide: str
+    samples: list[dict]
+    geometry: PatchGeometry
+    facts: dict
+    scores: list[torch.Tensor] = field(default_factory=list)
+    fallbacks: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def slide_id(self) -> str:
+        return Path(self.slide).stem
+
+
+class SlidePostprocessor:
+    """Ignite handler: collect one slide's patch scores, then z-score, threshold, clean, trace and write outputs.
+
+    Outputs in ``output_dir/<slide_id>/``: ``patches.csv``, ``score_map.npy`` + ``score_map.json``, ``heatmap.png``,
+    ``regions.geojson`` and ``regions.xml``; every file is written atomically. ``summary`` holds the slide's row.
+    """
+
+    def __init__(self, output_dir: str | Path, score: str, z_threshold: float = 2.0, min_region_tiles: int = 5):
+        self.output_dir = Path(output_dir)
+        self.score = score
+        self.z_threshold = float(z_threshold)
+        self.min_region_tiles = int(min_region_tiles)
+        self.job: SlideJob | None = None
+        self.summary: dict = {}
+
+    def begin(self, job: SlideJob) -> None:
+        self.job = job
+        self.summary = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
+
+    def collect(self, engine: Engine) -> None:
+        self.job.scores.append(engine.state.output["pred"].detach().float().cpu())
+        self.job.fallbacks.append(torch.as_tensor(engine.state.batch["stain_fallback"]))
+
+    def finish(self, engine: Engine) -> None:
+        job = self.job
+        scores = torch.cat(job.scores).numpy().astype(np.float64)
+        if len(scores) != len(job.samples):
+            raise RuntimeError(f"{job.slide}: {len(scores)} scores for {len(job.samples)} patches")
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:
+            raise ValueError(f"{job.slide}: {bad} of {len(scores)} patch scores are NaN/inf; check the checkpoint.")
+        std = scores.std()
+        z = (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+        geometry, facts = job.geometry, job.facts
+        grid = np.array([s["grid"] for s in job.samples])
+        z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
+        z_map[grid[:, 0], grid[:, 1]] = z
+        tumour_map = clean_mask(z_map, self.z_threshold, self.min_region_tiles)
+        regions = trace_regions(tumour_map, z_map, geometry.stride0)
+
+        out = self.output_dir / job.slide_id
+        patches = pd.DataFrame(
+            {
+                "x": [s["location"][1] for s in job.samples],
+                "y": [s["location"][0] for s in job.samples],
+                "size0": geometry.size0,
+                "level": geometry.level,
+                "score": scores,
+                "z": z,
+                "tissue_fraction": [round(s["tissue_fraction"], 4) for s in job.samples],
+                "stain_fallback": torch.cat(job.fallbacks).numpy().astype(int),
+                "tumour": tumour_map[grid[:, 0], grid[:, 1]].astype(int),
+            },
+            columns=PATCH_COLUMNS,
+        )
+        with atomic_path(out / "patches.csv") as tmp:
+            patches.to_csv(tmp, index=False)
+        with atomic_path(out / "score_map.npy") as tmp:
+            np.save(tmp, z_map)
+        grid_info = {
+            "origin": [0, 0],
+            "stride": geometry.stride0,
+            "size": geometry.size0,
+            "shape": list(z_map.shape),
+            "units": "level-0 px; cell (i, j) spans x in [j*stride, j*stride+size), y in [i*stride, i*stride+size)",
+            "level": geometry.level,
+            "mpp0": geometry.mpp0,
+            "score": self.score,
+            "score_mean": float(scores.mean()),
+            "score_std": float(std),
+            "z_threshold": self.z_threshold,
+            "min_region_tiles": self.min_region_tiles,
+        }
+        with atomic_path(out / "score_map.json") as tmp:
+            tmp.write_text(json.dumps(grid_info, indent=2))
+        with atomic_path(out / "regions.geojson") as tmp:
+            tmp.write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
+        with atomic_path(out / "regions.xml") as tmp:
+            tmp.write_text(to_asap_xml(regions))
+        save_heatmap(
+            out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry, self.z_threshold,
+            f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
+        )  # fmt: skip
+        mm2_per_mask_px = (facts["mask_downsample"] * geometry.mpp0) ** 2 / 1e6
+        self.summary = {
+            "n_patches": len(scores),
+            "tissue_mm2": round(float(facts["mask"].sum()) * mm2_per_mask_px, 4),
+            "score_mean": float(scores.mean()),
+            "score_std": float(std),
+            "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
+            "stain_fallbacks": int(patches["stain_fallback"].sum()),
+        }
+
+
+class SlideInference:
+    """Score every slide of ``slides`` with ``evaluator``; write ``summary.csv``; never let one slide stop the rest."""
+
+    def __init__(
+        self,
+        slides: Sequence[str],
+        evaluator: Engine,
+        postprocessor: SlidePostprocessor,
+        stain: StainNormalized,
+        preprocessing: Callable,
+        output_dir: str | Path,
+        wsi_reader: str = "cuCIM",
+        target_mpp: float = 0.972,
+        patch_size: int = 96,
+        stride: int = 96,
+        min_tissue: float = 0.5,
+        assume_mpp: float | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        stain_fit_patches: int = 64,
+        seed: int = 0,
+    ) -> None:
+        if not slides:
+            raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
+        self.slides = list(slides)
+        self.evaluator = evaluator
+        self.postprocessor = postprocessor
+        self.stain = stain
+        self.preprocessing = preprocessing
+        self.output_dir = Path(output_dir)
+        self.wsi_reader = wsi_reader
+        self.grid_args = {
+            "target_mpp": target_mpp,
+            "patch_size": patch_size,
+            "stride": stride,
+            "min_tissue": min_tissue,
+        }
+        self.assume_mpp = assume_mpp
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.stain_fit_patches = stain_fit_patches
+        self.seed = seed
+
+    def _open(self, slide: str):
+        """Read the slide's grid with the configured reader; a cuCIM failure falls back to OpenSlide once."""
+        try:
+            reader = make_reader(self.wsi_reader)
+            return (reader, *slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args))
+        except Exception as error:
+            if self.wsi_reader.lower() != "cucim" or isinstance(error, ValueError) and "assume_mpp" in str(error):
+                raise
+            logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
+            reader = make_reader("OpenSlide")
+            return (reader, *slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args))
+
+    def _fit_stain(self, reader, samples: list[dict], slide: str) -> None:
+        rng = np.random.default_rng(self.seed)
+        chosen = rng.choice(len(samples), size=min(self.stain_fit_patches, len(samples)), replace=False)
+        wsi = reader.read(slide)
+        patches = []
+        for i in chosen:
+            patch, _ = reader.get_data(wsi, location=samples[i]["location"], size=samples[i]["size"],
+                                       level=samples[i]["level"])  # fmt: skip
+            patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
+        self.stain.fit_slide(patches, slide)
+
+    def _score(self, slide: str) -> dict:
+        reader, samples, geometry, facts = self._open(slide)
+        if not samples:
+            raise ValueError(
+                f"no tissue: no {geometry.size0}-px patch has tissue fraction >= {self.grid_args['min_tissue']} "
+                "(lower --min_tissue if the slide is pale)"
+            )
+        logger.info(
+            "%s: %d tissue patches at level %d (%.3f µm/px, %d px read, %d level-0 px)",
+            slide, len(samples), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
+        )  # fmt: skip
+        self._fit_stain(reader, samples, slide)
+        transforms = [self.stain, self.preprocessing]
+        if geometry.read_size != geometry.patch_size:
+            size = (geometry.patch_size, geometry.patch_size)
+            transforms.insert(0, Resized(keys="image", spatial_size=size, mode="area"))
+        dataset = PatchWSIDataset(
+            samples, reader=reader, center_location=False, include_label=False, additional_meta_keys=[],
+            transform=Compose(transforms),
+        )  # fmt: skip
+        self.evaluator.data_loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        self.evaluator.state.epoch_length = len(self.evaluator.data_loader)
+        self.postprocessor.begin(SlideJob(slide, samples, geometry, facts))
+        self.evaluator.run()
+        return self.postprocessor.summary
+
+    def run(self) -> pd.DataFrame:
+        rows = []
+        for k, slide in enumerate(self.slides, 1):
+            logger.info("[%d/%d] %s", k, len(self.slides), slide)
+            start = time.perf_counter()
+            row = {"slide": Path(slide).stem, "status": "ok", "error": ""}
+            try:
+                row.update(self._score(slide))
+            except Exception as error:  # one bad slide must not lose the others
+                message = f"{slide}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                logger.error("%s", message)
+                logger.debug("traceback for %s", slide, exc_info=True)
+                row.update(status="error", error=message)
+            row["seconds"] = round(time.perf_counter() - start, 2)
+            rows.append(row)
+        summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+        with atomic_path(self.output_dir / "summary.csv") as tmp:
+            summary.to_csv(tmp, index=False)
+        failed = int((summary["status"] != "ok").sum())
+        logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
+        if failed == len(summary):
+            raise RuntimeError(f"all {failed} slides failed; see {self.output_dir / 'summary.csv'}")
+        return summary

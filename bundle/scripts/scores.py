@@ -1,0 +1,66 @@
+"""Anomaly scores of patches under the trained VAE; higher always means more anomalous."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.inferers import Inferer
+from monai.metrics.regression import compute_ssim_and_cs
+
+from .transforms import ChannelStats
+
+SCORES = ("l1", "mse", "ssim", "latent")
+
+
+class AnomalyScoreInferer(Inferer):
+    """Encode, decode from mu (no sampling, so scores are deterministic) and score each patch.
+
+    ``l1`` / ``mse``: reconstruction error in the normalised space the model works in. ``ssim``: 1 - SSIM of the
+    reconstruction, both mapped back to [0, 1] RGB. ``latent``: Mahalanobis distance of mu from the Gaussian of
+    normal training latents stored in the checkpoint (``latent_stats``).
+    """
+
+    def __init__(self, score: str, norm_stats: ChannelStats, latent_stats: dict | None = None) -> None:
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {list(SCORES)}, got {score!r}.")
+        if score == "latent" and latent_stats is None:
+            raise ValueError(
+                "score 'latent' needs latent_stats in the checkpoint; retrain with this bundle's train.json."
+            )
+        self.score = score
+        self.mean = torch.tensor(norm_stats.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm_stats.std).view(1, -1, 1, 1)
+        self.latent_stats = latent_stats
+
+    @classmethod
+    def from_checkpoint(cls, score: str, path: str | Path) -> AnomalyScoreInferer:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        norm_stats = ChannelStats()
+        norm_stats.load_state_dict(checkpoint["norm_stats"])
+        return cls(score, norm_stats, checkpoint.get("latent_stats"))
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        inputs = inputs.as_subclass(torch.Tensor)
+        mu, _, skips = network.encode(inputs)
+        if self.score == "latent":
+            delta = mu.flatten(1).float() - self.latent_stats["mean"].to(mu.device)
+            precision = self.latent_stats["precision"].to(mu.device)
+            return torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
+        recon = network.decode(mu, skips).float()
+        if self.score == "l1":
+            return (recon - inputs).abs().flatten(1).mean(1)
+        if self.score == "mse":
+            return (recon - inputs).pow(2).flatten(1).mean(1)
+        mean, std = self.mean.to(inputs.device), self.std.to(inputs.device)
+        ssim, _ = compute_ssim_and_cs(
+            y_pred=(recon * std + mean).clamp(0, 1),
+            y=(inputs.float() * std + mean).clamp(0, 1),
+            spatial_dims=2,
+            kernel_size=[11, 11],
+            kernel_sigma=[1.5, 1.5],
+            data_range=1.0,
+            kernel_type="gaussian",
+        )
+        return 1.0 - ssim.flatten(1).mean(1)
