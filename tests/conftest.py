@@ -88,3 +88,23 @@ def slide_05(tmp_path_factory) -> Path:
 def write_json(path: Path, content) -> Path:
     path.write_text(json.dumps(content))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Random tiny-network weights with the normalisation and latent statistics a trained checkpoint carries."""
+    import torch
+
+    from tests_helpers import tiny_net
+
+    torch.manual_seed(0)
+    net = tiny_net()
+    dim = TINY_NET["latent_channels"] * 9
+    checkpoint = {
+        "model": net.state_dict(),
+        "norm_stats": {"mean": [0.7, 0.5, 0.7], "std": [0.15, 0.2, 0.15]},
+        "latent_stats": {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 1},
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(checkpoint, path)
+    return path

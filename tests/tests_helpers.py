@@ -4,7 +4,7 @@ from scripts.network import Skip96VAE
 
 
 def tiny_net(**kwargs) -> Skip96VAE:
-    return Skip96VAE(channels=(8, 8, 16, 16, 16, 16), latent_channels=8, norm_groups=4, **kwargs)
+    return Skip96VAE(channels=(8, 8, 16, 16, 16, 16), latent_channels=8, **kwargs)
 
 
 def write_datalist(path, slides, key: str = "training"):

@@ -74,11 +74,14 @@ class MacenkoFit:
         return out.T.reshape(rgb.shape).round().clip(0, 255).astype(np.uint8)
 
 
-def is_degenerate(rgb: np.ndarray, min_stained_fraction: float = 0.1) -> bool:
-    """White, blank or barely stained: too few pixels above the optical-density threshold in every channel."""
+def is_degenerate(rgb: np.ndarray, min_stained_fraction: float = 0.1, min_od_spread: float = 0.02) -> bool:
+    """White, blank, single-coloured or barely stained: too few pixels above the optical-density threshold in
+    every channel, or no variation to find two stain directions in."""
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         return True
     od = optical_density(rgb.reshape(-1, 3))
+    if od.std(axis=0).max() < min_od_spread:
+        return True
     return bool(np.all(od > OD_THRESHOLD, axis=1).mean() < min_stained_fraction)
 
 

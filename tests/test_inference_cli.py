@@ -1,0 +1,127 @@
+"""`python -m monai.bundle run inference` on synthetic slides: the output contract other tools rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from xml.etree import ElementTree
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import BUNDLE, REPO, TINY_NET, write_slide
+from scripts.inference import PATCH_COLUMNS, SUMMARY_COLUMNS
+
+INFER_CONFIG = BUNDLE / "configs" / "inference.json"
+
+
+def run_inference(checkpoint, dataset_dir, output_dir, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
+        "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--ckpt_path", str(checkpoint),
+        "--channels", json.dumps(TINY_NET["channels"]), "--latent_channels", str(TINY_NET["latent_channels"]),
+        "--num_workers", "0", "--batch_size", "32", "--wsi_reader", "tifffile", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, slide_0243, slide_05, tiny_checkpoint):
+    """Two good slides and one without tissue, scored in one run."""
+    folder = tmp_path_factory.mktemp("cohort")
+    shutil.copy(slide_0243, folder / "cam16.tif")
+    shutil.copy(slide_05, folder / "half_micron.tif")
+    blank = np.full((1024, 1024, 3), 245, dtype=np.uint8)
+    from scripts.pyramid import write_pyramid
+
+    write_pyramid(folder / "glass_only.tif", blank, 0.25, levels=3)
+    output = tmp_path_factory.mktemp("out")
+    result = run_inference(tiny_checkpoint, folder, output)
+    return folder, output, result
+
+
+def test_run_succeeds_and_summarises_every_slide(cohort):
+    _, output, result = cohort
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = pd.read_csv(output / "summary.csv", keep_default_na=False)
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    rows = summary.set_index("slide")
+    assert rows.loc["cam16", "status"] == "ok" and rows.loc["half_micron", "status"] == "ok"
+    assert rows.loc["glass_only", "status"] == "error"
+    assert "no tissue" in rows.loc["glass_only", "error"] and "glass_only.tif" in rows.loc["glass_only", "error"]
+    assert "no tissue" in result.stdout + result.stderr
+
+
+def test_cam16_slide_is_read_at_level_2_with_384_px_patches(cohort):
+    _, output, _ = cohort
+    patches = pd.read_csv(output / "cam16" / "patches.csv")
+    assert list(patches.columns) == PATCH_COLUMNS
+    assert set(patches["level"]) == {2} and set(patches["size0"]) == {384}
+    assert len(patches) == 20  # tissue block of 1536 x 2048 level-0 px: 4 x 5 whole cells
+    assert np.isclose(patches["z"].mean(), 0, atol=1e-6) and np.isclose(patches["z"].std(ddof=0), 1, atol=1e-6)
+    assert set(patches["tumour"]) <= {0, 1} and set(patches["stain_fallback"]) <= {0, 1}
+    assert (patches["tissue_fraction"] >= 0.5).all()
+
+
+def test_half_micron_slide_is_read_at_level_1(cohort):
+    _, output, _ = cohort
+    patches = pd.read_csv(output / "half_micron" / "patches.csv")
+    assert set(patches["level"]) == {1}
+    assert set(patches["size0"]) == {186}  # 93 px read at 1.0 µm/px, resized to 96
+
+
+def test_score_map_matches_patches(cohort):
+    _, output, _ = cohort
+    z_map = np.load(output / "cam16" / "score_map.npy")
+    grid = json.loads((output / "cam16" / "score_map.json").read_text())
+    patches = pd.read_csv(output / "cam16" / "patches.csv")
+    assert list(z_map.shape) == grid["shape"] and grid["stride"] == 384 and grid["size"] == 384
+    assert np.isfinite(z_map).sum() == len(patches)
+    for _, row in patches.iterrows():
+        i, j = row["y"] // grid["stride"], row["x"] // grid["stride"]
+        assert z_map[int(i), int(j)] == pytest.approx(row["z"], abs=1e-5)
+
+
+def test_geojson_is_a_feature_collection_inside_the_slide(cohort):
+    _, output, _ = cohort
+    for slide, (height, width) in (("cam16", (3072, 4096)), ("half_micron", (1536, 2048))):
+        content = json.loads((output / slide / "regions.geojson").read_text())
+        assert content["type"] == "FeatureCollection"
+        patches = pd.read_csv(output / slide / "patches.csv")
+        assert (len(content["features"]) > 0) == bool(patches["tumour"].any())
+        for feature in content["features"]:
+            assert feature["geometry"]["type"] == "Polygon"
+            assert feature["properties"]["classification"]["name"] == "Tumor"
+            assert feature["properties"]["area_um2"] > 0
+            for ring in feature["geometry"]["coordinates"]:
+                xy = np.array(ring)
+                assert np.array_equal(xy[0], xy[-1]), "GeoJSON rings are closed"
+                assert (xy[:, 0] >= 0).all() and (xy[:, 0] <= width).all()
+                assert (xy[:, 1] >= 0).all() and (xy[:, 1] <= height).all()
+        root = ElementTree.parse(output / slide / "regions.xml").getroot()
+        assert root.tag == "ASAP_Annotations"
+        tumour_xml = [a for a in root.iter("Annotation") if a.get("PartOfGroup") == "Tumor"]
+        assert len(tumour_xml) == len(content["features"])
+
+
+def test_heatmap_is_written(cohort):
+    _, output, _ = cohort
+    from skimage import io
+
+    image = io.imread(output / "cam16" / "heatmap.png")
+    assert image.ndim == 3 and image.shape[0] > 200
+
+
+def test_all_slides_failing_exits_non_zero(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    write_slide(folder / "nompp.tif", None, levels=2)
+    result = run_inference(tiny_checkpoint, folder, tmp_path / "out")
+    assert result.returncode != 0
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.loc[0, "status"] == "error" and "assume_mpp" in summary.loc[0, "error"]

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from scripts.inference import load_network
+from scripts.scores import AnomalyScoreInferer
+from tests_helpers import tiny_net
+
+
+@pytest.mark.parametrize("score", ["l1", "mse", "ssim", "latent"])
+def test_scores_are_finite_deterministic_and_higher_for_worse_reconstruction(score, tiny_checkpoint):
+    inferer = AnomalyScoreInferer.from_checkpoint(score, tiny_checkpoint)
+    net = load_network(tiny_net(), tiny_checkpoint, "cpu")
+    x = torch.randn(6, 3, 96, 96) * 0.3
+    with torch.no_grad():
+        a, b = inferer(x, net), inferer(x, net)
+    assert a.shape == (6,) and torch.isfinite(a).all() and (a >= 0).all()
+    assert torch.equal(a, b)
+
+
+def test_reconstruction_scores_rank_a_copy_below_noise():
+    """With a network that returns its input, l1/mse/ssim are zero; noise added to the input raises them."""
+
+    class Identity(torch.nn.Module):
+        def encode(self, x):
+            return torch.zeros(len(x), 1, 3, 3), None, [x]
+
+        def decode(self, z, skips):
+            return skips[0]
+
+    x = torch.rand(4, 3, 96, 96)
+    stats = {"mean": [0.0] * 3, "std": [1.0] * 3}
+    from scripts.transforms import ChannelStats
+
+    for score in ("l1", "mse", "ssim"):
+        inferer = AnomalyScoreInferer(score, ChannelStats(**stats))
+        assert torch.allclose(inferer(x, Identity()), torch.zeros(4), atol=1e-5)
+
+
+def test_latent_score_is_mahalanobis_distance():
+    class Fixed(torch.nn.Module):
+        def encode(self, x):
+            return x[:, :1, :3, :3], None, []
+
+    from scripts.transforms import ChannelStats
+
+    stats = {"mean": torch.zeros(9), "precision": torch.eye(9) * 4.0}
+    x = torch.zeros(2, 3, 96, 96)
+    x[1, 0, :3, :3] = 1.0
+    distance = AnomalyScoreInferer("latent", ChannelStats(), stats)(x, Fixed())
+    assert torch.allclose(distance, torch.tensor([0.0, 6.0]))  # sqrt(9 * 4)
+
+
+def test_unknown_score_and_missing_latent_stats_are_refused():
+    from scripts.transforms import ChannelStats
+
+    with pytest.raises(ValueError, match="score must be one of"):
+        AnomalyScoreInferer("psnr", ChannelStats())
+    with pytest.raises(ValueError, match="latent_stats"):
+        AnomalyScoreInferer("latent", ChannelStats())
+
+
+def test_checkpoint_that_does_not_match_network_def_is_named(tiny_checkpoint):
+    from scripts.network import Skip96VAE
+
+    with pytest.raises(ValueError, match="does not match network_def"):
+        load_network(Skip96VAE(channels=(4, 4, 4, 4, 4, 4), latent_channels=4), tiny_checkpoint, "cpu")
