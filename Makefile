@@ -3,7 +3,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SHARED_DATA ?= ../shared/data
 DEMO_OUT ?= demo_output
 # `python -m scripts` is `python -m monai.bundle` without cuCIM's CPU-only "Failed to load nvjpeg" lines.
 BUNDLE_CLI := PYTHONPATH=bundle $(BIN)/python -m scripts
@@ -20,16 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Until whole-slide inference lands, the demo is a short real training run: one epoch of the small preset on the
-# normal tissue of the first 24 CAMELYON16 tiles (the last 8 are held out as the future demo slide).
+# Inference with the shipped model (bundle/models/model.pt) on the bundled demo slide (bundle/sample_data/).
 demo: $(STAMP)
-	@test -d $(SHARED_DATA)/camelyon16_tiles || { echo "demo needs $(SHARED_DATA)/camelyon16_tiles (set SHARED_DATA=...)"; exit 1; }
-	$(BUNDLE_CLI) run training --config_file bundle/configs/train.json \
-		--data_source tiles --dataset_dir $(SHARED_DATA)/camelyon16_tiles \
-		--exclude "$$($(BIN)/python -c 'import sys; sys.path.insert(0, "bundle"); from scripts.datasets import DEMO_TILES; print(list(DEMO_TILES))')" \
-		--max_epochs 1 --channels "[16,32,64,64,128,128]" --latent_channels 32 --batch_size 64 --num_workers 2 \
-		--ckpt_dir $(DEMO_OUT)/models --output_dir $(DEMO_OUT)/runs
-	@echo "checkpoint: $(DEMO_OUT)/models/model.pt; curves and reconstructions: tensorboard --logdir $(DEMO_OUT)/runs"
+	$(BUNDLE_CLI) run inference --config_file bundle/configs/inference.json --output_dir $(DEMO_OUT)
+	@echo "look at $(DEMO_OUT)/camelyon16_demo/heatmap.png; open regions.geojson in QuPath or regions.xml in ASAP"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
