@@ -19,6 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader, PatchWSIDataset
 from monai.transforms import Compose, Resized
+from skimage import io
 
 from .atomic import atomic_path
 from .heatmap import save_heatmap
@@ -82,7 +83,8 @@ class SlidePostprocessor:
     """Ignite handler: collect one slide's patch scores, then z-score, threshold, clean, trace and write outputs.
 
     Outputs in ``output_dir/<slide_id>/``: ``patches.csv``, ``score_map.npy`` + ``score_map.json``, ``heatmap.png``,
-    ``regions.geojson`` and ``regions.xml``; every file is written atomically. ``summary`` holds the slide's row.
+    ``regions.geojson`` and ``regions.xml``, and the ``thumbnail.png`` and ``tissue_mask.png`` that evaluation draws
+    on (at ``thumbnail_downsample``); every file is written atomically. ``summary`` holds the slide's row.
     """
 
     def __init__(self, output_dir: str | Path, score: str, z_threshold: float = 2.0, min_region_tiles: int = 5):
@@ -154,6 +156,7 @@ class SlidePostprocessor:
             "score_std": float(std),
             "z_threshold": self.z_threshold,
             "min_region_tiles": self.min_region_tiles,
+            "thumbnail_downsample": facts["mask_downsample"],
         }
         with atomic_path(out / "score_map.json") as tmp:
             tmp.write_text(json.dumps(grid_info, indent=2))
@@ -161,6 +164,10 @@ class SlidePostprocessor:
             tmp.write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
         with atomic_path(out / "regions.xml") as tmp:
             tmp.write_text(to_asap_xml(regions))
+        with atomic_path(out / "thumbnail.png") as tmp:
+            io.imsave(tmp, facts["thumbnail"], check_contrast=False)
+        with atomic_path(out / "tissue_mask.png") as tmp:
+            io.imsave(tmp, (facts["mask"] * 255).astype(np.uint8), check_contrast=False)
         save_heatmap(
             out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry, self.z_threshold,
             f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",

@@ -1,0 +1,338 @@
+"""Evaluation and calibration against lesion annotations, with the test labels never choosing the threshold.
+
+``calibrate`` sweeps (z threshold, min_region_tiles) on calibration slides and keeps the pair with the best mean IoU;
+``evaluate`` applies a calibration file to test slides. The per-slide IoU- and F1-optimal thresholds that a
+label-peeking study would report are computed too, but only as *oracle* numbers beside the honest ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from monai.metrics import compute_average_precision, compute_roc_auc  # noqa: E402
+from skimage import io  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from .annotations import find_annotation, read_annotation  # noqa: E402
+from .atomic import atomic_path  # noqa: E402
+from .regions import clean_mask  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+LABEL_RULES = ("centre", "fraction")
+BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02), "small (<0.5%)": (0.0, 0.005)}
+SUMMARY_COLUMNS = [
+    "slide", "tumour_fraction", "n_patches", "auc", "pr_auc", "iou", "oracle_iou", "threshold", "tp", "fp", "fn",
+]  # fmt: skip
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(compute_roc_auc(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)))
+
+
+def pr_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision (area under the precision-recall curve); NaN without positives."""
+    if labels.max() == 0:
+        return float("nan")
+    return float(compute_average_precision(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)))
+
+
+def overlap(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """TP / FP / FN and IoU, Dice, precision, recall. IoU and Dice are 1 when both sets are empty (a tumour-free
+    slide with no false alarm is perfect); precision and recall are NaN when undefined."""
+    predicted, labels = predicted.astype(bool), labels.astype(bool)
+    tp, fp, fn = int((predicted & labels).sum()), int((predicted & ~labels).sum()), int((~predicted & labels).sum())
+    union = tp + fp + fn
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "iou": tp / union if union else 1.0,
+        "dice": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn else float("nan"),
+    }
+
+
+@dataclass
+class SlideResult:
+    """One slide's inference outputs joined with its ground truth."""
+
+    slide_id: str
+    patches: pd.DataFrame  # inference patches.csv plus `label`
+    z_map: np.ndarray
+    grid: dict
+    truth: np.ndarray  # tumour raster at thumbnail_downsample
+    tissue: np.ndarray  # tissue mask at thumbnail_downsample
+    thumbnail: np.ndarray
+
+    @property
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        stride = self.grid["stride"]
+        return (self.patches["y"].to_numpy() // stride).astype(int), (self.patches["x"].to_numpy() // stride).astype(
+            int
+        )
+
+    @property
+    def tumour_fraction(self) -> float:
+        """Annotated tumour area as a fraction of the tissue area (the burden used for strata)."""
+        return float((self.truth & self.tissue).sum() / max(self.tissue.sum(), 1))
+
+    def predict(self, z_threshold: float, min_region_tiles: int) -> np.ndarray:
+        rows, cols = self.cells
+        return clean_mask(self.z_map, z_threshold, min_region_tiles)[rows, cols]
+
+
+def patch_labels(
+    annotation, patches: pd.DataFrame, rule: str = "centre", min_fraction: float = 0.5, raster_px: int = 12
+) -> np.ndarray:
+    """Label each patch from the annotation rasterised at ``size0 / raster_px`` level-0 px per pixel.
+
+    ``centre`` (the PCam rule): tumour when any tumour pixel lies in the patch's central third (32 of 96 px).
+    ``fraction``: tumour when at least ``min_fraction`` of the patch is tumour.
+    """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {rule!r}.")
+    if patches.empty:
+        return np.zeros(0, dtype=int)
+    size0 = int(patches["size0"].iloc[0])
+    downsample = size0 / raster_px
+    height = int(np.ceil((patches["y"].max() + size0) / downsample))
+    width = int(np.ceil((patches["x"].max() + size0) / downsample))
+    mask = annotation.rasterise((height, width), downsample)
+    rows = (patches["y"].to_numpy() / downsample).round().astype(int)
+    cols = (patches["x"].to_numpy() / downsample).round().astype(int)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(mask, ((0, raster_px), (0, raster_px))), (raster_px,) * 2)
+    per_patch = windows[rows, cols]
+    if rule == "centre":
+        third = raster_px // 3
+        return per_patch[:, third : raster_px - third, third : raster_px - third].any(axis=(1, 2)).astype(int)
+    return (per_patch.mean(axis=(1, 2)) >= min_fraction).astype(int)
+
+
+def load_slide(
+    output_dir: Path, slide_id: str, annotation_dir: Path | None, rule: str, min_fraction: float
+) -> SlideResult:
+    """Read a slide's inference outputs; no annotation file means a tumour-free slide."""
+    folder = output_dir / slide_id
+    patches = pd.read_csv(folder / "patches.csv")
+    grid = json.loads((folder / "score_map.json").read_text())
+    tissue = io.imread(folder / "tissue_mask.png") > 0
+    path = find_annotation(annotation_dir, slide_id) if annotation_dir else None
+    annotation = read_annotation(path) if path else None
+    if annotation is None:
+        patches["label"] = 0
+        truth = np.zeros_like(tissue)
+    else:
+        patches["label"] = patch_labels(annotation, patches, rule, min_fraction)
+        truth = annotation.rasterise(tissue.shape, grid["thumbnail_downsample"])
+    return SlideResult(
+        slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, io.imread(folder / "thumbnail.png")
+    )
+
+
+def sweep(slides: Sequence[SlideResult], thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> pd.DataFrame:
+    """Mean and per-slide IoU for every (z_threshold, min_region_tiles) pair."""
+    rows = []
+    for tiles in min_region_tiles:
+        for threshold in thresholds:
+            ious = [overlap(s.predict(threshold, tiles), s.patches["label"].to_numpy())["iou"] for s in slides]
+            rows.append(
+                {"z_threshold": float(threshold), "min_region_tiles": int(tiles), "mean_iou": float(np.mean(ious))}
+            )
+    return pd.DataFrame(rows)
+
+
+def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
+    """The best row; ties go to the first (lowest threshold, then fewest tiles) so the choice is reproducible."""
+    return table.loc[table[column].idxmax()]
+
+
+class Evaluation:
+    """Calibrate on one set of scored slides, evaluate another, and write metrics, tables and figures."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        annotation_dir: str | Path | None,
+        label_rule: str = "centre",
+        min_tumour_fraction: float = 0.5,
+        thresholds: Sequence[float] = tuple(np.linspace(-3, 5, 100)),
+        min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
+    ) -> None:
+        if label_rule not in LABEL_RULES:
+            raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
+        if annotation_dir and not Path(annotation_dir).is_dir():
+            raise FileNotFoundError(f"annotation_dir {annotation_dir} is not a folder.")
+        self.output_dir = Path(output_dir)
+        self.annotation_dir = Path(annotation_dir) if annotation_dir else None
+        self.label_rule = label_rule
+        self.min_tumour_fraction = min_tumour_fraction
+        self.thresholds = [float(t) for t in thresholds]
+        self.min_region_tiles = [int(m) for m in min_region_tiles]
+
+    def slides(self) -> list[SlideResult]:
+        summary = pd.read_csv(self.output_dir / "summary.csv")
+        ok = summary.loc[summary["status"] == "ok", "slide"].astype(str)
+        slides = [
+            load_slide(self.output_dir, s, self.annotation_dir, self.label_rule, self.min_tumour_fraction) for s in ok
+        ]
+        if not slides:
+            raise RuntimeError(f"no scored slide in {self.output_dir / 'summary.csv'} to evaluate.")
+        return slides
+
+    def calibrate(self) -> dict:
+        slides = self.slides()
+        table = sweep(slides, self.thresholds, self.min_region_tiles)
+        best = best_of(table)
+        calibration = {
+            "z_threshold": float(best["z_threshold"]),
+            "min_region_tiles": int(best["min_region_tiles"]),
+            "mean_iou": float(best["mean_iou"]),
+            "calibration_slides": [s.slide_id for s in slides],
+            "label_rule": self.label_rule,
+        }
+        with atomic_path(self.output_dir / "calibration.json") as tmp:
+            tmp.write_text(json.dumps(calibration, indent=2))
+        logger.info(
+            "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d (mean IoU %.3f)",
+            len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["mean_iou"],
+        )  # fmt: skip
+        return calibration
+
+    def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
+        slides = self.slides()
+        rows, per_slide = [], {}
+        for s in slides:
+            labels, z = s.patches["label"].to_numpy(), s.patches["z"].to_numpy()
+            result = overlap(s.predict(z_threshold, min_region_tiles), labels)
+            oracle = best_of(sweep([s], self.thresholds, self.min_region_tiles))
+            oracle_f1 = max(
+                (overlap(s.predict(t, m), labels)["dice"], t, m) for m in self.min_region_tiles for t in self.thresholds
+            )
+            rows.append(
+                {
+                    "slide": s.slide_id, "tumour_fraction": round(s.tumour_fraction, 5), "n_patches": len(labels),
+                    "auc": roc_auc(z, labels), "pr_auc": pr_auc(z, labels), "iou": result["iou"],
+                    "oracle_iou": float(oracle["mean_iou"]), "threshold": z_threshold,
+                    "tp": result["tp"], "fp": result["fp"], "fn": result["fn"],
+                }
+            )  # fmt: skip
+            per_slide[s.slide_id] = {
+                **result,
+                "oracle_iou_threshold": float(oracle["z_threshold"]),
+                "oracle_iou_min_region_tiles": int(oracle["min_region_tiles"]),
+                "oracle_f1": float(oracle_f1[0]),
+                "oracle_f1_threshold": float(oracle_f1[1]),
+                "pixel_auc_tissue": self._pixel_auc(s, tissue_only=True),
+                "pixel_auc_all_pixels": self._pixel_auc(s, tissue_only=False),
+            }
+            self._save_errors(s, z_threshold, min_region_tiles)
+        table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        metrics = self._pooled(slides, table, per_slide, z_threshold, min_region_tiles, calibrated)
+        with atomic_path(self.output_dir / "heatmap_summary.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_path(self.output_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2, default=float))
+        self._save_curves(slides)
+        logger.info("pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f)", metrics["pooled"]["auc"],
+                    metrics["mean_iou"], metrics["oracle"]["mean_iou"])  # fmt: skip
+        return metrics
+
+    def _pooled(self, slides, table, per_slide, z_threshold, min_region_tiles, calibrated) -> dict:
+        labels = np.concatenate([s.patches["label"].to_numpy() for s in slides])
+        z = np.concatenate([s.patches["z"].to_numpy() for s in slides])
+        predicted = np.concatenate([s.predict(z_threshold, min_region_tiles) for s in slides])
+        tumour_free = table[table["tumour_fraction"] == 0]
+        strata = {}
+        for name, (low, high) in BURDEN_STRATA.items():
+            members = table[(table["tumour_fraction"] > low) & (table["tumour_fraction"] <= high)]
+            strata[name] = {
+                "n_slides": len(members),
+                "mean_iou": float(members["iou"].mean()) if len(members) else None,
+            }
+        fp_area = {}
+        for s in slides:
+            if s.slide_id in set(tumour_free["slide"]):
+                cell_mm2 = (s.grid["size"] * s.grid["mpp0"]) ** 2 / 1e6
+                fp_area[s.slide_id] = float(s.predict(z_threshold, min_region_tiles).sum() * cell_mm2)
+        return {
+            "threshold": {"z_threshold": z_threshold, "min_region_tiles": min_region_tiles, "calibrated": calibrated},
+            "label_rule": self.label_rule,
+            "n_slides": len(slides),
+            "pooled": {"auc": roc_auc(z, labels), "pr_auc": pr_auc(z, labels), **overlap(predicted, labels)},
+            "mean_iou": float(table["iou"].mean()),
+            "strata": strata,
+            "tumour_free_false_positive_mm2": fp_area,
+            "oracle": {
+                "note": "thresholds chosen on each slide's own labels: an upper bound, not a result",
+                "mean_iou": float(table["oracle_iou"].mean()),
+                "mean_f1": float(np.mean([v["oracle_f1"] for v in per_slide.values()])),
+            },
+            "froc": "not computed: needs level-0 tumour mask TIFFs, which these inputs do not include",
+            "per_slide": per_slide,
+        }
+
+    def _pixel_auc(self, s: SlideResult, tissue_only: bool) -> float:
+        """AUC over thumbnail pixels, each scored with its grid cell's z; off-grid pixels score lowest."""
+        ds = s.grid["thumbnail_downsample"]
+        rows = np.minimum((np.arange(s.truth.shape[0]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[0] - 1)
+        cols = np.minimum((np.arange(s.truth.shape[1]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[1] - 1)
+        scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
+        scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
+        keep = s.tissue if tissue_only else np.ones_like(s.tissue)
+        return roc_auc(scores[keep], s.truth[keep].astype(int))
+
+    def _save_errors(self, s: SlideResult, z_threshold: float, min_region_tiles: int) -> None:
+        """TP (green), FP (red) and FN (blue) patches over the slide thumbnail."""
+        predicted, labels = s.predict(z_threshold, min_region_tiles).astype(bool), s.patches["label"].to_numpy() > 0
+        scale = s.grid["thumbnail_downsample"]
+        figure, axis = plt.subplots(figsize=(10, 10 * s.thumbnail.shape[0] / s.thumbnail.shape[1] + 0.6), dpi=100)
+        axis.imshow(s.thumbnail)
+        for kind, select, color in (("TP", predicted & labels, "lime"), ("FP", predicted & ~labels, "red"),
+                                    ("FN", ~predicted & labels, "blue")):  # fmt: skip
+            for _, row in s.patches[select].iterrows():
+                size = row["size0"] / scale
+                axis.add_patch(plt.Rectangle((row["x"] / scale, row["y"] / scale), size, size, color=color, alpha=0.35))
+            axis.plot([], [], "s", color=color, label=f"{kind}: {int(select.sum())}")
+        axis.legend(loc="upper right", fontsize=8)
+        axis.set_axis_off()
+        axis.set_title(f"{s.slide_id}: z > {z_threshold:.2f}, regions >= {min_region_tiles} patches", fontsize=10)
+        figure.tight_layout()
+        with atomic_path(self.output_dir / s.slide_id / "errors.png") as tmp:
+            figure.savefig(tmp, format="png")
+        plt.close(figure)
+
+    def _save_curves(self, slides: Sequence[SlideResult]) -> None:
+        labels = np.concatenate([s.patches["label"].to_numpy() for s in slides])
+        z = np.concatenate([s.patches["z"].to_numpy() for s in slides])
+        if labels.min() == labels.max():
+            logger.warning("ROC/PR curves skipped: the evaluated patches hold only one class.")
+            return
+        for name, (xs, ys, xlabel, ylabel, value) in {
+            "roc": (*roc_curve(labels, z)[:2], "false positive rate", "true positive rate", roc_auc(z, labels)),
+            "pr": (*precision_recall_curve(labels, z)[1::-1], "recall", "precision", pr_auc(z, labels)),
+        }.items():
+            figure, axis = plt.subplots(figsize=(5, 5), dpi=100)
+            axis.plot(xs, ys)
+            axis.set_xlabel(xlabel)
+            axis.set_ylabel(ylabel)
+            axis.set_title(f"pooled patches ({len(labels)}): {name.upper()}-AUC {value:.3f}")
+            figure.tight_layout()
+            with atomic_path(self.output_dir / f"{name}.png") as tmp:
+                figure.savefig(tmp, format="png")
+            plt.close(figure)

@@ -1,0 +1,120 @@
+"""Metrics against scikit-learn, the calibration sweep, label-blind calibration, and `run evaluate` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, jaccard_score, roc_auc_score
+
+from conftest import BUNDLE, REPO, TINY_NET, tissue_like
+from scripts.annotations import LesionAnnotation
+from scripts.evaluation import SUMMARY_COLUMNS, SlideResult, best_of, overlap, patch_labels, pr_auc, roc_auc, sweep
+from scripts.pyramid import write_pyramid
+from scripts.regions import to_asap_xml, trace_regions
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scalar_metrics_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.normal(size=300) + labels * rng.uniform(0, 2)
+    scores[:20] = scores[20]  # ties
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert pr_auc(scores, labels) == pytest.approx(average_precision_score(labels, scores))
+    predicted = scores > 0.5
+    result = overlap(predicted, labels)
+    assert result["iou"] == pytest.approx(jaccard_score(labels, predicted))
+    assert result["dice"] == pytest.approx(f1_score(labels, predicted))
+
+
+def test_degenerate_metric_cases():
+    assert np.isnan(roc_auc(np.arange(4.0), np.zeros(4, int)))
+    assert overlap(np.zeros(5, bool), np.zeros(5, int))["iou"] == 1.0  # a clean tumour-free slide is perfect
+
+
+def grid_slide(slide_id: str, z_map: np.ndarray, labels_map: np.ndarray) -> SlideResult:
+    """A slide on a 1-px grid whose patch labels are given directly."""
+    rows, cols = np.nonzero(np.isfinite(z_map))
+    patches = pd.DataFrame({"x": cols, "y": rows, "size0": 1, "z": z_map[rows, cols], "label": labels_map[rows, cols]})
+    grid = {"stride": 1, "size": 1, "mpp0": 1.0, "thumbnail_downsample": 1.0}
+    tissue = np.isfinite(z_map)
+    return SlideResult(slide_id, patches, z_map, grid, labels_map > 0, tissue, np.zeros((*z_map.shape, 3), np.uint8))
+
+
+def planted(seed: int, shift: float) -> SlideResult:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((20, 20), int)
+    labels[5:12, 6:14] = 1
+    z = rng.normal(size=(20, 20)) * 0.3 + labels * shift
+    return grid_slide(f"s{seed}", z, labels)
+
+
+def test_sweep_finds_the_known_optimum():
+    slides = [planted(k, 3.0) for k in range(3)]
+    table = sweep(slides, np.linspace(-3, 5, 81), [1, 5])
+    best = best_of(table)
+    assert best["mean_iou"] == pytest.approx(1.0)
+    assert 0.9 < best["z_threshold"] < 2.1  # between the noise (±0.9) and the planted lesion (3 ± 0.9)
+
+
+def test_calibration_does_not_depend_on_test_labels():
+    calibration_slides = [planted(k, 3.0) for k in range(3)]
+    chosen = best_of(sweep(calibration_slides, np.linspace(-3, 5, 100), [1, 2, 3, 5, 8]))
+    test = planted(10, 3.0)
+    permuted = grid_slide("p", test.z_map, np.random.default_rng(0).permutation(test.truth.ravel()).reshape(20, 20))
+    threshold, tiles = chosen["z_threshold"], int(chosen["min_region_tiles"])
+    # the evaluated threshold is the calibrated one whatever the test labels; only the score against them moves
+    original = overlap(test.predict(threshold, tiles), test.patches["label"].to_numpy())
+    shuffled = overlap(permuted.predict(threshold, tiles), permuted.patches["label"].to_numpy())
+    assert np.array_equal(test.predict(threshold, tiles), permuted.predict(threshold, tiles))
+    assert original["iou"] > 0.9 > shuffled["iou"]
+
+
+def test_pcam_centre_rule_and_fraction_rule():
+    annotation = LesionAnnotation(tumour=[np.array([[0, 0], [40, 0], [40, 96], [0, 96]], float)])
+    patches = pd.DataFrame({"x": [0, 96], "y": [0, 0], "size0": 96})
+    # tumour covers x < 40 of the first patch: 42 % of it, and reaches into its central third (x 32..64)
+    assert list(patch_labels(annotation, patches, "centre")) == [1, 0]
+    assert list(patch_labels(annotation, patches, "fraction", 0.5)) == [0, 0]
+    assert list(patch_labels(annotation, patches, "fraction", 0.4)) == [1, 0]
+
+
+def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoint):
+    rng = np.random.default_rng(3)
+    image = tissue_like(rng, (960, 1152))
+    image[288:672, 384:768] = rng.integers(0, 256, size=(384, 384, 3))  # a harsh, saturated foreign texture
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_pyramid(slides / "planted.tif", image, 0.972, levels=2)
+    truth = np.zeros((960, 1152), bool)
+    truth[288:672, 384:768] = True
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "planted.xml").write_text(to_asap_xml(trace_regions(truth, None, pitch=1.0)))
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
+        json.dumps([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]),
+        "--dataset_dir", str(slides), "--annotation_dir", str(annotations), "--output_dir", str(output),
+        "--ckpt_path", str(tiny_checkpoint), "--channels", json.dumps(TINY_NET["channels"]),
+        "--latent_channels", str(TINY_NET["latent_channels"]), "--num_workers", "0", "--wsi_reader", "tifffile",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    summary = pd.read_csv(output / "heatmap_summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert summary.loc[0, "n_patches"] == 120 and summary.loc[0, "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.02)
+    assert metrics["threshold"]["calibrated"] is False
+    assert metrics["pooled"]["auc"] > 0.95  # 16 planted patches against 104 plain ones
+    assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9
+    for figure in ("roc.png", "pr.png", "planted/errors.png"):
+        assert (output / figure).stat().st_size > 1000
