@@ -72,3 +72,18 @@ def test_empty_self_intersecting_and_out_of_bounds_polygons(tmp_path):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [bowtie, outside]}))
     mask = read_geojson(path).rasterise((10, 10), 10.0)
     assert mask.all()  # the out-of-bounds square covers everything and is clipped, not an error
+
+
+def test_mask_tiff_rasterises_like_the_polygon(tmp_path):
+    from scripts.annotations import LesionAnnotation, find_annotation
+    from scripts.pyramid import write_pyramid
+
+    mask = np.zeros((512, 768, 3), np.uint8)
+    mask[128:384, 256:640] = 255
+    write_pyramid(tmp_path / "s1_mask.tif", mask, 0.25, levels=3, compression="zlib")
+    from_tiff = read_annotation(find_annotation(tmp_path, "s1"))
+    polygon = LesionAnnotation(tumour=[np.array([[256, 128], [640, 128], [640, 384], [256, 384]], float)])
+    for downsample in (1.0, 4.0, 8.0):
+        shape = (int(512 / downsample), int(768 / downsample))
+        a, b = from_tiff.rasterise(shape, downsample), polygon.rasterise(shape, downsample)
+        assert (a & b).sum() / (a | b).sum() > 0.97  # equal up to the polygon's boundary pixels

@@ -116,5 +116,6 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     assert metrics["threshold"]["calibrated"] is False
     assert metrics["pooled"]["auc"] > 0.95  # 16 planted patches against 104 plain ones
     assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9
+    assert metrics["froc"]["n_lesions"] == 1 and 0.0 <= metrics["froc"]["score"] <= 1.0
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Lesion annotations: CAMELYON16 ASAP XML, QuPath GeoJSON and mask TIFFs, rasterised to any pyramid level.
+"""Lesion annotations: CAMELYON16 ASAP XML, QuPath GeoJSON and binary mask TIFFs, rasterised to any pyramid level.
 
 ASAP groups ``Tumor``, ``_0`` and ``_1`` are tumour; ``Exclusion`` and ``_2`` are non-tumour holes subtracted from it
 (both spellings occur in the real CAMELYON16 files). XML is parsed with ``defusedxml``, so entity-expansion bombs are
@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
+from monai.data import WSIReader
 from PIL import Image, ImageDraw
 
 from .regions import shoelace_area
 
 TUMOUR_GROUPS = ("Tumor", "_0", "_1")
 EXCLUSION_GROUPS = ("Exclusion", "_2")
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", "_mask.tif", "_Mask.tif")
 
 
 @dataclass
@@ -95,17 +96,45 @@ def read_geojson(path: str | Path) -> LesionAnnotation:
     return annotation
 
 
-def read_annotation(path: str | Path) -> LesionAnnotation:
+class MaskAnnotation:
+    """A binary tumour-mask TIFF (non-zero = tumour, level 0 aligned with the slide), rasterised like the polygons.
+
+    The finest pyramid level not finer than the requested downsample is read and resampled by nearest neighbour.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "tifffile") -> None:
+        self.path = Path(path)
+        self.reader = WSIReader(backend=backend)
+        self.wsi = self.reader.read(str(self.path))
+
+    def rasterise(self, shape: tuple[int, int], downsample: float, origin: tuple[float, float] = (0, 0)) -> np.ndarray:
+        downsamples = [
+            self.reader.get_downsample_ratio(self.wsi, lv) for lv in range(self.reader.get_level_count(self.wsi))
+        ]
+        level = max((lv for lv, d in enumerate(downsamples) if d <= downsample), key=lambda lv: downsamples[lv])
+        image, _ = self.reader.get_data(self.wsi, level=level)
+        mask = np.asarray(image)[0] > 0
+        scale = downsamples[level]
+        rows = ((origin[1] + (np.arange(shape[0]) + 0.5) * downsample) / scale).astype(int)
+        cols = ((origin[0] + (np.arange(shape[1]) + 0.5) * downsample) / scale).astype(int)
+        inside = (rows[:, None] < mask.shape[0]) & (cols[None, :] < mask.shape[1])
+        return mask[np.minimum(rows, mask.shape[0] - 1)][:, np.minimum(cols, mask.shape[1] - 1)] & inside
+
+
+def read_annotation(path: str | Path) -> LesionAnnotation | MaskAnnotation:
+    """Polygons from ASAP XML or QuPath GeoJSON, or a binary mask TIFF."""
     path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return MaskAnnotation(path)
     if path.suffix.lower() == ".xml":
         return read_asap_xml(path)
     if path.suffix.lower() in (".geojson", ".json"):
         return read_geojson(path)
-    raise ValueError(f"{path}: unsupported annotation format; use ASAP .xml or QuPath .geojson.")
+    raise ValueError(f"{path}: unsupported annotation format; use ASAP .xml, QuPath .geojson or a mask .tif.")
 
 
 def find_annotation(annotation_dir: str | Path, slide_id: str) -> Path | None:
-    """``<slide_id>.xml`` / ``.geojson`` / ``.json`` in ``annotation_dir`` (case as given), or None."""
+    """``<slide_id>`` + ``.xml`` / ``.geojson`` / ``.json`` / ``_mask.tif`` in ``annotation_dir``, or None."""
     for suffix in ANNOTATION_SUFFIXES:
         candidate = Path(annotation_dir) / f"{slide_id}{suffix}"
         if candidate.is_file():

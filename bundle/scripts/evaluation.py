@@ -20,11 +20,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from monai.metrics import compute_average_precision, compute_roc_auc  # noqa: E402
+from monai.apps.pathology.utils import (  # noqa: E402
+    PathologyProbNMS,
+    compute_isolated_tumor_cells,
+    compute_multi_instance_mask,
+)
+from monai.metrics import (  # noqa: E402
+    compute_average_precision,
+    compute_fp_tp_probs,
+    compute_froc_curve_data,
+    compute_froc_score,
+    compute_roc_auc,
+)
 from skimage import io  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from .annotations import find_annotation, read_annotation  # noqa: E402
+from .annotations import LesionAnnotation, MaskAnnotation, find_annotation, read_annotation  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .regions import clean_mask  # noqa: E402
 
@@ -79,6 +90,7 @@ class SlideResult:
     truth: np.ndarray  # tumour raster at thumbnail_downsample
     tissue: np.ndarray  # tissue mask at thumbnail_downsample
     thumbnail: np.ndarray
+    annotation: LesionAnnotation | MaskAnnotation | None = None
 
     @property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
@@ -140,9 +152,51 @@ def load_slide(
     else:
         patches["label"] = patch_labels(annotation, patches, rule, min_fraction)
         truth = annotation.rasterise(tissue.shape, grid["thumbnail_downsample"])
-    return SlideResult(
-        slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, io.imread(folder / "thumbnail.png")
-    )
+    thumbnail = io.imread(folder / "thumbnail.png")
+    return SlideResult(slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, thumbnail, annotation)
+
+
+def lesion_froc(
+    slides: Sequence[SlideResult], grow_distance: float = 75, itc_diameter: float = 200, raster_px: int = 12
+) -> dict:
+    """CAMELYON16 FROC (mean sensitivity at 1/4 ... 8 false positives per slide) from MONAI's LesionFROC parts.
+
+    LesionFROC itself reads 0/1 mask TIFFs and probability maps from files at one power-of-two level; here the same
+    steps run on the annotation rasterised at level ``L = log2(size0 / raster_px)`` and a detection map
+    ``sigmoid(z)`` sampled on that level's pixels (0 off tissue): NMS keeps local maxima above the slide mean
+    (z > 0), lesions are grown by ``grow_distance`` µm and isolated tumour cells (< ``itc_diameter`` µm) are
+    excluded, as in the challenge.
+    """
+    fp_probs, tp_probs, num_targets = [], [], 0
+    for s in slides:
+        level = max(0, round(np.log2(s.grid["size"] / raster_px)))
+        scale = 2**level
+        shape = tuple(int(np.ceil(n * s.grid["stride"] / scale)) for n in s.z_map.shape)
+        rows = np.minimum((np.arange(shape[0]) * scale) // s.grid["stride"], s.z_map.shape[0] - 1)
+        cols = np.minimum((np.arange(shape[1]) * scale) // s.grid["stride"], s.z_map.shape[1] - 1)
+        z = s.z_map[np.ix_(rows, cols)].astype(np.float64)
+        probability = np.where(np.isfinite(z), 1 / (1 + np.exp(-np.nan_to_num(z))), 0.0)
+        detections = PathologyProbNMS(sigma=0.0, prob_threshold=0.5, box_size=48)(probability, resolution_level=level)
+        probs, y_coord, x_coord = (
+            (np.array(v) for v in zip(*detections, strict=True)) if detections else (np.zeros(0),) * 3
+        )
+        truth = s.annotation.rasterise(shape, scale) if s.annotation is not None else np.zeros(shape, bool)
+        spacing = s.grid["mpp0"] * scale
+        instances = compute_multi_instance_mask(truth.astype(np.uint8), grow_distance / (spacing * 2))
+        itc = compute_isolated_tumor_cells(instances, (itc_diameter + grow_distance) / spacing)
+        fp, tp, targets = compute_fp_tp_probs(probs, y_coord, x_coord, instances, itc, resolution_level=level)
+        fp_probs.extend(fp)
+        tp_probs.extend(tp)
+        num_targets += targets
+    if num_targets == 0:
+        return {"score": None, "note": "no lesion larger than an isolated tumour cell in the evaluated slides"}
+    fps, sensitivity = compute_froc_curve_data(np.array(fp_probs), np.array(tp_probs), num_targets, len(slides))
+    thresholds = (0.25, 0.5, 1, 2, 4, 8)
+    return {
+        "score": float(compute_froc_score(fps, sensitivity, thresholds)),
+        "fp_per_slide_thresholds": list(thresholds),
+        "n_lesions": int(num_targets),
+    }
 
 
 def sweep(slides: Sequence[SlideResult], thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> pd.DataFrame:
@@ -283,7 +337,7 @@ class Evaluation:
                 "mean_iou": float(table["oracle_iou"].mean()),
                 "mean_f1": float(np.mean([v["oracle_f1"] for v in per_slide.values()])),
             },
-            "froc": "not computed: needs level-0 tumour mask TIFFs, which these inputs do not include",
+            "froc": lesion_froc(slides),
             "per_slide": per_slide,
         }
 

@@ -23,17 +23,27 @@ MPP_TOLERANCE = 0.1
 MASK_MAX_SIDE = 4096
 
 
-def read_datalist(path: str | Path, key: str = "training") -> list[str]:
-    """Slide paths from a JSON datalist (MONAI style ``{key: [{"image": ...}]}`` or a plain list) or a CSV/text list.
+DATALIST_KEYS = ("testing", "training", "validation", "data")
 
-    Relative paths are taken relative to the datalist's folder.
+
+def read_datalist(path: str | Path) -> list[str]:
+    """Slide paths from a JSON datalist or a CSV list.
+
+    JSON: a plain list, or MONAI style ``{"testing" | "training" | "validation" | "data": [{"image": ...}]}`` (the
+    first of those keys present). CSV: the ``image`` column, else the first one. Relative paths are taken relative
+    to the datalist's folder.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist {path} not found.")
     if path.suffix == ".json":
         content = json.loads(path.read_text())
-        items = content.get(key, []) if isinstance(content, dict) else content
+        if isinstance(content, dict):
+            key = next((k for k in DATALIST_KEYS if k in content), None)
+            if key is None:
+                raise KeyError(f"datalist {path} has none of the keys {list(DATALIST_KEYS)}.")
+            content = content[key]
+        items = content
         paths = [item["image"] if isinstance(item, dict) else item for item in items]
     else:
         table = pd.read_csv(path)
