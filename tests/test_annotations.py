@@ -86,4 +86,5 @@ def test_mask_tiff_rasterises_like_the_polygon(tmp_path):
     for downsample in (1.0, 4.0, 8.0):
         shape = (int(512 / downsample), int(768 / downsample))
         a, b = from_tiff.rasterise(shape, downsample), polygon.rasterise(shape, downsample)
-        assert (a & b).sum() / (a | b).sum() > 0.97  # equal up to the polygon's boundary pixels
+        assert a.sum() * downsample**2 == 256 * 384  # the mask's own pixels, exactly
+        assert (a & b).sum() / (a | b).sum() > 0.94  # the polygon fill adds its boundary pixels at coarse levels
