@@ -22,6 +22,9 @@ import torch
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
+import scripts  # noqa: E402, F401, I001  (imported before MONAI: silences cuCIM's CPU-only import noise)
+
+# isort: split
 from monai.bundle import ConfigParser  # noqa: E402
 
 
