@@ -207,6 +207,7 @@ class SlideInference:
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
+        make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
         self.slides = list(slides)
         self.evaluator = evaluator
         self.postprocessor = postprocessor
