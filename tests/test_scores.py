@@ -6,7 +6,7 @@ from scripts.scores import AnomalyScoreInferer
 from tests_helpers import tiny_net
 
 
-@pytest.mark.parametrize("score", ["l1", "mse", "ssim", "latent"])
+@pytest.mark.parametrize("score", ["l1", "mse", "ssim", "latent", "l1_ratio"])
 def test_scores_are_finite_deterministic_and_higher_for_worse_reconstruction(score, tiny_checkpoint):
     inferer = AnomalyScoreInferer.from_checkpoint(score, tiny_checkpoint)
     net = load_network(tiny_net(), tiny_checkpoint, "cpu")
@@ -31,7 +31,7 @@ def test_reconstruction_scores_rank_a_copy_below_noise():
     stats = {"mean": [0.0] * 3, "std": [1.0] * 3}
     from scripts.transforms import ChannelStats
 
-    for score in ("l1", "mse", "ssim"):
+    for score in ("l1", "mse", "ssim", "l1_ratio"):
         inferer = AnomalyScoreInferer(score, ChannelStats(**stats))
         assert torch.allclose(inferer(x, Identity()), torch.zeros(4), atol=1e-5)
 

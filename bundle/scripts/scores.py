@@ -10,7 +10,8 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from .transforms import ChannelStats
 
-SCORES = ("l1", "mse", "ssim", "latent")
+SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio")
+COMPLEXITY_FACTOR = 4
 
 
 class AnomalyScoreInferer(Inferer):
@@ -18,7 +19,9 @@ class AnomalyScoreInferer(Inferer):
 
     ``l1`` / ``mse``: reconstruction error in the normalised space the model works in. ``ssim``: 1 - SSIM of the
     reconstruction, both mapped back to [0, 1] RGB. ``latent``: Mahalanobis distance of mu from the Gaussian of
-    normal training latents stored in the checkpoint (``latent_stats``).
+    normal training latents stored in the checkpoint (``latent_stats``). ``l1_ratio``: the model's L1 error divided
+    by that of a trivial reconstruction (4x average-pool then upsample): an input-complexity correction in the spirit
+    of Serrà et al. (ICLR 2020), so that busy normal tissue does not outscore smooth tumour merely for being busy.
     """
 
     def __init__(self, score: str, norm_stats: ChannelStats, latent_stats: dict | None = None) -> None:
@@ -49,8 +52,13 @@ class AnomalyScoreInferer(Inferer):
             precision = self.latent_stats["precision"].to(mu.device)
             return torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
         recon = network.decode(mu, skips).float()
+        error = (recon - inputs).abs().flatten(1).mean(1)
         if self.score == "l1":
-            return (recon - inputs).abs().flatten(1).mean(1)
+            return error
+        if self.score == "l1_ratio":
+            smooth = torch.nn.functional.avg_pool2d(inputs.float(), COMPLEXITY_FACTOR)
+            trivial = torch.nn.functional.interpolate(smooth, scale_factor=COMPLEXITY_FACTOR, mode="nearest")
+            return error / (trivial - inputs).abs().flatten(1).mean(1).clamp(min=1e-6)
         if self.score == "mse":
             return (recon - inputs).pow(2).flatten(1).mean(1)
         mean, std = self.mean.to(inputs.device), self.std.to(inputs.device)
