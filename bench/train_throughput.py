@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
@@ -55,7 +56,7 @@ def workflow_rate(parser: ConfigParser, iterations: int) -> tuple[float, int]:
     trainer.state.epoch_length = iterations
     trainer.state.max_epochs = 1
     times = []
-    trainer.add_event_handler("iteration_completed", lambda e: times.append(time.perf_counter()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: times.append(time.perf_counter()))
     trainer.run()
     # the first two iterations include worker start-up; count from the end of the second
     steady = times[2:]
