@@ -97,25 +97,35 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     annotations = tmp_path / "annotations"
     annotations.mkdir()
     (annotations / "planted.xml").write_text(to_asap_xml(trace_regions(truth, None, pitch=1.0)))
+
+    def run(workflow: str, output, *extra: str) -> None:
+        command = [
+            sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file",
+            json.dumps([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]),
+            "--dataset_dir", str(slides), "--annotation_dir", str(annotations), "--output_dir", str(output),
+            "--ckpt_path", str(tiny_checkpoint), "--channels", json.dumps(TINY_NET["channels"]),
+            "--latent_channels", str(TINY_NET["latent_channels"]), "--num_workers", "0", "--wsi_reader", "tifffile",
+            *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # the same slide stands in for the calibration and the test set: this checks the plumbing, not generalisation
+    run("calibrate", tmp_path / "calibration")
+    calibration = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
+    assert calibration["calibration_slides"] == ["planted"] and calibration["mean_iou"] > 0.9
     output = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
-        json.dumps([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]),
-        "--dataset_dir", str(slides), "--annotation_dir", str(annotations), "--output_dir", str(output),
-        "--ckpt_path", str(tiny_checkpoint), "--channels", json.dumps(TINY_NET["channels"]),
-        "--latent_channels", str(TINY_NET["latent_channels"]), "--num_workers", "0", "--wsi_reader", "tifffile",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run("evaluate", output, "--calibration_file", str(tmp_path / "calibration" / "calibration.json"))
     metrics = json.loads((output / "metrics.json").read_text())
     summary = pd.read_csv(output / "heatmap_summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert summary.loc[0, "n_patches"] == 120 and summary.loc[0, "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.02)
-    assert metrics["threshold"]["calibrated"] is False
+    assert metrics["threshold"]["calibrated"] is True
+    assert metrics["threshold"]["z_threshold"] == calibration["z_threshold"]
     assert metrics["pooled"]["auc"] > 0.95  # 16 planted patches against 104 plain ones
-    assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9
+    assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9 and metrics["pooled"]["pixel_auc_tissue"] > 0.9
+    assert metrics["pooled"]["iou"] == pytest.approx(calibration["mean_iou"])
     assert metrics["froc"]["n_lesions"] == 1 and 0.0 <= metrics["froc"]["score"] <= 1.0
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000

@@ -292,8 +292,8 @@ class Evaluation:
                 "oracle_iou_min_region_tiles": int(oracle["min_region_tiles"]),
                 "oracle_f1": float(oracle_f1[0]),
                 "oracle_f1_threshold": float(oracle_f1[1]),
-                "pixel_auc_tissue": self._pixel_auc(s, tissue_only=True),
-                "pixel_auc_all_pixels": self._pixel_auc(s, tissue_only=False),
+                "pixel_auc_tissue": self._pixel_auc([s], tissue_only=True),
+                "pixel_auc_all_pixels": self._pixel_auc([s], tissue_only=False),
             }
             self._save_errors(s, z_threshold, min_region_tiles)
         table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -328,7 +328,13 @@ class Evaluation:
             "threshold": {"z_threshold": z_threshold, "min_region_tiles": min_region_tiles, "calibrated": calibrated},
             "label_rule": self.label_rule,
             "n_slides": len(slides),
-            "pooled": {"auc": roc_auc(z, labels), "pr_auc": pr_auc(z, labels), **overlap(predicted, labels)},
+            "pooled": {
+                "auc": roc_auc(z, labels),
+                "pr_auc": pr_auc(z, labels),
+                **overlap(predicted, labels),
+                "pixel_auc_tissue": self._pixel_auc(slides, tissue_only=True),
+                "pixel_auc_all_pixels (background inflates it)": self._pixel_auc(slides, tissue_only=False),
+            },
             "mean_iou": float(table["iou"].mean()),
             "strata": strata,
             "tumour_free_false_positive_mm2": fp_area,
@@ -341,15 +347,20 @@ class Evaluation:
             "per_slide": per_slide,
         }
 
-    def _pixel_auc(self, s: SlideResult, tissue_only: bool) -> float:
-        """AUC over thumbnail pixels, each scored with its grid cell's z; off-grid pixels score lowest."""
+    @staticmethod
+    def _pixel_scores(s: SlideResult, tissue_only: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Thumbnail pixels scored with their grid cell's z (off-grid pixels lowest), and their tumour labels."""
         ds = s.grid["thumbnail_downsample"]
         rows = np.minimum((np.arange(s.truth.shape[0]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[0] - 1)
         cols = np.minimum((np.arange(s.truth.shape[1]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[1] - 1)
         scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
         scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
         keep = s.tissue if tissue_only else np.ones_like(s.tissue)
-        return roc_auc(scores[keep], s.truth[keep].astype(int))
+        return scores[keep], s.truth[keep].astype(int)
+
+    def _pixel_auc(self, slides: Sequence[SlideResult], tissue_only: bool) -> float:
+        scores, labels = zip(*(self._pixel_scores(s, tissue_only) for s in slides), strict=True)
+        return roc_auc(np.concatenate(scores), np.concatenate(labels))
 
     def _save_errors(self, s: SlideResult, z_threshold: float, min_region_tiles: int) -> None:
         """TP (green), FP (red) and FN (blue) patches over the slide thumbnail."""
