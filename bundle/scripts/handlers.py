@@ -10,7 +10,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
+from ignite.handlers import Checkpoint, TerminateOnNan
 from torch.utils.tensorboard import SummaryWriter
 
 from .atomic import atomic_path
@@ -182,7 +182,7 @@ class LatentStatsHandler:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if idist.get_rank() != 0 or not self.checkpoint_path.is_file():
+        if idist.get_rank() != 0 or not self.checkpoint_path.is_file() or not _loss_is_finite(engine):
             return
         checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         self.network.load_state_dict(checkpoint["model"])
@@ -207,3 +207,29 @@ class LatentStatsHandler:
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(checkpoint, tmp)
         logger.info("latent statistics of %d normal patches added to %s", len(mu), self.checkpoint_path)
+
+
+class TerminateOnNanHandler(TerminateOnNan):
+    """ignite's ``TerminateOnNan`` with the ``attach`` that MONAI engines call on their handlers."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+
+def _loss_is_finite(engine: Engine) -> bool:
+    output = engine.state.output
+    return not isinstance(output, dict) or "loss" not in output or math.isfinite(float(output["loss"]))
+
+
+def raise_if_stopped_on_nan(trainer: Engine, ckpt_dir: str | Path) -> None:
+    """After ``trainer.run()``: turn a stop by ignite's ``TerminateOnNan`` into an error with a clear message.
+
+    The checkpoints need no repair: ``model.pt`` is only replaced after a finite, better validation loss.
+    """
+    if not _loss_is_finite(trainer):
+        loss = float(trainer.state.output["loss"])
+        raise RuntimeError(
+            f"training stopped: the loss became {float(loss)} at epoch {trainer.state.epoch}, iteration "
+            f"{trainer.state.iteration}; {Path(ckpt_dir) / 'model.pt'} still holds the best finite model. Lower "
+            "--learning_rate or --beta, or check the data for blank patches."
+        )

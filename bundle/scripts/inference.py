@@ -6,6 +6,7 @@ its patches stream, and a slide that fails is recorded in ``summary.csv`` withou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from .wsi import PatchGeometry, make_reader, slide_patches
 
 logger = logging.getLogger(__name__)
 
+COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
 SUMMARY_COLUMNS = [
     "slide", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
@@ -71,6 +73,7 @@ class SlideJob:
     samples: list[dict]
     geometry: PatchGeometry
     facts: dict
+    settings: dict = field(default_factory=dict)
     scores: list[torch.Tensor] = field(default_factory=list)
     fallbacks: list[torch.Tensor] = field(default_factory=list)
 
@@ -181,6 +184,8 @@ class SlidePostprocessor:
             "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
         }
+        with atomic_path(out / COMPLETE_MARKER) as tmp:  # written last: its presence means every output is whole
+            tmp.write_text(json.dumps({"settings": job.settings, "summary": self.summary}))
 
 
 class SlideInference:
@@ -204,6 +209,8 @@ class SlideInference:
         num_workers: int = 0,
         stain_fit_patches: int = 64,
         seed: int = 0,
+        overwrite: bool = False,
+        strict: bool = False,
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
@@ -226,6 +233,8 @@ class SlideInference:
         self.num_workers = num_workers
         self.stain_fit_patches = stain_fit_patches
         self.seed = seed
+        self.overwrite = overwrite
+        self.strict = strict
 
     def _open(self, slide: str):
         """Read the slide's grid with the configured reader; a cuCIM failure falls back to OpenSlide once."""
@@ -250,8 +259,10 @@ class SlideInference:
             patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
         self.stain.fit_slide(patches, slide)
 
-    def _score(self, slide: str) -> dict:
+    def _score(self, slide: str, settings: dict) -> dict:
         reader, samples, geometry, facts = self._open(slide)
+        if 0 in facts["shape"]:
+            raise ValueError(f"smaller than one patch ({facts['size0']} level-0 px, a patch is {geometry.size0})")
         if not samples:
             raise ValueError(
                 f"no tissue: no {geometry.size0}-px patch has tissue fraction >= {self.grid_args['min_tissue']} "
@@ -272,18 +283,65 @@ class SlideInference:
         )  # fmt: skip
         self.evaluator.data_loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
         self.evaluator.state.epoch_length = len(self.evaluator.data_loader)
-        self.postprocessor.begin(SlideJob(slide, samples, geometry, facts))
+        self.postprocessor.begin(SlideJob(slide, samples, geometry, facts, settings))
         self.evaluator.run()
         return self.postprocessor.summary
 
+    def settings(self) -> dict:
+        """What a slide's outputs depend on; outputs made with other settings (or weights) are redone, not reused."""
+        weights = hashlib.sha1()
+        for tensor in self.evaluator.network.state_dict().values():
+            weights.update(tensor.detach().cpu().numpy().tobytes())
+        post = self.postprocessor
+        return {
+            **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
+            "z_threshold": post.z_threshold, "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
+        }  # fmt: skip
+
+    def _completed(self, slide: str, settings: dict) -> dict | None:
+        """The summary of a slide that an earlier run with the same settings finished, or None.
+
+        Temp files left by a run killed mid-write are removed here, before the slide is redone.
+        """
+        folder = self.output_dir / Path(slide).stem
+        for stale in folder.glob(".*"):
+            stale.unlink()
+        marker = folder / COMPLETE_MARKER
+        if self.overwrite or not marker.is_file():
+            return None
+        done = json.loads(marker.read_text())
+        return done["summary"] if done.get("settings") == settings else None
+
     def run(self) -> pd.DataFrame:
+        """Score every slide; slides finished by an earlier run of the same command are skipped (``overwrite``
+        redoes them). Full tracebacks of failed slides go to ``output_dir/inference.log``."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(self.output_dir / "inference.log")
+        log_file.setLevel(logging.DEBUG)
+        log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        package_logger = logging.getLogger(__package__)
+        package_logger.addHandler(log_file)
+        package_logger.setLevel(logging.DEBUG)
+        try:
+            return self._run_all()
+        finally:
+            package_logger.removeHandler(log_file)
+            log_file.close()
+
+    def _run_all(self) -> pd.DataFrame:
         rows = []
+        settings = self.settings()
         for k, slide in enumerate(self.slides, 1):
-            logger.info("[%d/%d] %s", k, len(self.slides), slide)
             start = time.perf_counter()
             row = {"slide": Path(slide).stem, "status": "ok", "error": ""}
+            done = self._completed(slide, settings)
+            if done is not None:
+                logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
+                rows.append({**row, **done, "seconds": 0.0})
+                continue
+            logger.info("[%d/%d] %s", k, len(self.slides), slide)
             try:
-                row.update(self._score(slide))
+                row.update(self._score(slide, settings))
             except Exception as error:  # one bad slide must not lose the others
                 message = f"{slide}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
                 logger.error("%s", message)
@@ -296,6 +354,6 @@ class SlideInference:
             summary.to_csv(tmp, index=False)
         failed = int((summary["status"] != "ok").sum())
         logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
-        if failed == len(summary):
-            raise RuntimeError(f"all {failed} slides failed; see {self.output_dir / 'summary.csv'}")
+        if failed == len(summary) or (self.strict and failed):
+            raise RuntimeError(f"{failed} of {len(summary)} slides failed; see {self.output_dir / 'summary.csv'}")
         return summary
