@@ -101,3 +101,22 @@ def test_inference_with_a_mismatched_checkpoint_stops_before_any_slide(tmp_path,
     assert result.returncode != 0
     assert "does not match network_def" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "s").exists()
+
+
+def test_configuration_errors_name_the_key_and_the_choices(tmp_path):
+    import pytest
+
+    from scripts.datasets import normal_tissue_splits
+    from scripts.stain import StainNormalized
+    from scripts.wsi import find_slides, make_reader
+
+    with pytest.raises(FileNotFoundError, match="dataset_dir"):
+        find_slides(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="camelyonpatch_level_2_split_train_x.h5"):
+        normal_tissue_splits("pcam", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="images/ and masks/"):
+        normal_tissue_splits("tiles", tmp_path)
+    with pytest.raises(ValueError, match=r"wsi_reader must be one of \['cuCIM', 'OpenSlide', 'tifffile'\]"):
+        make_reader("bioformats")
+    with pytest.raises(ValueError, match="stain_mode must be one of"):
+        StainNormalized("image", mode="vahadane")

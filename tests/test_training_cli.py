@@ -24,7 +24,7 @@ def run_training(tiles_dir, ckpt_dir, output_dir, *extra: str) -> subprocess.Com
         "ckpt_dir": str(ckpt_dir),
         "output_dir": str(output_dir),
         "batch_size": "32",
-        "num_workers": "0",
+        "num_workers": "1",
         "stats_samples": "64",
         "channels": json.dumps(TINY_NET["channels"]),
         "latent_channels": str(TINY_NET["latent_channels"]),
@@ -88,6 +88,10 @@ def test_resume_continues_from_the_last_epoch(trained, tiles_dir):
     after = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert after["trainer"]["iteration"] == 3 * after["trainer"]["epoch_length"]
     assert after["best_checkpointer"]["best"] <= before["best_checkpointer"]["best"]
+    # an uninterrupted 3-epoch run with the same seed ends with the very same weights
+    run_training(tiles_dir, root / "straight", root / "runs_straight", "--max_epochs", "3")
+    straight = torch.load(root / "straight" / "last.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(straight["model"][k], after["model"][k]) for k in after["model"])
 
 
 def test_same_seed_gives_identical_weights_on_cpu(tiles_dir, tmp_path):

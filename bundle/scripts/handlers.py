@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, TerminateOnNan
@@ -131,6 +133,22 @@ class AtomicCheckpointer:
         checkpoint = {key: obj.state_dict() for key, obj in to_save.items()}
         with atomic_path(self.path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class RNGState:
+    """The global random generators (Python, NumPy, torch) as a checkpointable object.
+
+    Saved in ``last.pt`` after validation, so a resumed run draws the same shuffles, worker seeds, noise and skip
+    dropout masks as an uninterrupted one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
 
 
 def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
