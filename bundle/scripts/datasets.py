@@ -200,8 +200,8 @@ def normal_tissue_splits(
         if len(names) < 2:
             raise ValueError(f"{dataset_dir}: data_source 'tiles' needs at least 2 tiles to split, found {names}.")
         train_idx, val_idx = _split(len(names), val_fraction, seed)
-        make = lambda idx: TileNormals(dataset_dir, [names[i] for i in idx], patch_size, min_tissue=min_tissue)  # noqa: E731
-        return NormalTissueSplits(make(train_idx), make(val_idx))
+        tiles = [[names[i] for i in idx] for idx in (train_idx, val_idx)]
+        return NormalTissueSplits(*(TileNormals(dataset_dir, t, patch_size, min_tissue=min_tissue) for t in tiles))
     per_slide = wsi_normal_patches(
         find_slides(dataset_dir, datalist), wsi_reader, target_mpp, patch_size, patch_size, min_tissue
     )
