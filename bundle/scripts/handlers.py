@@ -21,6 +21,15 @@ from .transforms import ChannelStats
 logger = logging.getLogger(__name__)
 
 
+def unwrap(module: Any) -> Any:
+    """The network inside a (Distributed)DataParallel wrapper, so checkpoints load into ``network_def`` as is."""
+    return (
+        module.module
+        if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel))
+        else module
+    )
+
+
 class LinearScheduleHandler:
     """Set ``target.<attribute>`` at the start of every epoch, linear from ``start`` to ``end`` over ``epochs``.
 
@@ -130,7 +139,7 @@ class AtomicCheckpointer:
         if idist.get_rank() != 0:
             return
         to_save = {**self.save_dict, self.engine_key: engine} if self.engine_key else self.save_dict
-        checkpoint = {key: obj.state_dict() for key, obj in to_save.items()}
+        checkpoint = {key: unwrap(obj).state_dict() for key, obj in to_save.items()}
         with atomic_path(self.path) as tmp:
             torch.save(checkpoint, tmp)
 
@@ -203,15 +212,16 @@ class LatentStatsHandler:
         if idist.get_rank() != 0 or not self.checkpoint_path.is_file() or not _loss_is_finite(engine):
             return
         checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(checkpoint["model"])
-        self.network.eval()
-        device = next(self.network.parameters()).device
+        network = unwrap(self.network)
+        network.load_state_dict(checkpoint["model"])
+        network.eval()
+        device = next(network.parameters()).device
         generator = torch.Generator().manual_seed(self.seed)
         indices = torch.randperm(len(self.dataset), generator=generator)[: self.max_samples].tolist()
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size)
         with torch.inference_mode():
             images = (batch["image"].as_subclass(torch.Tensor).to(device) for batch in loader)
-            mus = [self.network.encode(x)[0].flatten(1).double().cpu() for x in images]
+            mus = [network.encode(x)[0].flatten(1).double().cpu() for x in images]
         mu = torch.cat(mus)
         mean = mu.mean(0)
         covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
