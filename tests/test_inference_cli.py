@@ -19,9 +19,11 @@ from scripts.inference import PATCH_COLUMNS, SUMMARY_COLUMNS
 INFER_CONFIG = BUNDLE / "configs" / "inference.json"
 
 
-def run_inference(checkpoint, dataset_dir, output_dir, *extra: str) -> subprocess.CompletedProcess:
+def run_inference(
+    checkpoint, dataset_dir, output_dir, *extra: str, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
+        sys.executable, *launcher, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
         "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--ckpt_path", str(checkpoint),
         "--channels", json.dumps(TINY_NET["channels"]), "--latent_channels", str(TINY_NET["latent_channels"]),
         "--num_workers", "0", "--batch_size", "32", "--wsi_reader", "tifffile", *extra,
@@ -125,3 +127,18 @@ def test_all_slides_failing_exits_non_zero(tiny_checkpoint, tmp_path):
     assert result.returncode != 0
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary.loc[0, "status"] == "error" and "assume_mpp" in summary.loc[0, "error"]
+
+
+def test_two_torchrun_ranks_split_the_cohort_and_merge_one_summary(cohort, tiny_checkpoint, tmp_path):
+    folder, single, _ = cohort
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    result = run_inference(tiny_checkpoint, folder, tmp_path, launcher=torchrun)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shards = [pd.read_csv(tmp_path / f"summary.shard-{i}-of-2.csv") for i in (0, 1)]
+    assert sorted(shards[0]["slide"].tolist() + shards[1]["slide"].tolist()) == ["cam16", "glass_only", "half_micron"]
+    assert not set(shards[0]["slide"]) & set(shards[1]["slide"])
+    merged, alone = (pd.read_csv(d / "summary.csv").drop(columns="seconds") for d in (tmp_path, single))
+    pd.testing.assert_frame_equal(merged, alone)
+    for slide in ("cam16", "half_micron"):
+        for name in ("patches.csv", "score_map.npy", "regions.geojson", "regions.xml"):
+            assert (tmp_path / slide / name).read_bytes() == (single / slide / name).read_bytes(), (slide, name)

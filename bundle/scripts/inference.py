@@ -189,7 +189,14 @@ class SlidePostprocessor:
 
 
 class SlideInference:
-    """Score every slide of ``slides`` with ``evaluator``; write ``summary.csv``; never let one slide stop the rest."""
+    """Score every slide of ``slides`` with ``evaluator``; write ``summary.csv``; never let one slide stop the rest.
+
+    ``num_shards`` > 1 splits the cohort across processes (torchrun ranks or cluster array tasks) that share
+    ``output_dir``: shard ``shard_index`` takes every ``num_shards``-th slide, writes its rows to
+    ``summary.shard-<i>-of-<n>.csv`` and its log to ``inference.shard-<i>-of-<n>.log``, and whichever shard finishes
+    last merges the shard rows into ``summary.csv`` in cohort order, as one process would have written it. A shard
+    can be rerun alone; the merge is redone when it finishes.
+    """
 
     def __init__(
         self,
@@ -211,11 +218,18 @@ class SlideInference:
         seed: int = 0,
         overwrite: bool = False,
         strict: bool = False,
+        shard_index: int = 0,
+        num_shards: int = 1,
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}.")
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
-        self.slides = list(slides)
+        self.cohort = [Path(s).stem for s in slides]
+        self.slides = list(slides)[shard_index::num_shards]
+        self.shard = "" if num_shards == 1 else f".shard-{shard_index}-of-{num_shards}"
+        self.num_shards = num_shards
         self.evaluator = evaluator
         self.postprocessor = postprocessor
         self.stain = stain
@@ -316,7 +330,7 @@ class SlideInference:
         """Score every slide; slides finished by an earlier run of the same command are skipped (``overwrite``
         redoes them). Full tracebacks of failed slides go to ``output_dir/inference.log``."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(self.output_dir / "inference.log")
+        log_file = logging.FileHandler(self.output_dir / f"inference{self.shard}.log")
         log_file.setLevel(logging.DEBUG)
         log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         package_logger = logging.getLogger(__package__)
@@ -350,10 +364,36 @@ class SlideInference:
             row["seconds"] = round(time.perf_counter() - start, 2)
             rows.append(row)
         summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-        with atomic_path(self.output_dir / "summary.csv") as tmp:
+        with atomic_path(self.output_dir / f"summary{self.shard}.csv") as tmp:
             summary.to_csv(tmp, index=False)
         failed = int((summary["status"] != "ok").sum())
         logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
-        if failed == len(summary) or (self.strict and failed):
-            raise RuntimeError(f"{failed} of {len(summary)} slides failed; see {self.output_dir / 'summary.csv'}")
+        # all failed is judged on the whole cohort: a shard whose few slides failed must not stop the other ranks
+        cohort = self._merge_shards() if self.shard else summary
+        if cohort is not None and (cohort["status"] != "ok").all():
+            raise RuntimeError(f"all {len(cohort)} slides failed; see {self.output_dir / 'summary.csv'}")
+        if self.strict and failed:
+            raise RuntimeError(
+                f"{failed} of {len(summary)} slides failed (strict); see {self.output_dir / 'summary.csv'}"
+            )
         return summary
+
+    def _merge_shards(self) -> pd.DataFrame | None:
+        """Write ``summary.csv`` from every shard's rows once all shards have written theirs; return it, or None.
+
+        Each shard writes its own file before looking for the others, so the last shard to finish always sees all
+        of them; two shards finishing together both write the same merged table.
+        """
+        paths = [self.output_dir / f"summary.shard-{i}-of-{self.num_shards}.csv" for i in range(self.num_shards)]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            logger.info("summary.csv is merged when the other shards finish (waiting for %s)", ", ".join(missing))
+            return None
+        tables = [pd.read_csv(p, dtype={"slide": str, "error": str}, float_precision="round_trip") for p in paths]
+        rows = pd.concat([t for t in tables if len(t)])
+        order = {slide: k for k, slide in enumerate(self.cohort)}
+        merged = rows.sort_values("slide", key=lambda column: column.map(order), kind="stable")
+        with atomic_path(self.output_dir / "summary.csv") as tmp:
+            merged.to_csv(tmp, index=False)
+        logger.info("merged %d shard summaries into %s", self.num_shards, self.output_dir / "summary.csv")
+        return merged
