@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from scripts.inference import load_network
-from scripts.scores import AnomalyScoreInferer
+from scripts.scores import SCORES, AnomalyScoreInferer
 from tests_helpers import tiny_net
 
 
-@pytest.mark.parametrize("score", ["l1", "mse", "ssim", "latent", "l1_ratio"])
+@pytest.mark.parametrize("score", SCORES)
 def test_scores_are_finite_deterministic_and_higher_for_worse_reconstruction(score, tiny_checkpoint):
     inferer = AnomalyScoreInferer.from_checkpoint(score, tiny_checkpoint)
     net = load_network(tiny_net(), tiny_checkpoint, "cpu")
@@ -34,6 +34,12 @@ def test_reconstruction_scores_rank_a_copy_below_noise():
     for score in ("l1", "mse", "ssim", "l1_ratio"):
         inferer = AnomalyScoreInferer(score, ChannelStats(**stats))
         assert torch.allclose(inferer(x, Identity()), torch.zeros(4), atol=1e-5)
+    # bottleneck_ratio decodes with the skips zeroed: this network then returns zeros, so the score is |x| over the
+    # error of the 4x down-up reconstruction
+    trivial = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 4), scale_factor=4)
+    expected = x.abs().flatten(1).mean(1) / (trivial - x).abs().flatten(1).mean(1)
+    bottleneck = AnomalyScoreInferer("bottleneck_ratio", ChannelStats(**stats))(x, Identity())
+    assert torch.allclose(bottleneck, expected)
 
 
 def test_latent_score_is_mahalanobis_distance():

@@ -10,7 +10,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from .transforms import ChannelStats
 
-SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio")
+SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")
 COMPLEXITY_FACTOR = 4
 
 
@@ -22,6 +22,9 @@ class AnomalyScoreInferer(Inferer):
     normal training latents stored in the checkpoint (``latent_stats``). ``l1_ratio``: the model's L1 error divided
     by that of a trivial reconstruction (4x average-pool then upsample): an input-complexity correction in the spirit
     of Serrà et al. (ICLR 2020), so that busy normal tissue does not outscore smooth tumour merely for being busy.
+    ``bottleneck_ratio``: the same ratio for the reconstruction decoded from the latent alone (every skip zeroed, as
+    skip dropout trains the decoder to do): through the skips the decoder can copy any tissue, tumour included, while
+    the 3x3 latent only carries what the model learned of normal tissue.
     """
 
     def __init__(self, score: str, norm_stats: ChannelStats, latent_stats: dict | None = None) -> None:
@@ -51,11 +54,13 @@ class AnomalyScoreInferer(Inferer):
             delta = mu.flatten(1).float() - self.latent_stats["mean"].to(mu.device)
             precision = self.latent_stats["precision"].to(mu.device)
             return torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
+        if self.score == "bottleneck_ratio":
+            skips = [torch.zeros_like(skip) for skip in skips]
         recon = network.decode(mu, skips).float()
         error = (recon - inputs).abs().flatten(1).mean(1)
         if self.score == "l1":
             return error
-        if self.score == "l1_ratio":
+        if self.score in ("l1_ratio", "bottleneck_ratio"):
             smooth = torch.nn.functional.avg_pool2d(inputs.float(), COMPLEXITY_FACTOR)
             trivial = torch.nn.functional.interpolate(smooth, scale_factor=COMPLEXITY_FACTOR, mode="nearest")
             return error / (trivial - inputs).abs().flatten(1).mean(1).clamp(min=1e-6)
