@@ -7,7 +7,9 @@ tile, and labelled by the PCam centre rule from its tumour mask. Prints, for the
 other 24 (whose normal parts the model was trained on, so their numbers are optimistic), the patch AUC-ROC and
 PR-AUC of each score and baseline. Baselines use a direction fixed before looking at labels (higher optical
 density, higher OD spread and lower brightness = anomalous) and are also shown in both directions, labelled.
-IoU uses a per-tile z-score, a threshold calibrated leave-one-tile-out on the other held-out tiles, and no region
+AUC, PR-AUC and IoU use a per-tile z-score (each tile treated as a slide of its own); "AUC 1 slide" ranks the raw
+scores of all tiles together, as on the demo slide that stitches them (a per-slide z-score does not change a ranking
+within one slide). IoU uses a threshold calibrated leave-one-tile-out on the other held-out tiles and no region
 filter (a 5 x 5 grid is too small for one); the per-tile oracle IoU is shown beside it.
 """
 
@@ -15,26 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import BUNDLE
+from monai.bundle import ConfigParser
 from skimage import io
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
-
-import scripts  # noqa: E402, F401, I001  (imported before MONAI: silences cuCIM's CPU-only import noise)
-
-# isort: split
-from monai.bundle import ConfigParser  # noqa: E402
-
-from scripts.datasets import DEMO_TILES, read_tumour_mask  # noqa: E402
-from scripts.evaluation import overlap, pr_auc, roc_auc  # noqa: E402
-from scripts.inference import load_network  # noqa: E402
-from scripts.scores import SCORES, AnomalyScoreInferer  # noqa: E402
-from scripts.stain import StainNormalized, optical_density  # noqa: E402
+from scripts.datasets import DEMO_TILES, read_tumour_mask
+from scripts.evaluation import overlap, pr_auc, roc_auc
+from scripts.inference import load_network
+from scripts.scores import SCORES, AnomalyScoreInferer
+from scripts.stain import StainNormalized, optical_density
 
 PATCH, GRID = 96, 5
 THRESHOLDS = np.linspace(-3, 5, 100)
@@ -95,7 +90,7 @@ def iou_at(tiles: list[dict], key: str, threshold: float) -> float:
 def report(tiles: list[dict], keys: list[str], title: str) -> None:
     labels = np.concatenate([t["labels"] for t in tiles])
     print(f"\n{title}: {len(tiles)} tiles, {len(labels)} patches, {labels.mean():.0%} tumour (PCam centre rule)")
-    print(f"{'score':<34}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}")
+    print(f"{'score':<34}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}{'AUC 1 slide':>13}")
     for key in keys:
         scores = np.concatenate([zscore(t[key]) for t in tiles])
         held_out = []
@@ -105,7 +100,8 @@ def report(tiles: list[dict], keys: list[str], title: str) -> None:
             held_out.append(iou_at([tile], key, best))
         oracle = np.mean([max(iou_at([t], key, th) for th in THRESHOLDS) for t in tiles])
         auc, ap = roc_auc(scores, labels), pr_auc(scores, labels)
-        print(f"{key:<34}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}")
+        pooled = roc_auc(np.concatenate([t[key] for t in tiles]), labels)
+        print(f"{key:<34}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}{pooled:>13.3f}")
 
 
 def main() -> None:

@@ -11,28 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import BUNDLE, machine
 from ignite.engine import Events
-
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
-
-import scripts  # noqa: E402, F401, I001  (imported before MONAI: silences cuCIM's CPU-only import noise)
-
-# isort: split
-from monai.bundle import ConfigParser  # noqa: E402
-
-
-def machine() -> str:
-    threads = torch.get_num_threads()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return f"{platform.node()} · {device} · torch {torch.__version__} · {threads} threads"
+from monai.bundle import ConfigParser
 
 
 def bare_step_rate(parser: ConfigParser, batch_size: int, iterations: int) -> float:

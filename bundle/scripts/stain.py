@@ -35,7 +35,7 @@ REINHARD_LAB_STD = np.array([19.15, 10.36, 9.82])
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    return -np.log((rgb.astype(np.float64) + 1.0).clip(max=BACKGROUND_INTENSITY) / BACKGROUND_INTENSITY)
+    return -np.log((rgb.astype(np.float64) + 1.0) / BACKGROUND_INTENSITY)
 
 
 def reinhard(rgb: np.ndarray) -> np.ndarray:
@@ -59,9 +59,7 @@ class MacenkoFit:
         """Fit on the pooled pixels of HWC uint8 ``patches``; raises ``ValueError`` when they hold too little stain."""
         pixels = np.concatenate([np.asarray(p).reshape(-1, 3) for p in patches]).reshape(-1, 1, 3)
         he = ExtractHEStains(tli=BACKGROUND_INTENSITY, beta=OD_THRESHOLD)(pixels).astype(np.float64)
-        od = optical_density(pixels.reshape(-1, 3))
-        stained = od[np.all(od > OD_THRESHOLD, axis=1)]
-        concentrations = np.linalg.lstsq(he, stained.T, rcond=None)[0]
+        concentrations = np.linalg.lstsq(he, optical_density(pixels.reshape(-1, 3)).T, rcond=None)[0]
         max_c = np.percentile(concentrations, 99, axis=1)
         if not np.all(np.isfinite(he)) or not np.all(max_c > 0):
             raise ValueError(f"degenerate stain fit (max concentrations {max_c})")

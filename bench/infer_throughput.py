@@ -1,0 +1,100 @@
+"""Whole-slide inference throughput: the end-to-end run against the bare model on the same number of patches.
+
+    python bench/infer_throughput.py bundle/sample_data/camelyon16_demo.tif [--num_workers 2 --batch_size 64]
+
+The end-to-end figure is ``run inference`` on one slide as inference.json configures it (tissue grid, reading, stain
+normalisation, model, post-processing and every output file). The bare figure is the model and score alone on
+patches already in memory. The breakdown times each stage on its own, one after the other, so it shows where the time
+would go without overlap; in the real run DataLoader workers overlap reading and normalisation with the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import BUNDLE, machine
+from monai.bundle import ConfigParser
+
+from scripts.wsi import make_reader, slide_patches
+
+
+def timed(fn, *args, **kwargs) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def bare_model_seconds(parser: ConfigParser, n: int, batch_size: int) -> float:
+    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    device = parser.get_parsed_content("device")
+    batch = torch.randn(batch_size, 3, 96, 96, device=device)
+    with torch.inference_mode():
+        inferer(batch, network)  # warm-up
+        start = time.perf_counter()
+        for first in range(0, n, batch_size):
+            inferer(batch[: min(batch_size, n - first)], network)
+    return time.perf_counter() - start
+
+
+def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
+    """Each stage alone, on this slide's patches, in the order the pipeline runs them."""
+    runner = parser.get_parsed_content("runner")
+    reader = make_reader(runner.wsi_reader)
+    (samples, _, _), grid = timed(slide_patches, slide, reader, assume_mpp=runner.assume_mpp, **runner.grid_args)
+    wsi = reader.read(slide)
+    start = time.perf_counter()
+    patches = [reader.get_data(wsi, location=s["location"], size=s["size"], level=s["level"])[0] for s in samples]
+    read = time.perf_counter() - start
+    hwc = [np.moveaxis(np.asarray(p)[:3], 0, -1) for p in patches]
+    stain, preprocessing = runner.stain, runner.preprocessing
+    start = time.perf_counter()
+    stain.fit_slide(hwc[:: max(1, len(hwc) // runner.stain_fit_patches)], slide)
+    for patch in patches:
+        preprocessing(stain({"image": patch}))
+    normalise = time.perf_counter() - start
+    return {"tissue grid (thumbnail + mask)": grid, "read patches": read, "stain + intensity normalise": normalise}
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("slide")
+    cli.add_argument("--num_workers", type=int, default=2)
+    cli.add_argument("--batch_size", type=int, default=64)
+    cli.add_argument("--wsi_reader", default="cuCIM")
+    args = cli.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    output_dir = tempfile.mkdtemp(prefix="skip96_bench_")
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "inference.json")
+    knobs = {"num_workers": args.num_workers, "batch_size": args.batch_size, "wsi_reader": args.wsi_reader}
+    parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
+    runner = parser.get_parsed_content("runner")
+    post = runner.postprocessor
+    finish_seconds = []
+    finish = post.finish
+    post.finish = lambda engine: finish_seconds.append(timed(finish, engine)[1])
+    summary, total = timed(runner.run)
+    n = int(summary.loc[0, "n_patches"])
+    bare = bare_model_seconds(parser, n, args.batch_size)
+    stages = stage_seconds(parser, str(Path(args.slide).resolve()))
+    stages["model + score (bare)"] = bare
+    stages["post-process + write outputs"] = finish_seconds[0]
+    print(f"machine: {machine()}")
+    print(f"slide {args.slide}: {n} patches, " + ", ".join(f"{k} {v}" for k, v in knobs.items()))
+    print(f"{'measure':<44}{'patches/s':>12}{'seconds':>10}")
+    print(f"{'ratio end-to-end / bare model':<44}{bare / total:>12.2f}")
+    print(f"{'end-to-end run inference':<44}{n / total:>12.1f}{total:>10.2f}")
+    print(f"{'bare model + score, in memory':<44}{n / bare:>12.1f}{bare:>10.2f}")
+    print("stages alone (no overlap):")
+    for name, seconds in stages.items():
+        print(f"  {name:<42}{n / seconds:>12.1f}{seconds:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

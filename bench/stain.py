@@ -1,0 +1,91 @@
+"""Stain normalisation: one Macenko fit per slide applied to every patch, against torchstain's fit per patch.
+
+    python bench/stain.py --tiles_dir ../shared/data/camelyon16_tiles
+
+Each 512-px CAMELYON16 tile stands for a slide: it is cut into 96-px patches, and
+(a) ``slide`` mode fits Macenko once on the tile's patches (the fit is timed) and maps every patch with it;
+(b) ``per_patch`` mode fits torchstain's Macenko on every patch.
+Agreement: on each patch both can fit, this bundle's Macenko (MONAI ``ExtractHEStains`` + the linear OD map) fitted
+on that patch alone is compared with torchstain's output for the same patch: the same algorithm should give the same
+pixels, so the table gives the share of pixels within 1 grey level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from common import machine
+from skimage import io
+
+from scripts.stain import MacenkoFit, StainNormalized, is_degenerate
+
+PATCH = 96
+
+
+def tile_patches(path: Path) -> list[np.ndarray]:
+    image = io.imread(path)[..., :3]
+    rows, cols = image.shape[0] // PATCH, image.shape[1] // PATCH
+    return [image[i * PATCH : (i + 1) * PATCH, j * PATCH : (j + 1) * PATCH] for i in range(rows) for j in range(cols)]
+
+
+def rate(tiles: list[list[np.ndarray]], mode: str) -> float:
+    stain = StainNormalized("image", mode=mode)
+    start = time.perf_counter()
+    for patches in tiles:
+        stain.fit_slide(patches)
+        for patch in patches:
+            stain.normalize(patch)
+    return sum(len(t) for t in tiles) / (time.perf_counter() - start)
+
+
+def agreement(tiles: list[list[np.ndarray]]) -> dict[str, float]:
+    """Patches both implementations fit, and how close their outputs are."""
+    torchstain = StainNormalized("image", mode="per_patch")
+    within, total, worst, compared, candidates, whole = 0, 0, 0, 0, 0, 0
+    for patch in (p for t in tiles for p in t):
+        if is_degenerate(patch):
+            continue
+        candidates += 1
+        try:
+            ours = MacenkoFit.from_patches([patch]).apply(patch)
+            theirs = torchstain._per_patch(patch)
+        except Exception:  # either fit failing leaves nothing to compare
+            continue
+        difference = np.abs(ours.astype(int) - theirs.astype(int))
+        within += int((difference <= 1).sum())
+        total += difference.size
+        worst = max(worst, int(difference.max()))
+        whole += int(difference.max() <= 1)
+        compared += 1
+    return {"candidates": candidates, "compared": compared, "pixels": within / max(total, 1), "worst": worst,
+            "patches": whole / max(compared, 1)}  # fmt: skip
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--tiles_dir", type=Path, required=True)
+    args = cli.parse_args()
+    warnings.filterwarnings("ignore")  # skimage's CIELAB clipping notes in the Reinhard fallback
+    tiles = [tile_patches(p) for p in sorted((args.tiles_dir / "images").glob("*.jpg"))]
+    n = sum(len(t) for t in tiles)
+    slide, per_patch = rate(tiles, "slide"), rate(tiles, "per_patch")
+    agree = agreement(tiles)
+    print(f"machine: {machine()}")
+    print(f"{len(tiles)} tiles as slides, {n} patches of {PATCH} px")
+    print(f"{'measure':<58}{'value':>12}")
+    print(f"{'speed-up, slide fit + apply / per-patch torchstain':<58}{slide / per_patch:>11.1f}x")
+    print(f"{'slide mode (fit once per tile, apply per patch), patches/s':<58}{slide:>12.1f}")
+    print(f"{'per_patch mode (torchstain Macenko per patch), patches/s':<58}{per_patch:>12.1f}")
+    fitted = f"{agree['compared']}/{agree['candidates']}"
+    print(f"{'patches both fit / non-degenerate patches':<58}{fitted:>12}")
+    print(f"{'patches with every pixel within 1 grey level of torchstain':<58}{agree['patches']:>12.2%}")
+    print(f"{'pixels within 1 grey level of torchstain':<58}{agree['pixels']:>12.2%}")
+    print(f"{'largest difference (grey levels)':<58}{agree['worst']:>12}")
+
+
+if __name__ == "__main__":
+    main()
