@@ -67,7 +67,8 @@ class MacenkoFit:
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         od = optical_density(rgb.reshape(-1, 3))
-        concentrations = np.linalg.lstsq(self.he, od.T, rcond=None)[0] * (REFERENCE_MAX_C / self.max_c)[:, None]
+        # least-squares concentrations through the 2 x 3 pseudo-inverse, scaled to the reference maxima, in one product
+        concentrations = (np.linalg.pinv(self.he) * (REFERENCE_MAX_C / self.max_c)[:, None]) @ od.T
         out = BACKGROUND_INTENSITY * np.exp(-REFERENCE_HE @ concentrations)
         return out.T.reshape(rgb.shape).round().clip(0, 255).astype(np.uint8)
 

@@ -1,0 +1,116 @@
+"""Peak memory of whole-slide inference on synthetic CAMELYON16-sized slides of two sizes.
+
+    python bench/memory.py [--work_dir DIR] [--sizes 50000x25000 100000x50000]
+
+Each slide is a pyramidal JPEG TIFF at 0.243 µm/px with tissue in a few discs, written tile by tile from a generator
+(the full image never exists in memory). ``run inference`` then scores it in a child process (2 DataLoader workers,
+as inference.json sets), and the resident memory of that process and all its workers together is sampled every
+0.2 s. Peak memory must not grow with slide size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from common import BUNDLE, machine
+
+TILE = 512
+MPP = 0.243
+# tissue discs as (centre y, centre x, radius), in fractions of the slide height
+DISCS = ((0.3, 0.4, 0.15), (0.6, 1.1, 0.2), (0.5, 1.6, 0.1))
+
+
+def tissue_tiles(height: int, width: int, tissue: np.ndarray, glass: np.ndarray) -> Iterator[np.ndarray]:
+    """Tiles of one level in row-major order: the tissue tile where the tile centre is inside a disc, else glass."""
+    for y in range(0, height, TILE):
+        for x in range(0, width, TILE):
+            cy, cx = (y + TILE / 2) / height, (x + TILE / 2) / height
+            inside = any((cy - dy) ** 2 + (cx - dx) ** 2 < r**2 for dy, dx, r in DISCS)
+            yield tissue if inside else glass
+
+
+def write_slide(path: Path, height: int, width: int) -> Path:
+    rng = np.random.default_rng(0)
+    tissue = np.clip(np.array([200, 120, 180]) + rng.normal(0, 25, (TILE, TILE, 3)), 0, 255).astype(np.uint8)
+    glass = np.full((TILE, TILE, 3), 245, np.uint8)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        level = 0
+        while max(height, width) >> level >= 2048:
+            h, w = height >> level, width >> level
+            px_per_cm = 1e4 / (MPP * 2**level)
+            tif.write(
+                tissue_tiles(h, w, tissue, glass), shape=(h, w, 3), dtype=np.uint8, tile=(TILE, TILE),
+                photometric="rgb", compression="jpeg", subfiletype=0 if level == 0 else 1,
+                resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
+            )  # fmt: skip
+            level += 1
+    return path
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its descendants, from /proc."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, float, str]:
+    command = [sys.executable, "-m", "scripts", "run", "inference", "--config_file",
+               str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(slide_dir),
+               "--output_dir", str(output_dir), "--overwrite", "true"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(BUNDLE)}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_rss(process.pid))
+        time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    summary = (output_dir / "summary.csv").read_text().splitlines()
+    return peak, seconds, summary[1] if process.returncode == 0 and len(summary) > 1 else f"rc {process.returncode}"
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--work_dir", type=Path, default=None)
+    cli.add_argument("--sizes", nargs="+", default=["50000x25000", "100000x50000"], help="WIDTHxHEIGHT at level 0")
+    args = cli.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="skip96_memory_"))
+    rows = []
+    for size in args.sizes:
+        width, height = (int(v) for v in size.split("x"))
+        slide_dir = work / size
+        slide_dir.mkdir(parents=True, exist_ok=True)
+        slide = slide_dir / "synthetic.tif"
+        start = time.perf_counter()
+        if not slide.is_file():
+            write_slide(slide, height, width)
+        written = time.perf_counter() - start
+        peak, seconds, summary = peak_inference_rss(slide_dir, work / f"out_{size}")
+        n_patches = summary.split(",")[3] if summary.count(",") > 3 else "?"
+        rows.append((size, slide.stat().st_size, written, n_patches, seconds, peak))
+    print(f"machine: {machine()}")
+    print(f"{'level-0 size':<16}{'file MB':>9}{'write s':>9}{'patches':>9}{'infer s':>9}{'peak RSS MB':>13}")
+    for size, file_bytes, written, n_patches, seconds, peak in rows:
+        print(f"{size:<16}{file_bytes / 2**20:>9.0f}{written:>9.0f}{n_patches:>9}{seconds:>9.0f}{peak / 2**20:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
