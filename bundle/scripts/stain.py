@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -65,20 +66,27 @@ class MacenkoFit:
             raise ValueError(f"degenerate stain fit (max concentrations {max_c})")
         return cls(he, max_c)
 
-    def apply(self, rgb: np.ndarray) -> np.ndarray:
-        od = optical_density(rgb.reshape(-1, 3))
-        # least-squares concentrations through the 2 x 3 pseudo-inverse, scaled to the reference maxima, in one product
-        concentrations = (np.linalg.pinv(self.he) * (REFERENCE_MAX_C / self.max_c)[:, None]) @ od.T
-        out = BACKGROUND_INTENSITY * np.exp(-REFERENCE_HE @ concentrations)
+    @cached_property
+    def _to_reference(self) -> np.ndarray:
+        """Optical density to reference-scaled concentrations: the 2 x 3 least-squares pseudo-inverse of ``he``,
+        scaled to the reference maxima. A property of the fit, so it is computed once, not per patch."""
+        return np.linalg.pinv(self.he) * (REFERENCE_MAX_C / self.max_c)[:, None]
+
+    def apply(self, rgb: np.ndarray, od: np.ndarray | None = None) -> np.ndarray:
+        """Map an HWC uint8 patch; ``od`` is its optical density when the caller has computed it already."""
+        od = optical_density(rgb.reshape(-1, 3)) if od is None else od
+        out = BACKGROUND_INTENSITY * np.exp(-REFERENCE_HE @ (self._to_reference @ od.T))
         return out.T.reshape(rgb.shape).round().clip(0, 255).astype(np.uint8)
 
 
-def is_degenerate(rgb: np.ndarray, min_stained_fraction: float = 0.1, min_od_spread: float = 0.02) -> bool:
+def is_degenerate(
+    rgb: np.ndarray, od: np.ndarray | None = None, min_stained_fraction: float = 0.1, min_od_spread: float = 0.02
+) -> bool:
     """White, blank, single-coloured or barely stained: too few pixels above the optical-density threshold in
-    every channel, or no variation to find two stain directions in."""
+    every channel, or no variation to find two stain directions in. ``od``: as in ``MacenkoFit.apply``."""
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         return True
-    od = optical_density(rgb.reshape(-1, 3))
+    od = optical_density(rgb.reshape(-1, 3)) if od is None else od
     if od.std(axis=0).max() < min_od_spread:
         return True
     return bool(np.all(od > OD_THRESHOLD, axis=1).mean() < min_stained_fraction)
@@ -122,10 +130,11 @@ class StainNormalized(MapTransform):
         """Normalise one HWC uint8 patch; returns it and whether the Reinhard fallback was used."""
         if self.mode == "none":
             return rgb, False
-        if is_degenerate(rgb) or (self.mode == "slide" and self.fit is None):
+        od = optical_density(rgb.reshape(-1, 3))  # once, for the degeneracy check and the slide map
+        if is_degenerate(rgb, od) or (self.mode == "slide" and self.fit is None):
             return reinhard(rgb), True
         try:
-            return (self.fit.apply(rgb) if self.mode == "slide" else self._per_patch(rgb)), False
+            return (self.fit.apply(rgb, od) if self.mode == "slide" else self._per_patch(rgb)), False
         except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
             return reinhard(rgb), True
 
