@@ -255,9 +255,8 @@ def raise_if_stopped_on_nan(trainer: Engine, ckpt_dir: str | Path) -> None:
     The checkpoints need no repair: ``model.pt`` is only replaced after a finite, better validation loss.
     """
     if not _loss_is_finite(trainer):
-        loss = float(trainer.state.output["loss"])
         raise RuntimeError(
-            f"training stopped: the loss became {float(loss)} at epoch {trainer.state.epoch}, iteration "
-            f"{trainer.state.iteration}; {Path(ckpt_dir) / 'model.pt'} still holds the best finite model. Lower "
-            "--learning_rate or --beta, or check the data for blank patches."
+            f"training stopped: the loss became {float(trainer.state.output['loss'])} at epoch {trainer.state.epoch}, "
+            f"iteration {trainer.state.iteration}; {Path(ckpt_dir) / 'model.pt'} still holds the best finite model. "
+            "Lower --learning_rate or --beta, or check the data for blank patches."
         )

@@ -228,7 +228,7 @@ class SlideInference:
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
         self.cohort = [Path(s).stem for s in slides]
         self.slides = list(slides)[shard_index::num_shards]
-        self.shard = "" if num_shards == 1 else f".shard-{shard_index}-of-{num_shards}"
+        self.shard_index = shard_index
         self.num_shards = num_shards
         self.evaluator = evaluator
         self.postprocessor = postprocessor
@@ -326,11 +326,15 @@ class SlideInference:
         done = json.loads(marker.read_text())
         return done["summary"] if done.get("settings") == settings else None
 
+    def _shard_suffix(self, index: int) -> str:
+        """What a shard adds to the names of its own files; nothing when the cohort is not sharded."""
+        return "" if self.num_shards == 1 else f".shard-{index}-of-{self.num_shards}"
+
     def run(self) -> pd.DataFrame:
         """Score every slide; slides finished by an earlier run of the same command are skipped (``overwrite``
         redoes them). Full tracebacks of failed slides go to ``output_dir/inference.log``."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(self.output_dir / f"inference{self.shard}.log")
+        log_file = logging.FileHandler(self.output_dir / f"inference{self._shard_suffix(self.shard_index)}.log")
         log_file.setLevel(logging.DEBUG)
         log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         package_logger = logging.getLogger(__package__)
@@ -364,12 +368,12 @@ class SlideInference:
             row["seconds"] = round(time.perf_counter() - start, 2)
             rows.append(row)
         summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-        with atomic_path(self.output_dir / f"summary{self.shard}.csv") as tmp:
+        with atomic_path(self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv") as tmp:
             summary.to_csv(tmp, index=False)
         failed = int((summary["status"] != "ok").sum())
         logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
         # all failed is judged on the whole cohort: a shard whose few slides failed must not stop the other ranks
-        cohort = self._merge_shards() if self.shard else summary
+        cohort = self._merge_shards() if self.num_shards > 1 else summary
         if cohort is not None and (cohort["status"] != "ok").all():
             raise RuntimeError(f"all {len(cohort)} slides failed; see {self.output_dir / 'summary.csv'}")
         if self.strict and failed:
@@ -384,7 +388,7 @@ class SlideInference:
         Each shard writes its own file before looking for the others, so the last shard to finish always sees all
         of them; two shards finishing together both write the same merged table.
         """
-        paths = [self.output_dir / f"summary.shard-{i}-of-{self.num_shards}.csv" for i in range(self.num_shards)]
+        paths = [self.output_dir / f"summary{self._shard_suffix(i)}.csv" for i in range(self.num_shards)]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             logger.info("summary.csv is merged when the other shards finish (waiting for %s)", ", ".join(missing))
