@@ -29,7 +29,8 @@ from scripts.datasets import DEMO_TILES, read_tumour_mask
 from scripts.evaluation import overlap, pr_auc, roc_auc
 from scripts.inference import load_network
 from scripts.scores import SCORES, AnomalyScoreInferer
-from scripts.stain import StainNormalized, optical_density
+from scripts.stain import StainNormalizer, optical_density
+from scripts.transforms import ChannelStats, PrepareSlideBatch
 
 PATCH, GRID = 96, 5
 THRESHOLDS = np.linspace(-3, 5, 100)
@@ -58,24 +59,19 @@ def baselines(patches: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def model_scores(patches: np.ndarray, network, inferers: dict, stain: StainNormalized) -> dict[str, np.ndarray]:
-    stain.fit_slide(list(patches))
-    normalised = np.stack([stain.normalize(p)[0] for p in patches]).astype(np.float32) / 255
-    mean = torch.tensor(inferers["l1"].mean.flatten().tolist()).view(1, 3, 1, 1)
-    std = torch.tensor(inferers["l1"].std.flatten().tolist()).view(1, 3, 1, 1)
-    x = (torch.from_numpy(np.moveaxis(normalised, -1, 1)) - mean) / std
+def model_scores(patches: np.ndarray, network, inferers: dict, prepare_batch: PrepareSlideBatch) -> dict:
+    prepare_batch.stain.fit_slide(list(patches))
+    x, _ = prepare_batch({"image": torch.from_numpy(np.moveaxis(patches, -1, 1).copy())})
     with torch.inference_mode():
         return {name: inferer(x, network).numpy() for name, inferer in inferers.items()}
 
 
-def collect(tiles_dir: Path, names: list[str], network, inferers: dict) -> list[dict]:
-    stain = StainNormalized("image")
+def collect(tiles_dir: Path, names: list[str], network, inferers: dict, prepare_batch: PrepareSlideBatch) -> list:
     tiles = []
     for name in names:
         patches, labels = tile_patches(tiles_dir, name)
-        tiles.append(
-            {"name": name, "labels": labels, **baselines(patches), **model_scores(patches, network, inferers, stain)}
-        )
+        scores = model_scores(patches, network, inferers, prepare_batch)
+        tiles.append({"name": name, "labels": labels, **baselines(patches), **scores})
     return tiles
 
 
@@ -123,11 +119,11 @@ def main() -> None:
     names = sorted(p.stem for p in (args.tiles_dir / "images").glob("*.jpg"))
     keys = list(inferers) + ["mean optical density", "std of optical density", "darkness (-mean brightness)"]
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
-    report(
-        collect(args.tiles_dir, [n for n in names if n in DEMO_TILES], network, inferers), keys, "held-out demo tiles"
-    )
-    report(collect(args.tiles_dir, [n for n in names if n not in DEMO_TILES], network, inferers), keys,
-           "training tiles (normal parts seen in training)")  # fmt: skip
+    prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
+    demo = collect(args.tiles_dir, [n for n in names if n in DEMO_TILES], network, inferers, prepare_batch)
+    report(demo, keys, "held-out demo tiles")
+    seen = collect(args.tiles_dir, [n for n in names if n not in DEMO_TILES], network, inferers, prepare_batch)
+    report(seen, keys, "training tiles (normal parts seen in training)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from common import BUNDLE, machine
 from monai.bundle import ConfigParser
 
+from scripts.inference import slide_dataset
 from scripts.wsi import make_reader, slide_patches
 
 
@@ -42,23 +43,23 @@ def bare_model_seconds(parser: ConfigParser, n: int, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
+def stage_seconds(parser: ConfigParser, slide: str, batch_size: int) -> dict[str, float]:
     """Each stage alone, on this slide's patches, in the order the pipeline runs them."""
     runner = parser.get_parsed_content("runner")
     reader = make_reader(runner.wsi_reader)
-    (samples, _, _), grid = timed(slide_patches, slide, reader, assume_mpp=runner.assume_mpp, **runner.grid_args)
-    wsi = reader.read(slide)
+    (samples, geometry, _), grid = timed(slide_patches, slide, reader, assume_mpp=runner.assume_mpp, **runner.grid_args)
+    dataset = slide_dataset(reader, samples, geometry, runner.read_block)
     start = time.perf_counter()
-    patches = [reader.get_data(wsi, location=s["location"], size=s["size"], level=s["level"])[0] for s in samples]
+    patches = [item["image"] for block in dataset for item in block]  # blocks of read_block x read_block, cut
     read = time.perf_counter() - start
     hwc = [np.moveaxis(np.asarray(p)[:3], 0, -1) for p in patches]
-    stain, preprocessing = runner.stain, runner.preprocessing
+    prepare_batch, device = parser.get_parsed_content("prepare_batch"), parser.get_parsed_content("device")
     start = time.perf_counter()
-    stain.fit_slide(hwc[:: max(1, len(hwc) // runner.stain_fit_patches)], slide)
-    for patch in patches:
-        preprocessing(stain({"image": patch}))
+    runner.stain.fit_slide(hwc[:: max(1, len(hwc) // runner.stain_fit_patches)], slide)
+    for first in range(0, len(patches), batch_size):
+        prepare_batch({"image": torch.stack(patches[first : first + batch_size])}, device)
     normalise = time.perf_counter() - start
-    return {"tissue grid (thumbnail + mask)": grid, "read patches": read, "stain + intensity normalise": normalise}
+    return {"tissue grid (thumbnail + mask)": grid, "read patches": read, "stain + intensity (batched)": normalise}
 
 
 def main() -> None:
@@ -67,19 +68,21 @@ def main() -> None:
     cli.add_argument("--num_workers", type=int, default=2)
     cli.add_argument("--batch_size", type=int, default=64)
     cli.add_argument("--wsi_reader", default="cuCIM")
+    cli.add_argument("--read_block", type=int, default=4, help="patches per block side of one read (1: per patch)")
     args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
     output_dir = tempfile.mkdtemp(prefix="skip96_bench_")
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
-    knobs = {"num_workers": args.num_workers, "batch_size": args.batch_size, "wsi_reader": args.wsi_reader}
+    knobs = {"num_workers": args.num_workers, "batch_size": args.batch_size, "wsi_reader": args.wsi_reader,
+             "read_block": args.read_block}  # fmt: skip
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
     summary, total = timed(runner.run)
     _, post_seconds = timed(runner.postprocessor.finish, runner.evaluator)  # the slide's outputs again, from its scores
     n = int(summary.loc[0, "n_patches"])
     bare = bare_model_seconds(parser, n, args.batch_size)
-    stages = stage_seconds(parser, str(Path(args.slide).resolve()))
+    stages = stage_seconds(parser, str(Path(args.slide).resolve()), args.batch_size)
     stages["model + score (bare)"] = bare
     stages["post-process + write outputs"] = post_seconds
     print(f"machine: {machine()}")

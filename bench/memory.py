@@ -30,17 +30,32 @@ DISCS = ((0.3, 0.4, 0.15), (0.6, 1.1, 0.2), (0.5, 1.6, 0.1))
 
 
 def tissue_tiles(height: int, width: int, tissue: np.ndarray, glass: np.ndarray) -> Iterator[np.ndarray]:
-    """Tiles of one level in row-major order: the tissue tile where the tile centre is inside a disc, else glass."""
+    """Tiles of one level in row-major order, tissue inside the discs and glass outside, decided per pixel in
+    coordinates relative to the slide height, so that every pyramid level shows the same discs (a tile on a disc's
+    edge is cut along it)."""
+    offsets = np.arange(TILE) + 0.5
     for y in range(0, height, TILE):
         for x in range(0, width, TILE):
-            cy, cx = (y + TILE / 2) / height, (x + TILE / 2) / height
-            inside = any((cy - dy) ** 2 + (cx - dx) ** 2 < r**2 for dy, dx, r in DISCS)
-            yield tissue if inside else glass
+            top, left, bottom, right = y / height, x / height, (y + TILE) / height, (x + TILE) / height
+            nearest = [np.hypot(np.clip(dy, top, bottom) - dy, np.clip(dx, left, right) - dx) for dy, dx, _ in DISCS]
+            farthest = [np.hypot(max(dy - top, bottom - dy), max(dx - left, right - dx)) for dy, dx, _ in DISCS]
+            if all(d >= r for d, (_, _, r) in zip(nearest, DISCS, strict=True)):
+                yield glass
+            elif any(d < r for d, (_, _, r) in zip(farthest, DISCS, strict=True)):
+                yield tissue
+            else:  # on a disc's edge
+                cy, cx = (y + offsets[:, None]) / height, (x + offsets[None, :]) / height
+                inside = np.any([(cy - dy) ** 2 + (cx - dx) ** 2 < r**2 for dy, dx, r in DISCS], axis=0)
+                yield np.where(inside[..., None], tissue, glass)
 
 
 def write_slide(path: Path, height: int, width: int) -> Path:
+    """H&E-like tissue: each pixel mixes a haematoxylin and an eosin absorbance with random concentrations, so the
+    slide's Macenko fit sees two stains, as on a real slide."""
     rng = np.random.default_rng(0)
-    tissue = np.clip(np.array([200, 120, 180]) + rng.normal(0, 25, (TILE, TILE, 3)), 0, 255).astype(np.uint8)
+    concentrations = rng.gamma(2.0, 0.4, size=(2, TILE * TILE))
+    rgb = 240 * np.exp(-np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]]) @ concentrations)
+    tissue = rgb.T.reshape(TILE, TILE, 3).clip(0, 255).astype(np.uint8)
     glass = np.full((TILE, TILE, 3), 245, np.uint8)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         level = 0

@@ -107,7 +107,7 @@ def test_configuration_errors_name_the_key_and_the_choices(tmp_path):
     import pytest
 
     from scripts.datasets import normal_tissue_splits
-    from scripts.stain import StainNormalized
+    from scripts.stain import StainNormalizer
     from scripts.wsi import find_slides, make_reader
 
     with pytest.raises(FileNotFoundError, match="dataset_dir"):
@@ -119,4 +119,4 @@ def test_configuration_errors_name_the_key_and_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"wsi_reader must be one of \['cuCIM', 'OpenSlide', 'tifffile'\]"):
         make_reader("bioformats")
     with pytest.raises(ValueError, match="stain_mode must be one of"):
-        StainNormalized("image", mode="vahadane")
+        StainNormalizer(mode="vahadane")

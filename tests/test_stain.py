@@ -3,7 +3,15 @@ import pytest
 import torch
 
 from conftest import tissue_like
-from scripts.stain import MacenkoFit, StainNormalized, is_degenerate
+from scripts.stain import (
+    REFERENCE_HE,
+    REFERENCE_MAX_C,
+    MacenkoFit,
+    StainNormalizer,
+    degenerate_patches,
+    optical_density,
+)
+from scripts.transforms import ChannelStats, PrepareSlideBatch
 
 
 def he_like(seed: int, shape=(96, 96)) -> np.ndarray:
@@ -15,59 +23,85 @@ def he_like(seed: int, shape=(96, 96)) -> np.ndarray:
     return rgb.T.reshape(*shape, 3).clip(0, 255).astype(np.uint8)
 
 
+def batch(*patches: np.ndarray) -> torch.Tensor:
+    """B x 3 x H x W uint8, as the DataLoader collates slide patches."""
+    return torch.from_numpy(np.stack([np.moveaxis(p, -1, 0) for p in patches]).copy())
+
+
 @pytest.mark.parametrize("mode", ["slide", "per_patch"])
 @pytest.mark.parametrize("value", [255, 0, 128])
-def test_white_black_and_flat_patches_fall_back_without_raising(mode, value):
-    transform = StainNormalized("image", mode=mode)
-    transform.fit_slide([he_like(0)])
-    patch = torch.full((3, 96, 96), value, dtype=torch.uint8)
-    out = transform({"image": patch})
-    assert out["stain_fallback"] == 1
-    assert out["image"].shape == patch.shape and out["image"].dtype == patch.dtype
+def test_white_black_and_flat_patches_fall_back_alone(mode, value):
+    stain = StainNormalizer(mode=mode)
+    stain.fit_slide([he_like(0)])
+    images = batch(he_like(1), np.full((96, 96, 3), value, np.uint8))
+    out, fallback = stain(images)
+    assert fallback.tolist() == [False, True]  # the tissue patch in the same batch is still Macenko-normalised
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255
 
 
 def test_tiny_patch_does_not_raise():
-    transform = StainNormalized("image")
-    out = transform({"image": torch.full((3, 1, 1), 200, dtype=torch.uint8)})
-    assert out["stain_fallback"] == 1
+    _, fallback = StainNormalizer()(torch.full((2, 3, 1, 1), 200, dtype=torch.uint8))
+    assert fallback.all()
 
 
 def test_failed_slide_fit_uses_reinhard_for_every_patch():
-    transform = StainNormalized("image")
-    assert transform.fit_slide([np.full((96, 96, 3), 250, np.uint8)], "white.tif") is None
-    out = transform({"image": torch.from_numpy(np.moveaxis(he_like(1), -1, 0).copy())})
-    assert out["stain_fallback"] == 1
+    stain = StainNormalizer()
+    assert stain.fit_slide([np.full((96, 96, 3), 250, np.uint8)], "white.tif") is None
+    _, fallback = stain(batch(he_like(1), he_like(2)))
+    assert fallback.all()
+
+
+def test_batched_map_equals_the_float64_macenko_formula():
+    patches = [he_like(k) for k in range(4)]
+    fit = MacenkoFit.from_patches(patches)
+    stain = StainNormalizer()
+    stain.fit_slide(patches)
+    out, fallback = stain(batch(*patches))
+    od = optical_density(np.stack(patches).reshape(-1, 3))
+    concentrations = np.linalg.pinv(fit.he) @ od.T * (REFERENCE_MAX_C / fit.max_c)[:, None]
+    expected = (240 * np.exp(-REFERENCE_HE @ concentrations)).T.reshape(4, 96, 96, 3).round().clip(0, 255)
+    assert not fallback.any()
+    assert np.abs(out.permute(0, 2, 3, 1).numpy() - expected).max() <= 1  # float32 against float64
 
 
 def test_slide_fit_maps_patches_onto_the_reference_stains():
     patches = [he_like(k) for k in range(8)]
     fit = MacenkoFit.from_patches(patches)
     assert fit.he.shape == (3, 2) and (fit.max_c > 0).all()
-    transform = StainNormalized("image")
-    transform.fit_slide(patches)
-    out = transform({"image": torch.from_numpy(np.moveaxis(patches[0], -1, 0).copy())})
-    assert out["stain_fallback"] == 0
+    stain = StainNormalizer()
+    stain.fit_slide(patches)
+    out, _ = stain(batch(patches[0]))
     # the same tissue with a global stain shift normalises to (almost) the same patch
-    shifted = (patches[0].astype(float) * np.array([0.9, 1.0, 1.05])).clip(0, 255).astype(np.uint8)
-    transform.fit_slide([(p.astype(float) * np.array([0.9, 1.0, 1.05])).clip(0, 255).astype(np.uint8) for p in patches])
-    out_shifted = transform({"image": torch.from_numpy(np.moveaxis(shifted, -1, 0).copy())})
-    difference = np.abs(out["image"].numpy().astype(int) - out_shifted["image"].numpy().astype(int)).mean()
-    raw_difference = np.abs(patches[0].astype(int) - shifted.astype(int)).mean()
+    shift = np.array([0.9, 1.0, 1.05])
+    shifted = [(p.astype(float) * shift).clip(0, 255).astype(np.uint8) for p in patches]
+    stain.fit_slide(shifted)
+    out_shifted, _ = stain(batch(shifted[0]))
+    difference = (out - out_shifted).abs().mean()
+    raw_difference = np.abs(patches[0].astype(int) - shifted[0].astype(int)).mean()
     assert difference < raw_difference / 2
 
 
-def test_metadata_and_type_are_preserved():
+def test_degenerate_detection():
+    white = optical_density(batch(np.full((96, 96, 3), 245, np.uint8)))
+    tissue = optical_density(batch(tissue_like(np.random.default_rng(0), (96, 96))))
+    assert degenerate_patches(white).tolist() == [True]
+    assert degenerate_patches(tissue).tolist() == [False]
+    with pytest.raises(ValueError, match="stain_mode"):
+        StainNormalizer(mode="vahadane")
+
+
+def test_prepare_batch_normalises_on_the_batch_and_records_fallbacks():
     from monai.data import MetaTensor
 
-    transform = StainNormalized("image")
-    transform.fit_slide([he_like(2)])
-    image = MetaTensor(torch.from_numpy(np.moveaxis(he_like(3), -1, 0).copy()), meta={"location": [1, 2]})
-    out = transform({"image": image})["image"]
-    assert isinstance(out, MetaTensor) and out.meta["location"] == [1, 2]
-
-
-def test_degenerate_detection():
-    assert is_degenerate(np.full((96, 96, 3), 245, np.uint8))
-    assert not is_degenerate(tissue_like(np.random.default_rng(0), (96, 96)))
-    with pytest.raises(ValueError, match="stain_mode"):
-        StainNormalized("image", mode="vahadane")
+    stain = StainNormalizer()
+    stain.fit_slide([he_like(k) for k in range(4)])
+    stats = ChannelStats(mean=(0.7, 0.5, 0.6), std=(0.2, 0.25, 0.15))
+    images = batch(he_like(5), np.full((96, 96, 3), 255, np.uint8))
+    batchdata = {"image": MetaTensor(images)}
+    inputs, targets = PrepareSlideBatch(stain, stats)(batchdata, torch.device("cpu"))
+    normalised, fallback = stain(images)
+    expected = (normalised / 255 - torch.tensor(stats.mean).view(1, 3, 1, 1)) / torch.tensor(stats.std).view(1, 3, 1, 1)
+    assert targets is None and type(inputs) is torch.Tensor
+    torch.testing.assert_close(inputs, expected)
+    assert batchdata["stain_fallback"].tolist() == fallback.tolist() == [False, True]

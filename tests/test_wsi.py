@@ -51,3 +51,28 @@ def test_real_svs_gives_the_same_grid_with_cucim_and_openslide():
     locations, geometry = grids["cuCIM"]
     assert geometry.mpp0 == pytest.approx(0.499)
     assert len(locations) > 10
+
+
+@pytest.mark.parametrize("backend", ["cuCIM", "OpenSlide"])
+@pytest.mark.parametrize(("slide", "stride"), [("slide_0243", 96), ("slide_0243", 64), ("slide_05", 96)])
+def test_block_reads_give_the_patches_of_per_patch_reads(request, backend, slide, stride):
+    """Blocks (3 x 3, so some are partial) cut into patches equal reading each patch alone (then resizing it)."""
+    import numpy as np
+    from monai.data import PatchWSIDataset
+    from monai.transforms import Resize
+
+    from scripts.inference import slide_dataset
+
+    path = request.getfixturevalue(slide)
+    reader = make_reader(backend)
+    samples, geometry, _ = slide_patches(path, reader, 0.972, 96, stride, 0.5)
+    single = PatchWSIDataset(samples, reader=reader, center_location=False, include_label=False)
+    expected = [np.asarray(item["image"]) for item in single]
+    blocks = slide_dataset(reader, samples, geometry, read_block=3)
+    assert len(blocks) < len(samples)
+    patches = {item["index"]: np.asarray(item["image"]) for block in blocks for item in block}
+    assert sorted(patches) == list(range(len(samples)))
+    resize = Resize((96, 96), mode="area")
+    for index, patch in patches.items():
+        assert patch.shape == (3, 96, 96)
+        np.testing.assert_allclose(patch, np.asarray(resize(expected[index][:3])), atol=1e-4)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,9 @@ from skimage import io
 from .atomic import atomic_path
 from .heatmap import save_heatmap
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
-from .stain import StainNormalized
-from .wsi import PatchGeometry, make_reader, slide_patches
+from .stain import StainNormalizer
+from .transforms import SplitBlockd
+from .wsi import PatchGeometry, block_samples, make_reader, slide_patches
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,20 @@ def calibrated(name: str, default: float, calibration_file: str | Path | None) -
     return type(default)(content[name])
 
 
+def slide_dataset(reader, samples: list[dict], geometry: PatchGeometry, read_block: int) -> PatchWSIDataset:
+    """MONAI's ``PatchWSIDataset`` over blocks of ``read_block`` x ``read_block`` patches, each cut into its patches
+    (and resized where the level's pixel size is off). Items are lists of ``{"image", "index"}``; MONAI's
+    ``DataLoader`` flattens them into batches. The loaders only read: stain and intensity normalisation run per batch
+    in the evaluator's ``prepare_batch``."""
+    transforms = [SplitBlockd(geometry.read_size)]
+    if geometry.read_size != geometry.patch_size:
+        transforms.append(Resized(keys="image", spatial_size=(geometry.patch_size,) * 2, mode="area"))
+    return PatchWSIDataset(
+        block_samples(samples, geometry, read_block), reader=reader, center_location=False, include_label=False,
+        additional_meta_keys=["members"], transform=Compose(transforms),
+    )  # fmt: skip
+
+
 @dataclass
 class SlideJob:
     """What the post-processing handler needs to know about the slide the evaluator is scoring."""
@@ -76,6 +91,7 @@ class SlideJob:
     settings: dict = field(default_factory=dict)
     scores: list[torch.Tensor] = field(default_factory=list)
     fallbacks: list[torch.Tensor] = field(default_factory=list)
+    indices: list[torch.Tensor] = field(default_factory=list)  # which sample each score is (blocks reorder them)
 
     @property
     def slide_id(self) -> str:
@@ -109,11 +125,13 @@ class SlidePostprocessor:
     def collect(self, engine: Engine) -> None:
         self.job.scores.append(engine.state.output["pred"].detach().float().cpu())
         self.job.fallbacks.append(torch.as_tensor(engine.state.batch["stain_fallback"]))
+        self.job.indices.append(torch.as_tensor(engine.state.batch["index"]))
 
     def finish(self, engine: Engine) -> None:
         job = self.job
-        scores = torch.cat(job.scores).numpy().astype(np.float64)
-        if len(scores) != len(job.samples):
+        order = torch.cat(job.indices).argsort()
+        scores = torch.cat(job.scores)[order].numpy().astype(np.float64)
+        if len(scores) != len(job.samples) or not torch.equal(torch.cat(job.indices)[order], torch.arange(len(order))):
             raise RuntimeError(f"{job.slide}: {len(scores)} scores for {len(job.samples)} patches")
         bad = int((~np.isfinite(scores)).sum())
         if bad:
@@ -137,7 +155,7 @@ class SlidePostprocessor:
                 "score": scores,
                 "z": z,
                 "tissue_fraction": [round(s["tissue_fraction"], 4) for s in job.samples],
-                "stain_fallback": torch.cat(job.fallbacks).numpy().astype(int),
+                "stain_fallback": torch.cat(job.fallbacks)[order].numpy().astype(int),
                 "tumour": tumour_map[grid[:, 0], grid[:, 1]].astype(int),
             },
             columns=PATCH_COLUMNS,
@@ -203,8 +221,7 @@ class SlideInference:
         slides: Sequence[str],
         evaluator: Engine,
         postprocessor: SlidePostprocessor,
-        stain: StainNormalized,
-        preprocessing: Callable,
+        stain: StainNormalizer,
         output_dir: str | Path,
         wsi_reader: str = "cuCIM",
         target_mpp: float = 0.972,
@@ -213,7 +230,9 @@ class SlideInference:
         min_tissue: float = 0.5,
         assume_mpp: float | None = None,
         batch_size: int = 64,
+        read_block: int = 4,
         num_workers: int = 0,
+        pin_memory: bool = False,
         stain_fit_patches: int = 64,
         seed: int = 0,
         overwrite: bool = False,
@@ -223,6 +242,8 @@ class SlideInference:
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
+        if read_block < 1:
+            raise ValueError(f"read_block must be >= 1 (patches per block side; 1: patch by patch), got {read_block}.")
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}.")
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
@@ -233,7 +254,6 @@ class SlideInference:
         self.evaluator = evaluator
         self.postprocessor = postprocessor
         self.stain = stain
-        self.preprocessing = preprocessing
         self.output_dir = Path(output_dir)
         self.wsi_reader = wsi_reader
         self.grid_args = {
@@ -244,7 +264,9 @@ class SlideInference:
         }
         self.assume_mpp = assume_mpp
         self.batch_size = batch_size
+        self.read_block = read_block
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.stain_fit_patches = stain_fit_patches
         self.seed = seed
         self.overwrite = overwrite
@@ -287,15 +309,11 @@ class SlideInference:
             slide, len(samples), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
         )  # fmt: skip
         self._fit_stain(reader, samples, slide)
-        transforms = [self.stain, self.preprocessing]
-        if geometry.read_size != geometry.patch_size:
-            size = (geometry.patch_size, geometry.patch_size)
-            transforms.insert(0, Resized(keys="image", spatial_size=size, mode="area"))
-        dataset = PatchWSIDataset(
-            samples, reader=reader, center_location=False, include_label=False, additional_meta_keys=[],
-            transform=Compose(transforms),
-        )  # fmt: skip
-        self.evaluator.data_loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        dataset = slide_dataset(reader, samples, geometry, self.read_block)
+        blocks_per_batch = max(1, self.batch_size // self.read_block**2)
+        self.evaluator.data_loader = DataLoader(
+            dataset, batch_size=blocks_per_batch, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
         self.evaluator.state.epoch_length = len(self.evaluator.data_loader)
         self.postprocessor.begin(SlideJob(slide, samples, geometry, facts, settings))
         self.evaluator.run()

@@ -2,13 +2,14 @@
 
 Fitting Macenko per patch (eigen-decomposition per 96-px patch) is slow and fails on white or pale patches; the stain
 matrix and maximum concentrations of one slide are properties of the slide, so they are fitted once from a sample of
-its tissue patches (with MONAI's ``ExtractHEStains``) and every patch is mapped with two small matrix products.
+its tissue patches (with MONAI's ``ExtractHEStains``), and whole batches of patches are mapped with one 3 x 3 matrix
+in optical density, as tensor operations next to the model (on its device) rather than patch by patch in the loader.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,9 +17,6 @@ import numpy as np
 import torch
 import torchstain
 from monai.apps.pathology.transforms import ExtractHEStains
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type
 from skimage import color
 
 logger = logging.getLogger(__name__)
@@ -35,14 +33,18 @@ REINHARD_LAB_MEAN = np.array([53.04, 34.16, -9.23])
 REINHARD_LAB_STD = np.array([19.15, 10.36, 9.82])
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
+def optical_density(rgb: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Absorbance of RGB values (0-255): float64 for numpy arrays, float32 on the tensor's device for tensors."""
+    if isinstance(rgb, torch.Tensor):
+        return torch.log((rgb.float() + 1.0).div_(BACKGROUND_INTENSITY)).neg_()
     return -np.log((rgb.astype(np.float64) + 1.0) / BACKGROUND_INTENSITY)
 
 
 def reinhard(rgb: np.ndarray) -> np.ndarray:
-    """Match CIELAB mean and std to the reference; the std is never amplified, so flat patches stay flat."""
+    """Match each HWC patch's CIELAB mean and std to the reference; the std is never amplified, so flat patches stay
+    flat. ``rgb``: one H x W x 3 uint8 patch or a stack of them (... x H x W x 3), converted in one call."""
     lab = color.rgb2lab(rgb)
-    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
+    mean, std = lab.mean(axis=(-3, -2), keepdims=True), lab.std(axis=(-3, -2), keepdims=True)
     scale = REINHARD_LAB_STD / np.maximum(std, REINHARD_LAB_STD)
     out = (lab - mean) * scale + REINHARD_LAB_MEAN
     return (color.lab2rgb(out) * 255).round().clip(0, 255).astype(np.uint8)
@@ -67,45 +69,49 @@ class MacenkoFit:
         return cls(he, max_c)
 
     @cached_property
-    def _to_reference(self) -> np.ndarray:
-        """Optical density to reference-scaled concentrations: the 2 x 3 least-squares pseudo-inverse of ``he``,
-        scaled to the reference maxima. A property of the fit, so it is computed once, not per patch."""
-        return np.linalg.pinv(self.he) * (REFERENCE_MAX_C / self.max_c)[:, None]
+    def od_map(self) -> torch.Tensor:
+        """The whole normalisation as one 3 x 3 map of optical density: the 2 x 3 least-squares pseudo-inverse of
+        ``he`` (concentrations), scaled to the reference maxima, then the reference stains. A property of the fit,
+        so it is computed once per slide, not per patch."""
+        to_reference = np.linalg.pinv(self.he) * (REFERENCE_MAX_C / self.max_c)[:, None]
+        return torch.as_tensor(REFERENCE_HE @ to_reference, dtype=torch.float32)
 
-    def apply(self, rgb: np.ndarray, od: np.ndarray | None = None) -> np.ndarray:
-        """Map an HWC uint8 patch; ``od`` is its optical density when the caller has computed it already."""
-        od = optical_density(rgb.reshape(-1, 3)) if od is None else od
-        out = BACKGROUND_INTENSITY * np.exp(-REFERENCE_HE @ (self._to_reference @ od.T))
-        return out.T.reshape(rgb.shape).round().clip(0, 255).astype(np.uint8)
-
-
-def is_degenerate(
-    rgb: np.ndarray, od: np.ndarray | None = None, min_stained_fraction: float = 0.1, min_od_spread: float = 0.02
-) -> bool:
-    """White, blank, single-coloured or barely stained: too few pixels above the optical-density threshold in
-    every channel, or no variation to find two stain directions in. ``od``: as in ``MacenkoFit.apply``."""
-    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        return True
-    od = optical_density(rgb.reshape(-1, 3)) if od is None else od
-    if od.std(axis=0).max() < min_od_spread:
-        return True
-    return bool(np.all(od > OD_THRESHOLD, axis=1).mean() < min_stained_fraction)
+    def apply(self, od: torch.Tensor) -> torch.Tensor:
+        """Map the optical density of a B x 3 x H x W batch (``optical_density``) to normalised RGB, 0-255 float."""
+        mapped = torch.matmul(self.od_map.to(od.device), od.flatten(2)).view_as(od)
+        # back to RGB on the 0-255 grid (rounded, as a uint8 image would hold it), in place on the fresh tensor
+        return mapped.neg_().exp_().mul_(BACKGROUND_INTENSITY).round_().clamp_(0, 255)
 
 
-class StainNormalized(MapTransform):
-    """Macenko normalisation of CHW uint8 patches; sets ``stain_fallback`` (0/1) in the data dict.
+def degenerate_patches(
+    od: torch.Tensor, min_stained_fraction: float = 0.1, min_od_spread: float = 0.02
+) -> torch.Tensor:
+    """Which patches of a B x 3 x H x W optical-density batch are white, blank, single-coloured or barely stained:
+    too few pixels above the optical-density threshold in every channel, or no variation to find two stain
+    directions in."""
+    if od.shape[-1] < 2 or od.shape[-2] < 2:
+        return torch.ones(od.shape[0], dtype=torch.bool, device=od.device)
+    flat = od.flatten(2)
+    mean = flat.mean(dim=2)
+    spread = (flat.square().mean(dim=2) - mean.square()).clamp_(min=0).sqrt_()  # std, in 2 fast passes
+    flat_colour = spread.amax(dim=1) < min_od_spread
+    stained = (flat.amin(dim=1) > OD_THRESHOLD).float().mean(dim=1)
+    return flat_colour | (stained < min_stained_fraction)
 
-    Modes: ``slide`` applies the fit from ``fit_slide`` (call it before a slide's patches are loaded); ``per_patch``
-    fits every patch with torchstain's Macenko (the slow reference behaviour); ``none`` passes patches through.
-    Degenerate patches, a failed slide fit and any per-patch failure fall back to Reinhard; nothing raises.
+
+class StainNormalizer:
+    """Macenko normalisation of whole B x 3 x H x W RGB batches (0-255, any dtype, on any device).
+
+    Modes: ``slide`` applies the fit from ``fit_slide`` (call it before a slide's patches stream) to the whole batch
+    as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference behaviour);
+    ``none`` passes patches through. Degenerate patches, a failed slide fit and any per-patch failure fall back to
+    Reinhard, patch by patch on the CPU (they are few); nothing raises.
     """
 
-    def __init__(self, keys: KeysCollection, mode: str = "slide", fallback_key: str = "stain_fallback") -> None:
-        super().__init__(keys)
+    def __init__(self, mode: str = "slide") -> None:
         if mode not in STAIN_MODES:
             raise ValueError(f"stain_mode must be one of {list(STAIN_MODES)}, got {mode!r}.")
         self.mode = mode
-        self.fallback_key = fallback_key
         self.fit: MacenkoFit | None = None
         self._torchstain = None
 
@@ -120,32 +126,30 @@ class StainNormalized(MapTransform):
             logger.warning("%s: slide-level Macenko fit failed (%s); using Reinhard for every patch.", slide, error)
         return self.fit
 
-    def _per_patch(self, rgb: np.ndarray) -> np.ndarray:
+    def _per_patch(self, rgb: torch.Tensor) -> torch.Tensor:
         if self._torchstain is None:
             self._torchstain = torchstain.normalizers.MacenkoNormalizer(backend="torch")
-        normalized, _, _ = self._torchstain.normalize(I=torch.from_numpy(np.moveaxis(rgb, -1, 0).copy()), stains=False)
-        return normalized.numpy().clip(0, 255).astype(np.uint8)
+        normalized, _, _ = self._torchstain.normalize(I=rgb.cpu().round().to(torch.uint8), stains=False)
+        return normalized.permute(2, 0, 1).clamp(0, 255).floor().to(rgb.device)
 
-    def normalize(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Normalise one HWC uint8 patch; returns it and whether the Reinhard fallback was used."""
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised RGB (float32, 0-255, same device) and a bool per patch: whether Reinhard stood in."""
+        rgb = images[:, :3].float()
+        fallback = torch.zeros(rgb.shape[0], dtype=torch.bool, device=rgb.device)
         if self.mode == "none":
-            return rgb, False
-        od = optical_density(rgb.reshape(-1, 3))  # once, for the degeneracy check and the slide map
-        if is_degenerate(rgb, od) or (self.mode == "slide" and self.fit is None):
-            return reinhard(rgb), True
-        try:
-            return (self.fit.apply(rgb, od) if self.mode == "slide" else self._per_patch(rgb)), False
-        except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
-            return reinhard(rgb), True
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        fallback = False
-        for key in self.key_iterator(d):
-            image = d[key]
-            rgb = np.moveaxis(np.asarray(image)[:3], 0, -1).astype(np.uint8)
-            normalized, used_fallback = self.normalize(rgb)
-            fallback |= used_fallback
-            d[key] = convert_to_dst_type(np.moveaxis(normalized, -1, 0), image)[0]
-        d[self.fallback_key] = int(fallback)
-        return d
+            return rgb, fallback
+        od = optical_density(rgb)
+        fallback |= degenerate_patches(od)
+        if self.mode == "slide" and self.fit is None:
+            fallback[:] = True
+        out = self.fit.apply(od) if self.mode == "slide" and self.fit is not None else rgb.clone()
+        if self.mode == "per_patch":
+            for i in (~fallback).nonzero().flatten().tolist():
+                try:
+                    out[i] = self._per_patch(rgb[i])
+                except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
+                    fallback[i] = True
+        if fallback.any():
+            patches = rgb[fallback].permute(0, 2, 3, 1).cpu().round().to(torch.uint8).numpy()
+            out[fallback] = torch.from_numpy(reinhard(patches)).permute(0, 3, 1, 2).to(out)
+        return out, fallback

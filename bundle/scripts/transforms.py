@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type
 from skimage.color import hed2rgb, rgb2hed
 
@@ -38,6 +38,50 @@ class ChannelStats:
         stats = cls()
         stats.load_state_dict(checkpoint[key])
         return stats
+
+
+class SplitBlockd(Transform):
+    """Cut a block that ``PatchWSIDataset`` read (see ``scripts.wsi.block_samples``) into its patches.
+
+    The block's ``members`` metadata lists ``[index, row, col]`` of each patch at the read level. Returns one dict
+    per patch, ``{"image": CHW patch, "index": index}``: MONAI's ``list_data_collate`` flattens the lists into a
+    batch, and ``index`` lets the scores be put back in the order of the slide's samples.
+    """
+
+    def __init__(self, read_size: int) -> None:
+        self.read_size = read_size
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
+        block = data["image"]
+        members = block.meta["members"]
+        pixels = block.as_subclass(torch.Tensor)
+        size = self.read_size
+        return [{"image": pixels[:, row : row + size, col : col + size], "index": index} for index, row, col in members]
+
+
+class PrepareSlideBatch:
+    """ignite ``prepare_batch`` for slide patches: moves the raw RGB batch to the device, then stain- and
+    intensity-normalises the whole batch there.
+
+    Doing this per batch, as tensor operations next to the model, instead of per patch in DataLoader workers keeps
+    the loaders down to reading, and lets a GPU take the normalisation too; a uint8 batch is also a quarter of the
+    float32 bytes to move. Each patch's stain fallback flag goes into ``batchdata[fallback_key]``, i.e.
+    ``engine.state.batch``, where the post-processor reads it.
+    """
+
+    def __init__(self, stain: Callable, norm_stats: ChannelStats, fallback_key: str = "stain_fallback") -> None:
+        self.stain = stain
+        self.mean = 255.0 * torch.tensor(norm_stats.mean).view(1, -1, 1, 1)
+        self.std = 255.0 * torch.tensor(norm_stats.std).view(1, -1, 1, 1)
+        self.fallback_key = fallback_key
+
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, None]:
+        images = torch.as_tensor(batchdata["image"]).as_subclass(torch.Tensor).to(device, non_blocking=non_blocking)
+        rgb, fallback = self.stain(images)
+        batchdata[self.fallback_key] = fallback.cpu()
+        return (rgb - self.mean.to(rgb.device)) / self.std.to(rgb.device), None
 
 
 def compute_channel_stats(dataset: Sequence[Mapping], num_samples: int = 2048, seed: int = 42) -> ChannelStats:

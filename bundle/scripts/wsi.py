@@ -106,6 +106,7 @@ class PatchGeometry:
     stride0: int  # grid stride in level-0 pixels
     mpp0: float  # level-0 µm per pixel
     level_mpp: float
+    downsample: float = 1.0  # level-0 pixels per pixel of ``level``
 
 
 def select_geometry(
@@ -141,6 +142,7 @@ def select_geometry(
         stride0=max(1, round(size0 * stride / patch_size)),
         mpp0=mpp0,
         level_mpp=float(level_mpps[level]),
+        downsample=float(downsamples[level]),
     )
 
 
@@ -232,3 +234,34 @@ def slide_patches(
         "mask_downsample": mask_downsample,
     }
     return samples, geometry, facts
+
+
+def block_samples(samples: list[dict], geometry: PatchGeometry, block: int) -> list[dict]:
+    """Group grid patches into reads of up to ``block`` x ``block`` neighbouring patches, for ``PatchWSIDataset``.
+
+    A slide is stored in compressed tiles, and a reader decodes every tile a region touches: read one 96-px patch at
+    a time and each tile is decoded again for every patch on it (cuCIM keeps no tile cache here, and MONAI reopens
+    OpenSlide files for every read). One read per block decodes each tile about once. A block sample is the bounding
+    box of its tissue patches; ``members`` lists ``[index in samples, row, col]`` of each patch inside it, at the
+    read level (``SplitBlockd`` cuts them out). ``block`` 1 reads patch by patch.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, sample in enumerate(samples):
+        i, j = sample["grid"]
+        groups.setdefault((i // block, j // block), []).append(index)
+    blocks = []
+    for members in groups.values():
+        top = min(samples[k]["location"][0] for k in members)
+        left = min(samples[k]["location"][1] for k in members)
+        offsets = [
+            [k, round((samples[k]["location"][0] - top) / geometry.downsample),
+             round((samples[k]["location"][1] - left) / geometry.downsample)]
+            for k in members
+        ]  # fmt: skip
+        height = max(row for _, row, _ in offsets) + geometry.read_size
+        width = max(col for _, _, col in offsets) + geometry.read_size
+        blocks.append(
+            {"image": samples[members[0]]["image"], "location": [top, left], "size": [height, width],
+             "level": geometry.level, "members": offsets}
+        )  # fmt: skip
+    return blocks
