@@ -32,6 +32,7 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("slide")
     cli.add_argument("--repeats", type=int, default=3)
+    cli.add_argument("--readers", nargs="+", default=list(READERS), help="tifffile: minutes on big slides")
     cli.add_argument("--assume_mpp", type=float, default=None, help="for slides that record no pixel size")
     args = cli.parse_args()
     parser = ConfigParser()
@@ -41,7 +42,7 @@ def main() -> None:
     blocks = parser.get_parsed_content("read_block")
     rates = {
         backend: [read_rate(args.slide, backend, samples, geometry, n, args.repeats) for n in (1, blocks)]
-        for backend in READERS
+        for backend in args.readers
     }
     print(f"machine: {machine()}")
     print(f"slide {args.slide}: {len(samples)} patches of {geometry.read_size} px at level {geometry.level}")
