@@ -129,9 +129,10 @@ class SlidePostprocessor:
 
     def finish(self, engine: Engine) -> None:
         job = self.job
-        order = torch.cat(job.indices).argsort()
+        indices = torch.cat(job.indices)
+        order = indices.argsort()
         scores = torch.cat(job.scores)[order].numpy().astype(np.float64)
-        if len(scores) != len(job.samples) or not torch.equal(torch.cat(job.indices)[order], torch.arange(len(order))):
+        if len(scores) != len(job.samples) or not torch.equal(indices[order], torch.arange(len(order))):
             raise RuntimeError(f"{job.slide}: {len(scores)} scores for {len(job.samples)} patches")
         bad = int((~np.isfinite(scores)).sum())
         if bad:

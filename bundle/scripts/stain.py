@@ -105,7 +105,7 @@ class StainNormalizer:
     Modes: ``slide`` applies the fit from ``fit_slide`` (call it before a slide's patches stream) to the whole batch
     as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference behaviour);
     ``none`` passes patches through. Degenerate patches, a failed slide fit and any per-patch failure fall back to
-    Reinhard, patch by patch on the CPU (they are few); nothing raises.
+    Reinhard, on the CPU in one skimage call for the batch's fallbacks (they are few); nothing raises.
     """
 
     def __init__(self, mode: str = "slide") -> None:
