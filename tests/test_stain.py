@@ -105,3 +105,17 @@ def test_prepare_batch_normalises_on_the_batch_and_records_fallbacks():
     assert targets is None and type(inputs) is torch.Tensor
     torch.testing.assert_close(inputs, expected)
     assert batchdata["stain_fallback"].tolist() == fallback.tolist() == [False, True]
+
+
+def test_a_fit_on_one_patch_matches_torchstains_macenko():
+    """Same algorithm, same stain order (haematoxylin = larger red absorbance): the same pixels, up to the two
+    libraries' percentile rules."""
+    per_patch, slide = StainNormalizer(mode="per_patch"), StainNormalizer()
+    for seed in range(4):
+        patch = he_like(seed)
+        slide.fit_slide([patch])
+        ours, _ = slide(batch(patch))
+        theirs, fallback = per_patch(batch(patch))
+        assert not fallback.any()
+        difference = (ours - theirs).abs()
+        assert (difference <= 1).float().mean() > 0.99 and difference.max() <= 3

@@ -62,6 +62,8 @@ class MacenkoFit:
         """Fit on the pooled pixels of HWC uint8 ``patches``; raises ``ValueError`` when they hold too little stain."""
         pixels = np.concatenate([np.asarray(p).reshape(-1, 3) for p in patches]).reshape(-1, 1, 3)
         he = ExtractHEStains(tli=BACKGROUND_INTENSITY, beta=OD_THRESHOLD)(pixels).astype(np.float64)
+        if he[0, 0] < he[0, 1]:  # haematoxylin first by the larger red absorbance, as torchstain orders the two
+            he = he[:, ::-1]
         concentrations = np.linalg.lstsq(he, optical_density(pixels.reshape(-1, 3)).T, rcond=None)[0]
         max_c = np.percentile(concentrations, 99, axis=1)
         if not np.all(np.isfinite(he)) or not np.all(max_c > 0):
