@@ -5,8 +5,8 @@
 A label-free alternative to reconstruction scores: describe each patch by the shipped encoder's features (every
 level's channel mean and std, or mu), fit a model of *normal* tissue on normal crops of training tiles (the crops
 ``data_source: tiles`` trains on, 32-px grid, no tumour pixel, >= 50 % tissue), and score a patch by its distance
-from that model: the Mahalanobis distance under a Gaussian (covariance shrunk towards its mean variance, as the
-features outnumber nothing but are strongly correlated) and the mean distance to the k nearest normal crops. Higher
+from that model: the Mahalanobis distance under a Gaussian (covariance shrunk 10 % towards its mean variance: the
+features are many and strongly correlated) and the mean distance to the k nearest normal crops. Higher
 is always more anomalous; nothing is fitted on labels. Test patches: the 5 x 5 grid of each tile, PCam centre rule,
 Macenko per tile (as ``bench/detection_quality.py``). Two evaluations: the 8 held-out demo tiles against the 24
 training tiles' normals, and 8 training tiles against the other 16 tiles' normals (the encoder has seen all 24
