@@ -7,12 +7,18 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 import scripts  # noqa: E402, F401  (imported before MONAI: silences cuCIM's CPU-only import noise)
+
+
+def as_batch(patches: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 patches as the B x 3 x H x W uint8 batch the DataLoader hands ``prepare_batch``."""
+    return torch.from_numpy(np.moveaxis(np.stack(patches), -1, 1).copy())
 
 
 def machine() -> str:

@@ -17,20 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BUNDLE, machine
+from common import BUNDLE, as_batch, machine
+from detection_quality import tile_patches
 from monai.bundle import ConfigParser
-from skimage import io
 
 
 def patches(tiles_dir: Path | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     if tiles_dir is None:
         return torch.randn(800, 3, 96, 96, generator=torch.Generator().manual_seed(0))
-    crops = []
-    for path in sorted((tiles_dir / "images").glob("*.jpg")):
-        image = io.imread(path)[..., :3]
-        crops += [image[y : y + 96, x : x + 96] for y in range(0, 480, 96) for x in range(0, 480, 96)]
-    x = torch.from_numpy(np.moveaxis(np.stack(crops), -1, 1).astype(np.float32) / 255)
-    return (x - mean) / std
+    crops = np.concatenate(
+        [tile_patches(tiles_dir, path.stem)[0] for path in sorted((tiles_dir / "images").glob("*.jpg"))]
+    )
+    return (as_batch(crops).float() / 255 - mean) / std
 
 
 def bf16_inference() -> contextlib.ExitStack:

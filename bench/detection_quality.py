@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BUNDLE
+from common import BUNDLE, as_batch
 from monai.bundle import ConfigParser
 from skimage import io
 
@@ -51,7 +51,7 @@ def tile_patches(tiles_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def baselines(patches: np.ndarray) -> dict[str, np.ndarray]:
     """Label-free statistics, oriented so that higher is (assumed) more anomalous."""
-    od = np.stack([optical_density(p.reshape(-1, 3)).mean(1) for p in patches])
+    od = optical_density(patches.reshape(len(patches), -1, 3)).mean(2)  # per pixel, over the channels
     return {
         "mean optical density": od.mean(1),
         "std of optical density": od.std(1),
@@ -61,7 +61,7 @@ def baselines(patches: np.ndarray) -> dict[str, np.ndarray]:
 
 def model_scores(patches: np.ndarray, network, inferers: dict, prepare_batch: PrepareSlideBatch) -> dict:
     prepare_batch.stain.fit_slide(list(patches))
-    x, _ = prepare_batch({"image": torch.from_numpy(np.moveaxis(patches, -1, 1).copy())})
+    x, _ = prepare_batch({"image": as_batch(patches)})
     with torch.inference_mode():
         return {name: inferer(x, network).numpy() for name, inferer in inferers.items()}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BUNDLE
+from common import BUNDLE, as_batch
 from detection_quality import tile_patches
 from monai.bundle import ConfigParser
 from skimage import io
@@ -49,7 +49,7 @@ def features(patches: np.ndarray, fit_on: np.ndarray, network, prepare_batch: Pr
     """Per-level channel mean + std of the encoder's activations, every level together, and mu; one tile's patches
     normalised with that tile's Macenko fit (``fit_on``: the tile's grid patches, as for a slide)."""
     prepare_batch.stain.fit_slide(list(fit_on))
-    x, _ = prepare_batch({"image": torch.from_numpy(np.moveaxis(patches, -1, 1).copy())})
+    x, _ = prepare_batch({"image": as_batch(patches)})
     activations = []
     with torch.inference_mode():
         for block in network.encoder:

@@ -18,8 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import machine
+from common import as_batch, machine
 from skimage import io
 
 from scripts.stain import MacenkoFit, StainNormalizer, degenerate_patches, optical_density
@@ -31,10 +30,6 @@ def tile_patches(path: Path) -> list[np.ndarray]:
     image = io.imread(path)[..., :3]
     rows, cols = image.shape[0] // PATCH, image.shape[1] // PATCH
     return [image[i * PATCH : (i + 1) * PATCH, j * PATCH : (j + 1) * PATCH] for i in range(rows) for j in range(cols)]
-
-
-def as_batch(patches: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.moveaxis(p, -1, 0) for p in patches]).copy())
 
 
 def seconds(tiles: list[list[np.ndarray]], mode: str) -> tuple[float, float]:
