@@ -5,7 +5,7 @@
 The end-to-end figure is ``run inference`` on one slide as inference.json configures it (tissue grid, reading, stain
 normalisation, model, post-processing and every output file). The bare figure is the model and score alone on
 patches already in memory. The breakdown times each stage on its own, one after the other, so it shows where the time
-would go without overlap; in the real run DataLoader workers overlap reading and normalisation with the model.
+would go without overlap; in the real run DataLoader workers read while the main process normalises and scores.
 """
 
 from __future__ import annotations
