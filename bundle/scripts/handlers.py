@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,8 @@ class LatentStatsHandler:
     """When training completes, fit a Gaussian to the latent means of normal patches and add it to the checkpoint.
 
     The ``latent`` anomaly score is the Mahalanobis distance of a patch's mu from this Gaussian. It is fitted with the
-    best weights (loaded from ``checkpoint_path``), on up to ``max_samples`` patches, with the covariance shrunk
+    best weights (loaded from ``checkpoint_path``), on up to ``max_samples`` patches of ``dataset`` put through
+    ``prepare_batch`` (the validation one: normalised, no noise), with the covariance shrunk
     towards a scaled identity by ``shrinkage`` so that it stays invertible when the latent has more dimensions than
     there are patches.
     """
@@ -191,6 +193,7 @@ class LatentStatsHandler:
         self,
         network: torch.nn.Module,
         dataset: Any,
+        prepare_batch: Callable,
         checkpoint_path: str | Path,
         batch_size: int = 128,
         max_samples: int = 20000,
@@ -199,6 +202,7 @@ class LatentStatsHandler:
     ):
         self.network = network
         self.dataset = dataset
+        self.prepare_batch = prepare_batch
         self.checkpoint_path = Path(checkpoint_path)
         self.batch_size = batch_size
         self.max_samples = max_samples
@@ -220,7 +224,7 @@ class LatentStatsHandler:
         indices = torch.randperm(len(self.dataset), generator=generator)[: self.max_samples].tolist()
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size)
         with torch.inference_mode():
-            images = (batch["image"].as_subclass(torch.Tensor).to(device) for batch in loader)
+            images = (self.prepare_batch(batch, device)[0] for batch in loader)
             mus = [network.encode(x)[0].flatten(1).double().cpu() for x in images]
         mu = torch.cat(mus)
         mean = mu.mean(0)
