@@ -248,9 +248,17 @@ class TerminateOnNanHandler(TerminateOnNan):
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
 
-def _loss_is_finite(engine: Engine) -> bool:
+def _last_loss(engine: Engine) -> float | None:
+    """The loss of the engine's last iteration, detached from its graph; None before any iteration."""
     output = engine.state.output
-    return not isinstance(output, dict) or "loss" not in output or math.isfinite(float(output["loss"]))
+    if not isinstance(output, dict) or "loss" not in output:
+        return None
+    return float(torch.as_tensor(output["loss"]).detach())
+
+
+def _loss_is_finite(engine: Engine) -> bool:
+    loss = _last_loss(engine)
+    return loss is None or math.isfinite(loss)
 
 
 def raise_if_stopped_on_nan(trainer: Engine, ckpt_dir: str | Path) -> None:
@@ -260,7 +268,7 @@ def raise_if_stopped_on_nan(trainer: Engine, ckpt_dir: str | Path) -> None:
     """
     if not _loss_is_finite(trainer):
         raise RuntimeError(
-            f"training stopped: the loss became {float(trainer.state.output['loss'])} at epoch {trainer.state.epoch}, "
+            f"training stopped: the loss became {_last_loss(trainer)} at epoch {trainer.state.epoch}, "
             f"iteration {trainer.state.iteration}; {Path(ckpt_dir) / 'model.pt'} still holds the best finite model. "
             "Lower --learning_rate or --beta, or check the data for blank patches."
         )
