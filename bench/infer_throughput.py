@@ -69,6 +69,7 @@ def main() -> None:
     cli.add_argument("--batch_size", type=int, default=64)
     cli.add_argument("--wsi_reader", default="cuCIM")
     cli.add_argument("--read_block", type=int, default=4, help="patches per block side of one read (1: per patch)")
+    cli.add_argument("--trim_memory_every", type=int, help="iterations between malloc_trim calls (0: none)")
     args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
     output_dir = tempfile.mkdtemp(prefix="skip96_bench_")
@@ -76,6 +77,8 @@ def main() -> None:
     parser.read_config(BUNDLE / "configs" / "inference.json")
     knobs = {"num_workers": args.num_workers, "batch_size": args.batch_size, "wsi_reader": args.wsi_reader,
              "read_block": args.read_block}  # fmt: skip
+    if args.trim_memory_every is not None:
+        knobs["trim_memory_every"] = args.trim_memory_every
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
     summary, total = timed(runner.run)
