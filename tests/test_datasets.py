@@ -2,11 +2,11 @@ import pickle
 
 import numpy as np
 import pytest
-from skimage import io
+from skimage import color, io
 from torch.utils.data import DataLoader
 
 from scripts.datasets import PCamNormals, TileNormals, normal_tissue_splits, tile_names
-from scripts.tissue import tissue_mask, window_fraction
+from scripts.tissue import hsv_saturation, tissue_mask, window_fraction
 from scripts.transforms import compute_channel_stats
 from tests_helpers import write_datalist
 
@@ -90,6 +90,13 @@ def test_window_fraction_matches_brute_force():
     assert fractions.shape == (33, 43)
     for y, x in [(0, 0), (5, 17), (32, 42)]:
         assert fractions[y, x] == pytest.approx(mask[y : y + 8, x : x + 8].mean(), abs=1e-6)
+
+
+def test_hsv_saturation_is_scikit_images_bit_for_bit():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [128, 128, 128], [200, 180, 190]]  # black, white, grey, s = 0.1 exactly
+    assert np.array_equal(hsv_saturation(rgb), color.rgb2hsv(rgb)[..., 1])
 
 
 def test_tissue_mask_on_blank_and_white():

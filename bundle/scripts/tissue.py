@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage import color, filters, morphology
+from skimage import filters, img_as_float, morphology
 
 # A field that is all tissue has no background mode, and Otsu would then split the tissue itself; stained tissue is
 # well above this saturation, glass and white background well below (PCam's own filter used 0.07).
@@ -21,13 +21,24 @@ def tissue_mask(
     """
     if rgb.ndim != 3 or rgb.shape[-1] < 3:
         raise ValueError(f"tissue_mask needs an HWC RGB image, got shape {rgb.shape}.")
-    saturation = color.rgb2hsv(rgb[..., :3])[..., 1]
+    saturation = hsv_saturation(rgb[..., :3])
     if np.ptp(saturation) < 1e-6:
         return np.zeros(saturation.shape, dtype=bool)
     threshold = min(float(filters.threshold_otsu(saturation)), max_threshold)
     mask = saturation > threshold
     mask = morphology.remove_small_objects(mask, max_size=min_object_px)
     return morphology.remove_small_holes(mask, max_size=min_object_px)
+
+
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation, (max - min) / max over the channels (0 where black), as ``skimage.color.rgb2hsv`` computes it.
+
+    Without the hue and value channels: on a 3,125 × 1,562 slide thumbnail ``rgb2hsv`` took 2.0 of the 2.1 s of
+    ``tissue_mask``, which now takes 0.3 s.
+    """
+    high = img_as_float(rgb.max(axis=-1))  # scaled before dividing, as skimage does, for the same floats
+    delta = high - img_as_float(rgb.min(axis=-1))
+    return np.divide(delta, high, out=delta, where=high > 0)  # where black, delta is already 0
 
 
 def window_fraction(mask: np.ndarray, window: int) -> np.ndarray:
