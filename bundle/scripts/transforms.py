@@ -119,10 +119,10 @@ class PrepareTrainingBatch:
     On the model's device, for the whole batch: scale to [0, 1], jitter the stains (``hed_jitter``), take the
     normalised clean patch as the target and add Gaussian noise (``denoise_sigma``, in [0, 1] units) to the input.
     Done per patch in DataLoader workers this cost 5.7 ms per 96-px patch; as tensor operations on the batch,
-    0.5 ms. Random draws come from torch's global generator, which the
-    training checkpoint saves, so a resumed run draws the same jitter and noise. With both sigmas 0 (validation,
-    latent statistics) it only normalises. ``channels_last`` hands the network channels-last batches, which its
-    convolutions then keep: 1.2× faster training steps on CPU (``bench/train_throughput.py``).
+    0.5 ms. Random draws come from torch's global generator, which the training checkpoint saves, so a resumed run
+    draws the same jitter and noise. With both sigmas 0 (validation, latent statistics) it only normalises.
+    ``channels_last`` hands the network channels-last batches, which its convolutions then keep: 1.1–1.2× faster
+    training steps on CPU (``bench/train_throughput.py``).
     """
 
     def __init__(
