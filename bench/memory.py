@@ -79,7 +79,9 @@ def tree_rss(pid: int) -> tuple[int, int]:
         try:
             status = Path(f"/proc/{current}/status").read_text()
             rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-            main, total = (rss if current == pid else main), total + rss
+            total += rss
+            if current == pid:
+                main = rss
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, StopIteration):

@@ -64,6 +64,11 @@ class SplitBlockd(Transform):
         return [{"image": pixels[:, row : row + size, col : col + size], "index": index} for index, row, col in members]
 
 
+def image_batch(batchdata: dict, device: str | torch.device | None, non_blocking: bool) -> torch.Tensor:
+    """The collated ``image`` batch as a plain tensor (no MetaTensor bookkeeping) on ``device``."""
+    return torch.as_tensor(batchdata["image"]).as_subclass(torch.Tensor).to(device, non_blocking=non_blocking)
+
+
 class PrepareSlideBatch:
     """ignite ``prepare_batch`` for slide patches: moves the raw RGB batch to the device, then stain- and
     intensity-normalises the whole batch there.
@@ -82,7 +87,7 @@ class PrepareSlideBatch:
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
     ) -> tuple[torch.Tensor, None]:
-        images = torch.as_tensor(batchdata["image"]).as_subclass(torch.Tensor).to(device, non_blocking=non_blocking)
+        images = image_batch(batchdata, device, non_blocking)
         rgb, fallback = self.stain(images)
         batchdata[self.fallback_key] = fallback.cpu()
         return self.norm_stats.normalise(rgb, max_value=255.0), None
@@ -136,7 +141,7 @@ class PrepareTrainingBatch:
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.as_tensor(batchdata["image"]).as_subclass(torch.Tensor).to(device, non_blocking=non_blocking)
+        images = image_batch(batchdata, device, non_blocking)
         clean = images.float() / 255.0
         if self.hed_jitter > 0:
             jitter = (2 * torch.rand(2, len(clean), 3) - 1).to(clean.device) * self.hed_jitter
