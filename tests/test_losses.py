@@ -42,6 +42,18 @@ def test_kl_above_capacity_is_penalised_by_beta():
     assert BetaVAELoss("mse", beta=0.0, capacity=0.0)(prediction, target).item() == pytest.approx(0.25)
 
 
+def test_tracked_capacity_penalises_kl_below_c_too():
+    prediction, target, mu = _prediction(1.0)  # KL = 4.5 nats, C = 10
+    loss = BetaVAELoss("l1", beta=2.0, capacity=10.0, track_capacity=True)(prediction, target)
+    assert loss.item() == pytest.approx(0.5 + 2.0 * 5.5)
+    loss.backward()
+    assert bool((mu.grad < 0).all())  # the gradient pushes |mu|, and so the KL, up towards C
+    prediction, target, _ = _prediction(2.0)  # KL = 18 nats: above C both forms agree
+    assert BetaVAELoss("l1", beta=2.0, capacity=10.0, track_capacity=True)(prediction, target).item() == pytest.approx(
+        0.5 + 2.0 * 8.0
+    )
+
+
 def test_loss_terms_for_metrics():
     prediction, target, _ = _prediction(2.0)
     assert loss_term("kl")(prediction, target).item() == pytest.approx(18.0)

@@ -77,6 +77,34 @@ def test_epoch_metrics_and_grid_reach_tensorboard_and_console(trained):
     assert "val_kl" in console and "capacity: 6.0000" in console  # C = 120 nats * (2 - 1) / 20 in epoch 2
 
 
+def epoch_values(runs_dir, tag: str) -> list[float]:
+    values = []
+    for event_file in runs_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [event.value for event in acc.Scalars(tag)]
+    return values
+
+
+def test_tracked_capacity_run_selects_model_by_reconstruction(tiles_dir, tmp_path):
+    # with |KL - C| the val_loss moves with the C schedule; select_metric makes model.pt the best val_recon instead
+    options = [
+        "--track_capacity",
+        "true",
+        "--select_metric",
+        "val_recon",
+        "--capacity_max",
+        "60",
+        "--capacity_epochs",
+        "3",
+    ]
+    run_training(tiles_dir, tmp_path / "models", tmp_path / "runs", "--max_epochs", "3", *options)
+    best = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)["best_checkpointer"]
+    val_recon = epoch_values(tmp_path / "runs", "val_recon")
+    assert len(val_recon) == 3 and best["best"] == pytest.approx(min(val_recon))
+
+
 def test_resume_continues_from_the_last_epoch(trained, tiles_dir):
     root, _ = trained
     before = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=False)

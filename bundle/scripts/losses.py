@@ -1,4 +1,4 @@
-"""The capacity-constrained beta-VAE objective: recon + beta * max(KL - C, 0)."""
+"""The capacity-constrained beta-VAE objective: recon + beta * max(KL - C, 0), or recon + beta * |KL - C|."""
 
 from __future__ import annotations
 
@@ -22,26 +22,32 @@ def reconstruction_error(recon: torch.Tensor, target: torch.Tensor, kind: str = 
 
 
 class BetaVAELoss(nn.Module):
-    """``recon + beta * max(KL - capacity, 0)``, averaged over the batch.
+    """``recon + beta * max(KL - capacity, 0)``, or ``recon + beta * |KL - capacity|``, averaged over the batch.
 
-    ``beta`` and ``capacity`` are plain attributes so that schedule handlers can set them each epoch; the KL below
-    ``capacity`` nats is free, which keeps the skip-connected decoder from ignoring its latent.
+    ``beta`` and ``capacity`` are plain attributes so that schedule handlers can set them each epoch. By default the
+    KL below ``capacity`` nats is free, which lets the latent carry information without forcing it to; a
+    skip-connected decoder can still leave it nearly unused (KL far below C). ``track_capacity`` penalises the KL on
+    both sides of C, as Burgess et al. (2018) do, so the latent is made to carry C nats.
     """
 
-    def __init__(self, recon: str = "l1", beta: float = 1.0, capacity: float = 0.0) -> None:
+    def __init__(
+        self, recon: str = "l1", beta: float = 1.0, capacity: float = 0.0, track_capacity: bool = False
+    ) -> None:
         super().__init__()
         if recon not in RECON_LOSSES:
             raise ValueError(f"recon must be one of {RECON_LOSSES}, got {recon!r}.")
         self.recon = recon
         self.beta = beta
         self.capacity = capacity
+        self.track_capacity = track_capacity
 
     def forward(
         self, prediction: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: torch.Tensor
     ) -> torch.Tensor:
         recon, mu, logvar = prediction
-        kl_excess = torch.clamp(kl_divergence(mu, logvar) - self.capacity, min=0.0)
-        return (reconstruction_error(recon, target, self.recon) + self.beta * kl_excess).mean()
+        kl_gap = kl_divergence(mu, logvar) - self.capacity
+        kl_penalty = kl_gap.abs() if self.track_capacity else torch.clamp(kl_gap, min=0.0)
+        return (reconstruction_error(recon, target, self.recon) + self.beta * kl_penalty).mean()
 
 
 def loss_term(term: str, kind: str = "l1") -> Callable[[tuple, torch.Tensor], torch.Tensor]:
