@@ -116,6 +116,8 @@ def main() -> None:
     network = load_network(parser.get_parsed_content("network_def"), args.ckpt, "cpu")
     has_latent = "latent_stats" in torch.load(args.ckpt, map_location="cpu", weights_only=True)
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
+    if has_latent:
+        inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
     names = sorted(p.stem for p in (args.tiles_dir / "images").glob("*.jpg"))
     keys = list(inferers) + ["mean optical density", "std of optical density", "darkness (-mean brightness)"]
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))

@@ -93,7 +93,7 @@ def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, int, flo
     """Peak resident bytes of the inference process alone and with its workers, seconds, and its summary row."""
     command = [sys.executable, "-m", "scripts", "run", "inference", "--config_file",
                str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(slide_dir),
-               "--output_dir", str(output_dir), "--overwrite", "true"]  # fmt: skip
+               "--output_dir", str(output_dir), "--overwrite", "True"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(BUNDLE)}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

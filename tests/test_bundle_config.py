@@ -36,7 +36,7 @@ def test_verify_net_in_out_with_recon_only():
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
          "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json",
-         "--network_def#recon_only", "true", "--channels", "[8,8,16,16,16,16]", "--latent_channels", "8"],
+         "--network_def#recon_only", "True", "--channels", "[8,8,16,16,16,16]", "--latent_channels", "8"],
         cwd=BUNDLE, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -154,3 +154,11 @@ def test_array_job_shards_merge_when_the_last_one_ends(cohort, tiny_checkpoint, 
     assert second.returncode == 0, second.stderr[-3000:]
     merged, alone = (pd.read_csv(d / "summary.csv").drop(columns="seconds") for d in (tmp_path, single))
     pd.testing.assert_frame_equal(merged, alone)
+
+
+def test_lower_case_false_on_the_command_line_is_refused_not_read_as_true(tmp_path, tiny_checkpoint):
+    # Fire passes `false` on as a string, which would count as true; the workflow stops before reading any slide
+    result = run_inference(tiny_checkpoint, tmp_path, tmp_path / "out", "--tta", "false")
+    assert result.returncode != 0
+    assert "--tta must be True or False" in result.stderr
+    assert not (tmp_path / "out" / "summary.csv").exists()

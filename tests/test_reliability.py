@@ -41,7 +41,7 @@ def test_bad_slides_are_recorded_and_the_good_one_completes(tmp_path, slide_0243
     console = result.stdout + result.stderr
     assert "Traceback" not in console
     assert "Traceback" in (output / "inference.log").read_text()  # the full story is in the log file
-    strict = run_inference(tiny_checkpoint, folder, tmp_path / "strict", "--strict", "true")
+    strict = run_inference(tiny_checkpoint, folder, tmp_path / "strict", "--strict", "True")
     assert strict.returncode != 0
 
 

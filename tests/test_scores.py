@@ -56,6 +56,25 @@ def test_latent_score_is_mahalanobis_distance():
     assert torch.allclose(distance, torch.tensor([0.0, 6.0]))  # sqrt(9 * 4)
 
 
+def test_tta_is_the_rms_over_the_8_orientations_and_does_not_depend_on_orientation():
+    class Corner(torch.nn.Module):  # mu is the top-left 3x3 corner: it changes with every flip and rotation
+        def encode(self, x):
+            return x[:, :1, :3, :3], None, []
+
+    from scripts.transforms import ChannelStats
+
+    stats = {"mean": torch.zeros(9), "precision": torch.eye(9)}
+    plain = AnomalyScoreInferer("latent", ChannelStats(), stats)
+    tta = AnomalyScoreInferer("latent", ChannelStats(), stats, tta=True)
+    x = torch.randn(5, 3, 96, 96)
+    views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+    expected = torch.stack([plain(v, Corner()) for v in views]).pow(2).mean(0).sqrt()
+    assert torch.allclose(tta(x, Corner()), expected)
+    for turned in (torch.rot90(x, 1, (2, 3)), x.flip(2), x.flip(3).transpose(2, 3)):
+        assert torch.allclose(tta(turned, Corner()), tta(x, Corner()), atol=1e-5)
+        assert not torch.allclose(plain(turned, Corner()), plain(x, Corner()), atol=1e-3)
+
+
 def test_unknown_score_and_missing_latent_stats_are_refused():
     from scripts.transforms import ChannelStats
 

@@ -91,7 +91,7 @@ def test_tracked_capacity_run_selects_model_by_reconstruction(tiles_dir, tmp_pat
     # with |KL - C| the val_loss moves with the C schedule; select_metric makes model.pt the best val_recon instead
     options = [
         "--track_capacity",
-        "true",
+        "True",
         "--select_metric",
         "val_recon",
         "--capacity_max",
@@ -109,7 +109,7 @@ def test_resume_continues_from_the_last_epoch(trained, tiles_dir):
     root, _ = trained
     before = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert before["trainer"]["iteration"] == 2 * before["trainer"]["epoch_length"]
-    result = run_training(tiles_dir, root / "models", root / "runs", "--max_epochs", "3", "--resume", "true")
+    result = run_training(tiles_dir, root / "models", root / "runs", "--max_epochs", "3", "--resume", "True")
     console = result.stdout + result.stderr
     assert "resumed from" in console and "at epoch 2" in console
     assert "capacity: 12.0000" in console  # the schedule picks up at epoch 3, not at epoch 1

@@ -169,7 +169,7 @@ def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"resume: {path} not found; run once without --resume true, or point --ckpt_dir at it.")
+        raise FileNotFoundError(f"resume: {path} not found; run once without --resume True, or point --ckpt_dir at it.")
     trainer = to_load.get("trainer")
     max_epochs = trainer.state.max_epochs if trainer is not None else None
     Checkpoint.load_objects(to_load=to_load, checkpoint=torch.load(path, map_location="cpu", weights_only=False))
