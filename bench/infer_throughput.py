@@ -73,6 +73,7 @@ def main() -> None:
     cli.add_argument("--read_block", type=int, default=4, help="patches per block side of one read (1: per patch)")
     cli.add_argument("--trim_memory_every", type=int, help="iterations between malloc_trim calls (0: none)")
     cli.add_argument("--repeats", type=int, default=1, help="end-to-end runs; medians are reported")
+    cli.add_argument("--tta", type=int, choices=(0, 1), help="score in 8 orientations (default: inference.json's)")
     args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
     output_dir = tempfile.mkdtemp(prefix="skip96_bench_")
@@ -82,6 +83,8 @@ def main() -> None:
              "read_block": args.read_block}  # fmt: skip
     if args.trim_memory_every is not None:
         knobs["trim_memory_every"] = args.trim_memory_every
+    if args.tta is not None:
+        knobs["tta"] = bool(args.tta)
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
     # Each end-to-end run sits between two timings of the bare model, the faster of which is its reference: this
