@@ -1,6 +1,7 @@
 """Detection quality of every anomaly score and of label-free one-number baselines on real CAMELYON16 tiles.
 
     python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles [--ckpt bundle/models/model.pt]
+    python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --ensemble CKPT CKPT ...
 
 Each 512-px tile is cut into a 5 x 5 grid of 96-px patches (~0.972 µm/px), stain-normalised with a Macenko fit per
 tile, and labelled by the PCam centre rule from its tumour mask. Prints, for the 8 held-out demo tiles and for the
@@ -9,8 +10,11 @@ PR-AUC of each score and baseline. Baselines use a direction fixed before lookin
 density, higher OD spread and lower brightness = anomalous) and are also shown in both directions, labelled.
 AUC, PR-AUC and IoU use a per-tile z-score (each tile treated as a slide of its own); "AUC 1 slide" ranks the raw
 scores of all tiles together, as on the demo slide that stitches them (a per-slide z-score does not change a ranking
-within one slide). IoU uses a threshold calibrated leave-one-tile-out on the other held-out tiles and no region
-filter (a 5 x 5 grid is too small for one); the per-tile oracle IoU is shown beside it.
+within one slide); "AUC in tile" is the mean of each tile's own AUC (tiles holding both classes), which no
+normalisation across tiles affects. IoU uses a threshold calibrated leave-one-tile-out on the other held-out tiles
+and no region filter (a 5 x 5 grid is too small for one); the per-tile oracle IoU is shown beside it. With
+``--ensemble`` it reports only the ``latent`` score of each checkpoint, in one orientation and with ``tta``, and of
+the ensemble of them all.
 """
 
 from __future__ import annotations
@@ -86,7 +90,9 @@ def iou_at(tiles: list[dict], key: str, threshold: float) -> float:
 def report(tiles: list[dict], keys: list[str], title: str) -> None:
     labels = np.concatenate([t["labels"] for t in tiles])
     print(f"\n{title}: {len(tiles)} tiles, {len(labels)} patches, {labels.mean():.0%} tumour (PCam centre rule)")
-    print(f"{'score':<34}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}{'AUC 1 slide':>13}")
+    header = f"{'score':<34}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}{'AUC 1 slide':>13}"
+    print(header + f"{'AUC in tile':>13}")
+    mixed = [t for t in tiles if 0 < t["labels"].mean() < 1]  # a tile's own AUC needs both classes
     for key in keys:
         scores = np.concatenate([zscore(t[key]) for t in tiles])
         held_out = []
@@ -97,7 +103,32 @@ def report(tiles: list[dict], keys: list[str], title: str) -> None:
         oracle = np.mean([max(iou_at([t], key, th) for th in THRESHOLDS) for t in tiles])
         auc, ap = roc_auc(scores, labels), pr_auc(scores, labels)
         pooled = roc_auc(np.concatenate([t[key] for t in tiles]), labels)
-        print(f"{key:<34}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}{pooled:>13.3f}")
+        within = np.mean([roc_auc(t[key], t["labels"]) for t in mixed])
+        print(
+            f"{key:<34}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}{pooled:>13.3f}"
+            f"{within:>13.3f}"
+        )
+
+
+def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: list[Path]) -> tuple[list, list[str]]:
+    """``latent`` of each checkpoint, in one orientation and with ``tta``, and of their ensemble: the Mahalanobis
+    distance over the members' concatenated mu with a block-diagonal precision, i.e. the root of the summed squares."""
+    tiles, keys = None, []
+    for i, ckpt in enumerate(ckpts):
+        network = load_network(parser.get_parsed_content("network_def"), ckpt, "cpu")
+        inferers = {f"member {i}": AnomalyScoreInferer.from_checkpoint("latent", ckpt),
+                    f"member {i}, tta": AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True)}  # fmt: skip
+        prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(ckpt))
+        scored = collect(tiles_dir, names, network, inferers, prepare_batch)
+        if tiles is None:
+            tiles = scored
+        for tile, member in zip(tiles, scored, strict=True):
+            tile.update({key: member[key] for key in inferers})
+        keys += list(inferers)
+    for suffix in ("", ", tta"):
+        for tile in tiles:
+            tile["ensemble" + suffix] = np.sqrt(sum(tile[f"member {i}{suffix}"] ** 2 for i in range(len(ckpts))))
+    return tiles, keys + ["ensemble", "ensemble, tta"]
 
 
 def main() -> None:
@@ -106,6 +137,7 @@ def main() -> None:
     cli.add_argument("--ckpt", type=Path, default=BUNDLE / "models" / "model.pt")
     cli.add_argument("--channels", default=None, help="network widths, if not those of inference.json")
     cli.add_argument("--latent_channels", type=int, default=None)
+    cli.add_argument("--ensemble", type=Path, nargs="+", help="checkpoints: each one's latent score and their ensemble")
     args = cli.parse_args()
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
@@ -113,13 +145,21 @@ def main() -> None:
         parser["channels"] = json.loads(args.channels)
     if args.latent_channels:
         parser["latent_channels"] = args.latent_channels
+    names = sorted(p.stem for p in (args.tiles_dir / "images").glob("*.jpg"))
+    baseline_keys = ["mean optical density", "std of optical density", "darkness (-mean brightness)"]
+    if args.ensemble:
+        print("\n".join(f"member {i}: {ckpt}" for i, ckpt in enumerate(args.ensemble)))
+        demo = [n for n in names if n in DEMO_TILES]
+        for title, group in (("held-out demo tiles", demo), ("training tiles", [n for n in names if n not in demo])):
+            tiles, keys = ensemble(args.tiles_dir, group, parser, args.ensemble)
+            report(tiles, keys + baseline_keys, title)
+        return
     network = load_network(parser.get_parsed_content("network_def"), args.ckpt, "cpu")
     has_latent = "latent_stats" in torch.load(args.ckpt, map_location="cpu", weights_only=True)
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
         inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
-    names = sorted(p.stem for p in (args.tiles_dir / "images").glob("*.jpg"))
-    keys = list(inferers) + ["mean optical density", "std of optical density", "darkness (-mean brightness)"]
+    keys = list(inferers) + baseline_keys
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
     prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
     demo = collect(args.tiles_dir, [n for n in names if n in DEMO_TILES], network, inferers, prepare_batch)
