@@ -110,7 +110,8 @@ def main() -> None:
     demo = {k for k, n in enumerate(names) if n in DEMO_TILES}
     training = [k for k in range(len(names)) if k not in demo]
     splits = {"demo tiles": (set(training), demo), "8 training tiles": (set(training[8:]), set(training[:8]))}
-    print(f"checkpoint {args.ckpt}; normal crops: {sum(len(v) for _, v in normal['mu (3 x 3 latent)'])}")
+    banks = ", ".join(f"{s} {len(stack(normal['mu (3 x 3 latent)'], bank))}" for s, (bank, _) in splits.items())
+    print(f"checkpoint {args.ckpt}; normal crops fitted on: {banks}")
     print(f"{'':<30}" + "".join(f"{s:>24}" for s in splits))
     print(f"{'features':<30}" + f"{'Gaussian':>12}{f'{NEIGHBOURS}-NN':>12}" * len(splits))
     for key in normal:
