@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from skimage import io
+from threadpoolctl import threadpool_limits
 
-from conftest import tissue_like
+from conftest import requires_shared, tissue_like
 from scripts.stain import (
     REFERENCE_HE,
     REFERENCE_MAX_C,
@@ -107,15 +109,33 @@ def test_prepare_batch_normalises_on_the_batch_and_records_fallbacks():
     assert batchdata["stain_fallback"].tolist() == fallback.tolist() == [False, True]
 
 
-def test_a_fit_on_one_patch_matches_torchstains_macenko():
-    """Same algorithm, same stain order (haematoxylin = larger red absorbance): the same pixels, up to the two
-    libraries' percentile rules."""
+def largest_difference_from_per_patch_mode(patches: list[np.ndarray]) -> float:
+    """Grey levels between a slide fit on each patch alone and ``per_patch`` mode (torchstain) on the same patch."""
     per_patch, slide = StainNormalizer(mode="per_patch"), StainNormalizer()
-    for seed in range(4):
-        patch = he_like(seed)
-        slide.fit_slide([patch])
-        ours, _ = slide(batch(patch))
-        theirs, fallback = per_patch(batch(patch))
-        assert not fallback.any()
-        difference = (ours - theirs).abs()
-        assert (difference <= 1).float().mean() > 0.99 and difference.max() <= 3
+    worst = 0.0
+    with threadpool_limits(limits=1, user_api="blas"):  # a fit per patch: BLAS threads would fight torch's (4x slower)
+        for patch in patches:
+            slide.fit_slide([patch])
+            ours, ours_fallback = slide(batch(patch))
+            theirs, fallback = per_patch(batch(patch))
+            if not (fallback.any() or ours_fallback.any()):
+                worst = max(worst, float((ours - theirs).abs().max()))
+    return worst
+
+
+def test_a_fit_on_one_patch_matches_torchstains_macenko():
+    """Same algorithm, same stain order (haematoxylin = larger red absorbance), same float64 arithmetic and
+    percentile rule as torchstain's numpy backend: the same pixels, up to rounding (torchstain truncates)."""
+    assert largest_difference_from_per_patch_mode([he_like(seed) for seed in range(4)]) <= 1
+
+
+def test_every_real_patch_matches_torchstains_macenko_within_one_grey_level():
+    tiles = requires_shared("camelyon16_tiles", "images")
+    patches = [
+        image[y : y + 96, x : x + 96]
+        for image in (io.imread(path)[..., :3] for path in sorted(tiles.glob("*.jpg")))
+        for y in range(0, 480, 96)
+        for x in range(0, 480, 96)
+    ]
+    assert len(patches) == 800
+    assert largest_difference_from_per_patch_mode(patches) <= 1

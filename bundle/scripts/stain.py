@@ -18,6 +18,7 @@ import torch
 import torchstain
 from monai.apps.pathology.transforms import ExtractHEStains
 from skimage import color
+from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,14 @@ class StainNormalizer:
         return self.fit
 
     def _per_patch(self, rgb: torch.Tensor) -> torch.Tensor:
+        # torchstain's numpy backend fits in float64 with interpolated percentiles, as MONAI's ExtractHEStains does for
+        # the slide fit, so both modes give the same pixels (to 1 grey level) on the same input; its torch backend
+        # (float32, nearest-rank percentiles) moves some stain vectors in the 4th decimal and pixels by up to 3 levels.
         if self._torchstain is None:
-            self._torchstain = torchstain.normalizers.MacenkoNormalizer(backend="torch")
-        normalized, _, _ = self._torchstain.normalize(I=rgb.cpu().round().to(torch.uint8), stains=False)
-        return normalized.permute(2, 0, 1).clamp(0, 255).floor().to(rgb.device)
+            self._torchstain = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+        hwc = rgb.permute(1, 2, 0).cpu().round().to(torch.uint8).numpy()
+        normalized, _, _ = self._torchstain.normalize(I=hwc, stains=False)
+        return torch.from_numpy(np.moveaxis(normalized, -1, 0).astype(np.float32)).to(rgb.device)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised RGB (float32, 0-255, same device) and a bool per patch: whether Reinhard stood in."""
@@ -146,11 +151,14 @@ class StainNormalizer:
             fallback[:] = True
         out = self.fit.apply(od) if self.mode == "slide" and self.fit is not None else rgb.clone()
         if self.mode == "per_patch":
-            for i in (~fallback).nonzero().flatten().tolist():
-                try:
-                    out[i] = self._per_patch(rgb[i])
-                except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
-                    fallback[i] = True
+            # one BLAS thread: between torch's operations OpenBLAS's threads and torch's own contend for the same
+            # cores, which made these small per-patch fits 4x slower (bench/stain.py)
+            with threadpool_limits(limits=1, user_api="blas"):
+                for i in (~fallback).nonzero().flatten().tolist():
+                    try:
+                        out[i] = self._per_patch(rgb[i])
+                    except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
+                        fallback[i] = True
         if fallback.any():
             patches = rgb[fallback].permute(0, 2, 3, 1).cpu().round().to(torch.uint8).numpy()
             out[fallback] = torch.from_numpy(reinhard(patches)).permute(0, 3, 1, 2).to(out)
