@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -26,3 +27,14 @@ def machine() -> str:
     threads = torch.get_num_threads()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     return f"{platform.node()} · {device} · torch {torch.__version__} · {threads} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer read next covers it (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA as MONAI's engines run it with ``amp: true``; nothing on the CPU or when disabled."""
+    return torch.autocast("cuda") if enabled and device.type == "cuda" else contextlib.nullcontext()

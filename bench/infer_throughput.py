@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BUNDLE, machine
+from common import BUNDLE, autocast, machine, synchronize
 from monai.bundle import ConfigParser
 
 from scripts.inference import slide_dataset
@@ -34,14 +34,18 @@ def timed(fn, *args, **kwargs) -> tuple[object, float]:
 
 
 def bare_model_seconds(parser: ConfigParser, n: int, batch_size: int) -> float:
+    """The model and score alone, as the evaluator runs them (``amp``: fp16 autocast on CUDA)."""
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
     device = parser.get_parsed_content("device")
-    batch = torch.randn(batch_size, 3, 96, 96, device=device)
-    with torch.inference_mode():
-        inferer(batch, network)  # warm-up
+    memory_format = torch.channels_last if parser.get_parsed_content("channels_last") else torch.contiguous_format
+    batch = torch.randn(batch_size, 3, 96, 96, device=device).contiguous(memory_format=memory_format)  # as fed
+    with torch.inference_mode(), autocast(device, parser.get_parsed_content("amp")):
+        inferer(batch, network)  # warm-up (and cuDNN's algorithm search with cudnn_benchmark)
+        synchronize(device)
         start = time.perf_counter()
         for first in range(0, n, batch_size):
             inferer(batch[: min(batch_size, n - first)], network)
+        synchronize(device)
     return time.perf_counter() - start
 
 
@@ -60,6 +64,7 @@ def stage_seconds(parser: ConfigParser, slide: str, batch_size: int) -> dict[str
     runner.stain.fit_slide(hwc[:: max(1, len(hwc) // runner.stain_fit_patches)], slide)
     for first in range(0, len(patches), batch_size):
         prepare_batch({"image": torch.stack(patches[first : first + batch_size])}, device)
+    synchronize(device)
     normalise = time.perf_counter() - start
     return {"tissue grid (thumbnail + mask)": grid, "read patches": read, "stain + intensity (batched)": normalise}
 
@@ -74,6 +79,8 @@ def main() -> None:
     cli.add_argument("--trim_memory_every", type=int, help="iterations between malloc_trim calls (0: none)")
     cli.add_argument("--repeats", type=int, default=1, help="end-to-end runs; medians are reported")
     cli.add_argument("--tta", type=int, choices=(0, 1), help="score in 8 orientations (default: inference.json's)")
+    cli.add_argument("--amp", type=int, choices=(0, 1), help="fp16 autocast on CUDA (default: inference.json's)")
+    cli.add_argument("--cudnn_benchmark", type=int, choices=(0, 1), help="default: inference.json's")
     args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
     output_dir = tempfile.mkdtemp(prefix="skip96_bench_")
@@ -83,10 +90,12 @@ def main() -> None:
              "read_block": args.read_block}  # fmt: skip
     if args.trim_memory_every is not None:
         knobs["trim_memory_every"] = args.trim_memory_every
-    if args.tta is not None:
-        knobs["tta"] = bool(args.tta)
+    for knob in ("tta", "amp", "cudnn_benchmark"):
+        if getattr(args, knob) is not None:
+            knobs[knob] = bool(getattr(args, knob))
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
+    torch.backends.cudnn.benchmark = parser.get_parsed_content("cudnn_benchmark")  # as the `inference` workflow sets it
     # Each end-to-end run sits between two timings of the bare model, the faster of which is its reference: this
     # VM's speed drifts by 20 % and more within minutes, so with --repeats the median over the runs is reported.
     totals, bares = [], []
@@ -103,7 +112,9 @@ def main() -> None:
     stages["model + score (bare)"] = bare
     stages["post-process + write outputs"] = post_seconds
     print(f"machine: {machine()}")
-    print(f"slide {args.slide}: {n} patches, " + ", ".join(f"{k} {v}" for k, v in knobs.items()))
+    settings = ("num_workers", "batch_size", "wsi_reader", "read_block", "tta", "amp", "cudnn_benchmark")
+    settings += ("channels_last", "cpu_bf16")
+    print(f"slide {args.slide}: {n} patches, " + ", ".join(f"{k} {parser.get_parsed_content(k)}" for k in settings))
     print(f"{'measure (median of ' + str(args.repeats) + ' runs)':<44}{'patches/s':>12}{'seconds':>10}")
     print(f"{'ratio end-to-end / bare model':<44}{float(np.median(ratios)):>12.2f}")
     if args.repeats > 1:

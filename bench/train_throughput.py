@@ -16,26 +16,35 @@ import logging
 import time
 
 import torch
-from common import BUNDLE, machine
+from common import BUNDLE, autocast, machine, synchronize
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
 
 def bare_step_rate(parser: ConfigParser, batch_size: int, iterations: int) -> float:
+    """Forward, backward and AdamW on a batch in memory, as MONAI's trainer runs them (``amp``: fp16 autocast and a
+    gradient scaler on CUDA)."""
     network = parser.get_parsed_content("network")
     loss = parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")
     device = parser.get_parsed_content("device")
+    amp = parser.get_parsed_content("amp") and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     # the memory format the workflow's prepare_batch hands the network, so that both sides run the same kernels
     memory_format = torch.channels_last if parser["channels_last"] else torch.contiguous_format
     x = torch.randn(batch_size, 3, 96, 96, device=device).contiguous(memory_format=memory_format)
     network.train()
     for i in range(iterations + 2):  # two warm-up steps
         if i == 2:
+            synchronize(device)
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss(network(x + 0.03 * torch.randn_like(x)), x).backward()
-        optimizer.step()
+        with autocast(device, amp):
+            value = loss(network(x + 0.03 * torch.randn_like(x)), x)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    synchronize(device)
     return iterations * batch_size / (time.perf_counter() - start)
 
 
@@ -45,7 +54,11 @@ def workflow_rate(parser: ConfigParser, iterations: int) -> tuple[float, int]:
     trainer.state.epoch_length = iterations
     trainer.state.max_epochs = 1
     times = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: times.append(time.perf_counter()))
+    device = parser.get_parsed_content("device")
+    # on a GPU each timestamp waits for the iteration's kernels: a sync per step, if anything against the workflow
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: (synchronize(device), times.append(time.perf_counter()))
+    )
     trainer.run()
     # the first two iterations include worker start-up; count from the end of the second
     steady = times[2:]
@@ -62,6 +75,8 @@ def main() -> None:
     cli.add_argument("--channels", default="[32, 64, 128, 128, 256, 256]")
     cli.add_argument("--latent_channels", type=int, default=64)
     cli.add_argument("--contiguous", action="store_true", help="channels_last false: batches in NCHW order")
+    cli.add_argument("--amp", type=int, choices=(0, 1), help="fp16 autocast on CUDA (default: train.json's)")
+    cli.add_argument("--cudnn_benchmark", type=int, choices=(0, 1), help="default: train.json's")
     args = cli.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -82,6 +97,10 @@ def main() -> None:
             "channels_last": not args.contiguous,
         }
     )
+    for knob in ("amp", "cudnn_benchmark"):
+        if getattr(args, knob) is not None:
+            parser[knob] = bool(getattr(args, knob))
+    torch.backends.cudnn.benchmark = parser.get_parsed_content("cudnn_benchmark")  # as the `training` workflow sets it
     torch.manual_seed(0)
     bare_iterations = max(5, args.iterations // 2)
     # the bare step before and after the workflow, the faster as the reference: this VM's speed drifts by 20 %
@@ -90,7 +109,9 @@ def main() -> None:
     bare = max(bare_before, bare_step_rate(parser, args.batch_size, bare_iterations))
     print(f"machine: {machine()}")
     layout = "NCHW" if args.contiguous else "channels-last"
+    flags = f"amp {parser.get_parsed_content('amp')}, cudnn_benchmark {parser.get_parsed_content('cudnn_benchmark')}"
     print(f"network channels {args.channels}, latent {args.latent_channels}x3x3, batch {args.batch_size}, {layout}")
+    print(flags)
     print(f"{'measure':<44}{'patches/s':>12}")
     print(f"{'ratio workflow / bare step':<44}{workflow / bare:>12.2f}")
     print(f"{'bare step (forward+backward+AdamW, in memory)':<44}{bare:>12.1f}")

@@ -162,3 +162,16 @@ def test_lower_case_false_on_the_command_line_is_refused_not_read_as_true(tmp_pa
     assert result.returncode != 0
     assert "--tta must be True or False" in result.stderr
     assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_a_rerun_redoes_slides_whose_scoring_settings_changed(tmp_path, slide_0243, tiny_checkpoint):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(slide_0243, data / "cam16.tif")
+    output = tmp_path / "out"
+    assert run_inference(tiny_checkpoint, data, output, "--tta", "True").returncode == 0
+    same = run_inference(tiny_checkpoint, data, output, "--tta", "True")
+    assert "outputs complete from an earlier run, skipped" in same.stdout + same.stderr
+    changed = run_inference(tiny_checkpoint, data, output, "--tta", "False")
+    assert changed.returncode == 0 and "skipped" not in changed.stdout + changed.stderr
+    assert json.loads((output / "cam16" / "complete.json").read_text())["settings"]["tta"] is False

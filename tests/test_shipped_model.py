@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import tifffile
 import torch
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE, REPO
+from scripts.scores import AnomalyScoreInferer
 
 CHECKPOINT = BUNDLE / "models" / "model.pt"
 
@@ -40,3 +43,30 @@ def test_default_inference_scores_the_demo_slide(tmp_path):
     out = tmp_path / "camelyon16_demo"
     assert (out / "heatmap.png").stat().st_size > 10_000
     assert json.loads((out / "regions.geojson").read_text())["type"] == "FeatureCollection"
+
+
+def demo_batch(parser: ConfigParser) -> torch.Tensor:
+    """64 normalised patches of the bundled demo slide (level 0 is ~0.97 µm/px: the grid at 96 px)."""
+    image = tifffile.imread(BUNDLE / "sample_data" / "camelyon16_demo.tif", level=0)
+    patches = [image[y : y + 96, x : x + 96] for y in range(0, 768, 96) for x in range(0, 768, 96)]
+    batch = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
+    parser.get_parsed_content("stain").fit_slide(patches)
+    return parser.get_parsed_content("prepare_batch")({"image": batch})[0]
+
+
+def test_cpu_speed_options_keep_the_default_scores():
+    """channels-last gives the same numbers; bf16 autocast (the default where the CPU has bf16 units) keeps Pearson
+    r >= 0.999 against float32, the bar for adopting a faster variant (bench/inference_options.py)."""
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "inference.json")
+    parser.update({"device": "$torch.device('cpu')", "channels_last": False, "cpu_bf16": False})
+    network, x = parser.get_parsed_content("network"), demo_batch(parser)
+    fp32 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, tta=parser["tta"])
+    bf16 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, tta=parser["tta"], cpu_bf16=True)
+    with torch.inference_mode():
+        reference, low_precision = fp32(x, network), bf16(x, network)
+        network.to(memory_format=torch.channels_last)
+        channels_last = fp32(x.contiguous(memory_format=torch.channels_last), network)
+    torch.testing.assert_close(channels_last, reference, rtol=1e-4, atol=1e-4)
+    assert np.corrcoef(reference.numpy(), low_precision.numpy())[0, 1] >= 0.999
+    assert not torch.equal(low_precision, reference)  # bf16 did run

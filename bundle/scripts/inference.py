@@ -325,9 +325,10 @@ class SlideInference:
         weights = hashlib.sha1()
         for tensor in self.evaluator.network.state_dict().values():
             weights.update(tensor.detach().cpu().numpy().tobytes())
-        post = self.postprocessor
+        post, inferer = self.postprocessor, self.evaluator.inferer
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
+            "tta": getattr(inferer, "tta", False), "cpu_bf16": getattr(inferer, "cpu_bf16", False),
             "z_threshold": post.z_threshold, "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
         }  # fmt: skip
 

@@ -76,13 +76,21 @@ class PrepareSlideBatch:
     Doing this per batch, as tensor operations next to the model, instead of per patch in DataLoader workers keeps
     the loaders down to reading, and lets a GPU take the normalisation too; a uint8 batch is also a quarter of the
     float32 bytes to move. Each patch's stain fallback flag goes into ``batchdata[fallback_key]``, i.e.
-    ``engine.state.batch``, where the post-processor reads it.
+    ``engine.state.batch``, where the post-processor reads it. ``channels_last`` hands the network channels-last
+    batches (``bench/inference_options.py``).
     """
 
-    def __init__(self, stain: Callable, norm_stats: ChannelStats, fallback_key: str = "stain_fallback") -> None:
+    def __init__(
+        self,
+        stain: Callable,
+        norm_stats: ChannelStats,
+        fallback_key: str = "stain_fallback",
+        channels_last: bool = False,
+    ) -> None:
         self.stain = stain
         self.norm_stats = norm_stats
         self.fallback_key = fallback_key
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
@@ -90,7 +98,7 @@ class PrepareSlideBatch:
         images = image_batch(batchdata, device, non_blocking)
         rgb, fallback = self.stain(images)
         batchdata[self.fallback_key] = fallback.cpu()
-        return self.norm_stats.normalise(rgb, max_value=255.0), None
+        return self.norm_stats.normalise(rgb, max_value=255.0).contiguous(memory_format=self.memory_format), None
 
 
 def compute_channel_stats(dataset: Sequence[Mapping], num_samples: int = 2048, seed: int = 42) -> ChannelStats:

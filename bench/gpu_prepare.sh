@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run here, before a GPU check: puts in .gpu/ (git-ignored, carried to the device machine) the wheels its image lacks,
+# for its Python 3.12 and at this venv's versions, and 8 of the real tiles (the carried tree must stay under 64 MiB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TILES=${TILES:-../shared/data/camelyon16_tiles}
+rm -rf .gpu && mkdir -p .gpu/wheels .gpu/tiles/images .gpu/tiles/masks
+pins=$(.venv/bin/python -c "
+from importlib.metadata import version
+names = 'monai pytorch-ignite torchstain fire termcolor defusedxml openslide-python openslide-bin cucim-cu12 imagecodecs'
+print(' '.join(f'{n}=={version(n)}' for n in names.split()))")
+# shellcheck disable=SC2086
+.venv/bin/python -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 -d .gpu/wheels \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux1_x86_64 $pins
+for name in 10692 10693 10694 10695 10696 10697 10698 10699; do  # the demo tiles
+  cp "$TILES/images/$name.jpg" .gpu/tiles/images/ && cp "$TILES/masks/$name.jpg" .gpu/tiles/masks/
+done
+du -sh .gpu
