@@ -17,8 +17,8 @@ COMPLEXITY_FACTOR = 4
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX or AVX512-BF16, Arm BF16).
 
-    Only there is bf16 autocast a gain for the model (2.3x measured with AMX, ``bench/inference_options.py``); where it
-    is emulated it was 6x slower.
+    Only there is bf16 autocast a gain for the model (2.3-2.9x measured with AMX, ``bench/inference_options.py``);
+    where it is emulated it was 6x slower.
     """
     capabilities = torch.cpu.get_capabilities()
     return any(capabilities.get(name, False) for name in ("amx_bf16", "avx512_bf16", "bf16"))
