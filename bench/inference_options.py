@@ -141,8 +141,8 @@ def main() -> None:
     print(f"score {parser['score']}, tta {parser['tta']}, {len(x)} patches, batch {args.batch_size}, {device}, "
           f"median of {args.rounds} rounds")  # fmt: skip
     print(f"{'variant':<40}{'patches/s':>11}{'speed-up':>10}{'Pearson r':>11}")
-    for name, rate, scores in rows:
-        r = np.corrcoef(reference, scores.double().numpy())[0, 1]
+    for name, rate, values in rows:
+        r = np.corrcoef(reference, values.double().numpy())[0, 1]
         print(f"{name:<40}{rate:>11.1f}{rate / base:>10.2f}{r:>11.5f}")
 
 
