@@ -39,6 +39,7 @@ from scripts.transforms import ChannelStats, PrepareSlideBatch
 PATCH, GRID = 96, 5
 THRESHOLDS = np.linspace(-3, 5, 100)
 BOOTSTRAP_DRAWS = 1000
+BASELINES = ("mean optical density", "std of optical density", "darkness (-mean brightness)")
 
 
 def tile_patches(tiles_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,11 +58,7 @@ def tile_patches(tiles_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
 def baselines(patches: np.ndarray) -> dict[str, np.ndarray]:
     """Label-free statistics, oriented so that higher is (assumed) more anomalous."""
     od = optical_density(patches.reshape(len(patches), -1, 3)).mean(2)  # per pixel, over the channels
-    return {
-        "mean optical density": od.mean(1),
-        "std of optical density": od.std(1),
-        "darkness (-mean brightness)": -patches.reshape(len(patches), -1).mean(1),
-    }
+    return dict(zip(BASELINES, (od.mean(1), od.std(1), -patches.reshape(len(patches), -1).mean(1)), strict=True))
 
 
 def model_scores(patches: np.ndarray, network, inferers: dict, prepare_batch: PrepareSlideBatch) -> dict:
@@ -161,26 +158,28 @@ def main() -> None:
     if args.latent_channels:
         parser["latent_channels"] = args.latent_channels
     names = sorted(p.stem for p in (args.tiles_dir / "images").glob("*.jpg"))
-    baseline_keys = ["mean optical density", "std of optical density", "darkness (-mean brightness)"]
+    demo = [n for n in names if n in DEMO_TILES]
+    groups = {
+        "held-out demo tiles": demo,
+        "training tiles (normal parts seen in training)": sorted(set(names) - set(demo)),
+    }
     if args.ensemble:
         print("\n".join(f"member {i}: {ckpt}" for i, ckpt in enumerate(args.ensemble)))
-        demo = [n for n in names if n in DEMO_TILES]
-        for title, group in (("held-out demo tiles", demo), ("training tiles", [n for n in names if n not in demo])):
+        for title, group in groups.items():
             tiles, keys = ensemble(args.tiles_dir, group, parser, args.ensemble)
-            report(tiles, keys + baseline_keys, title)
+            report(tiles, keys + list(BASELINES), title)
         return
     network = load_network(parser.get_parsed_content("network_def"), args.ckpt, "cpu")
     has_latent = "latent_stats" in torch.load(args.ckpt, map_location="cpu", weights_only=True)
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
         inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
-    keys = list(inferers) + baseline_keys
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
     prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
-    demo = collect(args.tiles_dir, [n for n in names if n in DEMO_TILES], network, inferers, prepare_batch)
-    report(demo, keys, "held-out demo tiles")
-    seen = collect(args.tiles_dir, [n for n in names if n not in DEMO_TILES], network, inferers, prepare_batch)
-    report(seen, keys, "training tiles (normal parts seen in training)")
+    for title, group in groups.items():
+        report(
+            collect(args.tiles_dir, group, network, inferers, prepare_batch), list(inferers) + list(BASELINES), title
+        )
 
 
 if __name__ == "__main__":
