@@ -13,8 +13,10 @@ scores of all tiles together, as on the demo slide that stitches them (a per-sli
 within one slide); "AUC in tile" is the mean of each tile's own AUC (tiles holding both classes), which no
 normalisation across tiles affects; "AUC 95% CI" resamples the tiles (1,000 draws). IoU uses a threshold calibrated
 leave-one-tile-out on the other held-out tiles and no region filter (a 5 x 5 grid is too small for one); the
-per-tile oracle IoU is shown beside it. With ``--ensemble`` it reports only the ``latent`` score of each checkpoint,
-in one orientation and with ``tta``, and of the ensemble of them all.
+per-tile oracle IoU is shown beside it. The ``latent`` score is shown over all the latent's principal components and
+over its minor components only (``latent_ignored_variance``, inference.json's value). With ``--ensemble`` it reports
+only the ``latent`` score (all components) of each checkpoint, in one orientation and with ``tta``, and of the
+ensemble of them all.
 """
 
 from __future__ import annotations
@@ -174,6 +176,12 @@ def main() -> None:
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
         inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
+        ignored = parser["latent_ignored_variance"]
+        for tta in (False, True):
+            name = f"latent minor ({ignored:.0%} ignored)" + (", tta" if tta else "")
+            inferers[name] = AnomalyScoreInferer.from_checkpoint(
+                "latent", args.ckpt, tta=tta, latent_ignored_variance=ignored
+            )
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
     prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
     for title, group in groups.items():

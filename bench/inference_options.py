@@ -108,8 +108,10 @@ def main() -> None:
     x = patches(args.tiles_dir, inferer.mean, inferer.std).to(device)
     # on the CPU, bf16 as the bundle runs it (`cpu_bf16`: the network's layers only); on a GPU, as MONAI's engines
     # autocast the whole inferer call (`amp`)
-    cpu_bf16 = AnomalyScoreInferer.from_checkpoint(parser["score"], parser.get_parsed_content("ckpt_path"),
-                                                   tta=parser["tta"], cpu_bf16=True)  # fmt: skip
+    cpu_bf16 = AnomalyScoreInferer.from_checkpoint(
+        parser["score"], parser.get_parsed_content("ckpt_path"), tta=parser["tta"], cpu_bf16=True,
+        latent_ignored_variance=parser["latent_ignored_variance"],
+    )  # fmt: skip
     torch.backends.cudnn.benchmark = False
 
     def nchw() -> tuple:

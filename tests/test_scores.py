@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from scripts.inference import load_network
-from scripts.scores import SCORES, AnomalyScoreInferer
+from scripts.scores import SCORES, AnomalyScoreInferer, minor_component_precision
 from tests_helpers import tiny_net
 
 
@@ -54,6 +54,37 @@ def test_latent_score_is_mahalanobis_distance():
     x[1, 0, :3, :3] = 1.0
     distance = AnomalyScoreInferer("latent", ChannelStats(), stats)(x, Fixed())
     assert torch.allclose(distance, torch.tensor([0.0, 6.0]))  # sqrt(9 * 4)
+
+
+def test_minor_component_precision_leaves_out_the_fewest_leading_components_holding_the_share():
+    """Variances 4, 3, 2, 1 (shares 0.4, 0.3, 0.2, 0.1) in a rotated basis: ignoring 50 % takes out the first two
+    components (0.4 < 0.5, 0.7 >= 0.5), ignoring 30 % the first one."""
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    precision = rotation @ torch.diag(torch.tensor([1 / 4, 1 / 3, 1 / 2, 1.0], dtype=torch.float64)) @ rotation.T
+    for ignored, kept in ((0.5, [0, 0, 1 / 2, 1.0]), (0.3, [0, 1 / 3, 1 / 2, 1.0])):
+        expected = rotation @ torch.diag(torch.tensor(kept, dtype=torch.float64)) @ rotation.T
+        torch.testing.assert_close(minor_component_precision(precision, ignored), expected)
+    assert minor_component_precision(precision, 0.0) is precision
+    with pytest.raises(ValueError, match="latent_ignored_variance"):
+        minor_component_precision(precision, 1.0)
+
+
+def test_latent_score_over_minor_components_ignores_the_leading_direction():
+    class Fixed(torch.nn.Module):
+        def encode(self, x):
+            return x[:, :1, :3, :3], None, []
+
+    from scripts.transforms import ChannelStats
+
+    variances = torch.tensor([9.0] + [1.0] * 8)  # the first latent value holds 9 / 17 of the variance
+    stats = {"mean": torch.zeros(9), "precision": torch.diag(1 / variances)}
+    x = torch.zeros(2, 3, 96, 96)
+    x[0, 0, 0, 0] = 3.0  # along the leading component: distance 1 with all components, 0 without it
+    x[1, 0, 2, 2] = 1.0  # along a minor one: distance 1 either way
+    full = AnomalyScoreInferer("latent", ChannelStats(), stats)(x, Fixed())
+    minor = AnomalyScoreInferer("latent", ChannelStats(), stats, latent_ignored_variance=0.5)(x, Fixed())
+    torch.testing.assert_close(full, torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(minor, torch.tensor([0.0, 1.0]))
 
 
 def test_tta_is_the_rms_over_the_8_orientations_and_does_not_depend_on_orientation():

@@ -61,8 +61,9 @@ def test_cpu_speed_options_keep_the_default_scores():
     parser.read_config(BUNDLE / "configs" / "inference.json")
     parser.update({"device": "$torch.device('cpu')", "channels_last": False, "cpu_bf16": False})
     network, x = parser.get_parsed_content("network"), demo_batch(parser)
-    fp32 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, tta=parser["tta"])
-    bf16 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, tta=parser["tta"], cpu_bf16=True)
+    options = {"tta": parser["tta"], "latent_ignored_variance": parser["latent_ignored_variance"]}
+    fp32 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, **options)
+    bf16 = AnomalyScoreInferer.from_checkpoint(parser["score"], CHECKPOINT, cpu_bf16=True, **options)
     with torch.inference_mode():
         reference, low_precision = fp32(x, network), bf16(x, network)
         network.to(memory_format=torch.channels_last)

@@ -329,6 +329,7 @@ class SlideInference:
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
             "tta": getattr(inferer, "tta", False), "cpu_bf16": getattr(inferer, "cpu_bf16", False),
+            "latent_ignored_variance": getattr(inferer, "latent_ignored_variance", 0.0),
             "z_threshold": post.z_threshold, "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
         }  # fmt: skip
 

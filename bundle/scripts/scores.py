@@ -24,6 +24,25 @@ def native_bf16_cpu() -> bool:
     return any(capabilities.get(name, False) for name in ("amx_bf16", "avx512_bf16", "bf16"))
 
 
+def minor_component_precision(precision: torch.Tensor, ignored_variance: float) -> torch.Tensor:
+    """The precision matrix with the leading principal components of the normal latents taken out: the fewest that
+    together hold at least ``ignored_variance`` of their variance (0: unchanged).
+
+    Those components carry what varies most among normal patches (on CAMELYON16, mostly how dense and dark the tissue
+    is), so a Mahalanobis distance over the rest measures what normal tissue does not do, the minor components where
+    Mahalanobis detectors find their signal (Kamoi & Kobayashi 2020; Rippel et al. 2020).
+    """
+    if not 0.0 <= ignored_variance < 1.0:
+        raise ValueError(f"latent_ignored_variance must be in [0, 1), got {ignored_variance}.")
+    if ignored_variance == 0.0:
+        return precision
+    eigenvalues, eigenvectors = torch.linalg.eigh(precision.double())  # ascending precision = descending variance
+    variance = 1.0 / eigenvalues
+    leading = int((torch.cumsum(variance, 0) / variance.sum() < ignored_variance).sum()) + 1
+    minor = eigenvectors[:, leading:]
+    return ((minor * eigenvalues[leading:]) @ minor.T).to(precision.dtype)
+
+
 class AnomalyScoreInferer(Inferer):
     """Encode, decode from mu (no sampling, so scores are deterministic) and score each patch.
 
@@ -40,6 +59,9 @@ class AnomalyScoreInferer(Inferer):
     flip) and return the root mean square, so that a score no longer depends on how the section lay on the glass.
     For ``latent`` that is the Mahalanobis distance averaged as its square. 8x the model's work.
 
+    ``latent_ignored_variance``: leave out of the ``latent`` distance the leading principal components of the normal
+    latents that hold this share of their variance (``minor_component_precision``).
+
     ``cpu_bf16``: run the network under bf16 autocast when the batch is on the CPU (MONAI's engines autocast on CUDA
     only); the scores themselves are computed in float32 from the network's outputs.
     """
@@ -51,6 +73,7 @@ class AnomalyScoreInferer(Inferer):
         latent_stats: dict | None = None,
         tta: bool = False,
         cpu_bf16: bool = False,
+        latent_ignored_variance: float = 0.0,
     ) -> None:
         super().__init__()
         if score not in SCORES:
@@ -62,18 +85,23 @@ class AnomalyScoreInferer(Inferer):
         self.score = score
         self.mean = torch.tensor(norm_stats.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(norm_stats.std).view(1, -1, 1, 1)
+        self.latent_ignored_variance = float(latent_ignored_variance)
         self.latent_stats = latent_stats
+        if latent_stats is not None:
+            precision = minor_component_precision(latent_stats["precision"], self.latent_ignored_variance)
+            self.latent_stats = {**latent_stats, "precision": precision}
         self.tta = tta
         self.cpu_bf16 = cpu_bf16
 
     @classmethod
     def from_checkpoint(
-        cls, score: str, path: str | Path, tta: bool = False, cpu_bf16: bool = False
-    ) -> AnomalyScoreInferer:
+        cls, score: str, path: str | Path, tta: bool = False, cpu_bf16: bool = False,
+        latent_ignored_variance: float = 0.0,
+    ) -> AnomalyScoreInferer:  # fmt: skip
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         norm_stats = ChannelStats()
         norm_stats.load_state_dict(checkpoint["norm_stats"])
-        return cls(score, norm_stats, checkpoint.get("latent_stats"), tta, cpu_bf16)
+        return cls(score, norm_stats, checkpoint.get("latent_stats"), tta, cpu_bf16, latent_ignored_variance)
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         inputs = inputs.as_subclass(torch.Tensor)
