@@ -28,9 +28,9 @@ def minor_component_precision(precision: torch.Tensor, ignored_variance: float) 
     """The precision matrix with the leading principal components of the normal latents taken out: the fewest that
     together hold at least ``ignored_variance`` of their variance (0: unchanged).
 
-    Those components carry what varies most among normal patches (on CAMELYON16, mostly how dense and dark the tissue
-    is), so a Mahalanobis distance over the rest measures what normal tissue does not do, the minor components where
-    Mahalanobis detectors find their signal (Kamoi & Kobayashi 2020; Rippel et al. 2020).
+    Those components carry what varies most among normal patches (for the shipped model the first is how dark the
+    tissue is), so a Mahalanobis distance over the rest measures what normal tissue does not do: the minor components,
+    where Mahalanobis detectors find their signal (Kamoi & Kobayashi 2020; Rippel et al. 2020).
     """
     if not 0.0 <= ignored_variance < 1.0:
         raise ValueError(f"latent_ignored_variance must be in [0, 1), got {ignored_variance}.")
