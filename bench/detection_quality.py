@@ -14,7 +14,8 @@ within one slide); "AUC in tile" is the mean of each tile's own AUC (tiles holdi
 normalisation across tiles affects; "AUC 95% CI" resamples the tiles (1,000 draws). IoU uses a threshold calibrated
 leave-one-tile-out on the other held-out tiles and no region filter (a 5 x 5 grid is too small for one); the
 per-tile oracle IoU is shown beside it. The ``latent`` score is shown over all the latent's principal components and
-over its minor components only (``latent_ignored_variance``, inference.json's value). With ``--ensemble`` it reports
+over its minor components only (``--ignored_variance``: the share of the normal latents' variance left out, as
+inference.json's ``latent_ignored_variance`` does). With ``--ensemble`` it reports
 only the ``latent`` score (all components) of each checkpoint, in one orientation and with ``tta``, and of the
 ensemble of them all.
 """
@@ -152,6 +153,7 @@ def main() -> None:
     cli.add_argument("--channels", default=None, help="network widths, if not those of inference.json")
     cli.add_argument("--latent_channels", type=int, default=None)
     cli.add_argument("--ensemble", type=Path, nargs="+", help="checkpoints: each one's latent score and their ensemble")
+    cli.add_argument("--ignored_variance", type=float, default=0.5, help="for the minor-component latent rows")
     args = cli.parse_args()
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
@@ -176,7 +178,7 @@ def main() -> None:
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
         inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
-        ignored = parser["latent_ignored_variance"]
+        ignored = args.ignored_variance
         for tta in (False, True):
             name = f"latent minor ({ignored:.0%} ignored)" + (", tta" if tta else "")
             inferers[name] = AnomalyScoreInferer.from_checkpoint(
