@@ -29,6 +29,11 @@ def machine() -> str:
     return f"{platform.node()} · {device} · torch {torch.__version__} · {threads} threads"
 
 
+def flag_overrides(args, names: tuple[str, ...]) -> dict[str, bool]:
+    """The 0/1 command-line flags among ``names`` that were given, as config booleans (absent: the config's)."""
+    return {name: bool(getattr(args, name)) for name in names if getattr(args, name) is not None}
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer read next covers it (CUDA kernels run asynchronously)."""
     if device.type == "cuda":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BUNDLE, autocast, machine, synchronize
+from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from monai.bundle import ConfigParser
 
 from scripts.inference import slide_dataset
@@ -90,9 +90,7 @@ def main() -> None:
              "read_block": args.read_block}  # fmt: skip
     if args.trim_memory_every is not None:
         knobs["trim_memory_every"] = args.trim_memory_every
-    for knob in ("tta", "amp", "cudnn_benchmark"):
-        if getattr(args, knob) is not None:
-            knobs[knob] = bool(getattr(args, knob))
+    knobs.update(flag_overrides(args, ("tta", "amp", "cudnn_benchmark")))
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
     torch.backends.cudnn.benchmark = parser.get_parsed_content("cudnn_benchmark")  # as the `inference` workflow sets it
@@ -112,8 +110,8 @@ def main() -> None:
     stages["model + score (bare)"] = bare
     stages["post-process + write outputs"] = post_seconds
     print(f"machine: {machine()}")
-    settings = ("num_workers", "batch_size", "wsi_reader", "read_block", "tta", "amp", "cudnn_benchmark")
-    settings += ("channels_last", "cpu_bf16")
+    settings = ("num_workers", "batch_size", "wsi_reader", "read_block", "tta", "amp", "cudnn_benchmark",
+                "channels_last", "cpu_bf16")  # fmt: skip
     print(f"slide {args.slide}: {n} patches, " + ", ".join(f"{k} {parser.get_parsed_content(k)}" for k in settings))
     print(f"{'measure (median of ' + str(args.repeats) + ' runs)':<44}{'patches/s':>12}{'seconds':>10}")
     print(f"{'ratio end-to-end / bare model':<44}{float(np.median(ratios)):>12.2f}")

@@ -16,7 +16,7 @@ import logging
 import time
 
 import torch
-from common import BUNDLE, autocast, machine, synchronize
+from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
@@ -97,9 +97,7 @@ def main() -> None:
             "channels_last": not args.contiguous,
         }
     )
-    for knob in ("amp", "cudnn_benchmark"):
-        if getattr(args, knob) is not None:
-            parser[knob] = bool(getattr(args, knob))
+    parser.update(flag_overrides(args, ("amp", "cudnn_benchmark")))
     torch.backends.cudnn.benchmark = parser.get_parsed_content("cudnn_benchmark")  # as the `training` workflow sets it
     torch.manual_seed(0)
     bare_iterations = max(5, args.iterations // 2)

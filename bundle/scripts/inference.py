@@ -325,11 +325,10 @@ class SlideInference:
         weights = hashlib.sha1()
         for tensor in self.evaluator.network.state_dict().values():
             weights.update(tensor.detach().cpu().numpy().tobytes())
-        post, inferer = self.postprocessor, self.evaluator.inferer
+        post, inferer_settings = self.postprocessor, getattr(self.evaluator.inferer, "settings", dict)
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
-            "tta": getattr(inferer, "tta", False), "cpu_bf16": getattr(inferer, "cpu_bf16", False),
-            "latent_ignored_variance": getattr(inferer, "latent_ignored_variance", 0.0),
+            **inferer_settings(),
             "z_threshold": post.z_threshold, "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
         }  # fmt: skip
 

@@ -86,10 +86,10 @@ class AnomalyScoreInferer(Inferer):
         self.mean = torch.tensor(norm_stats.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(norm_stats.std).view(1, -1, 1, 1)
         self.latent_ignored_variance = float(latent_ignored_variance)
-        self.latent_stats = latent_stats
-        if latent_stats is not None:
-            precision = minor_component_precision(latent_stats["precision"], self.latent_ignored_variance)
-            self.latent_stats = {**latent_stats, "precision": precision}
+        self.latent_stats = latent_stats and {
+            **latent_stats,
+            "precision": minor_component_precision(latent_stats["precision"], self.latent_ignored_variance),
+        }
         self.tta = tta
         self.cpu_bf16 = cpu_bf16
 
@@ -102,6 +102,10 @@ class AnomalyScoreInferer(Inferer):
         norm_stats = ChannelStats()
         norm_stats.load_state_dict(checkpoint["norm_stats"])
         return cls(score, norm_stats, checkpoint.get("latent_stats"), tta, cpu_bf16, latent_ignored_variance)
+
+    def settings(self) -> dict:
+        """The options a score depends on beyond the weights and ``score``, for telling stale outputs apart."""
+        return {"tta": self.tta, "cpu_bf16": self.cpu_bf16, "latent_ignored_variance": self.latent_ignored_variance}
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         inputs = inputs.as_subclass(torch.Tensor)
