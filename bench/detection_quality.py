@@ -2,6 +2,7 @@
 
     python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles [--ckpt bundle/models/model.pt]
     python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --ensemble CKPT CKPT ...
+    python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --folds OUT  (bench/train_folds.sh)
 
 Each 512-px tile is cut into a 5 x 5 grid of 96-px patches (~0.972 µm/px), stain-normalised with a Macenko fit per
 tile, and labelled by the PCam centre rule from its tumour mask. Prints, for the 8 held-out demo tiles and for the
@@ -17,7 +18,10 @@ per-tile oracle IoU is shown beside it. The ``latent`` score is shown over all t
 over its minor components only (``--ignored_variance``: the share of the normal latents' variance left out, as
 inference.json's ``latent_ignored_variance`` does). With ``--ensemble`` it reports
 only the ``latent`` score (all components) of each checkpoint, in one orientation and with ``tta``, and of the
-ensemble of them all.
+ensemble of them all. With ``--folds`` every tile is scored by a model that never saw it (tile cross-validation: the
+three fold models of ``bench/train_folds.sh`` on their held-out training tiles, ``--ckpt`` on the demo tiles), so the
+comparison with the baselines rests on 32 held-out tiles instead of 8. The default score is also compared with each
+baseline in its better direction, with the tile-resampled interval of the difference.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ PATCH, GRID = 96, 5
 THRESHOLDS = np.linspace(-3, 5, 100)
 BOOTSTRAP_DRAWS = 1000
 BASELINES = ("mean optical density", "std of optical density", "darkness (-mean brightness)")
+DEFAULT_SCORE = "latent, tta (default)"
+FOLD_SIZE = 8
 
 
 def tile_patches(tiles_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -88,23 +94,25 @@ def iou_at(tiles: list[dict], key: str, threshold: float) -> float:
     return float(np.mean([overlap(zscore(t[key]) > threshold, t["labels"])["iou"] for t in tiles]))
 
 
-def tile_bootstrap(tiles: list[dict], key: str, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
-    """95 % interval of the pooled (per-tile z) AUC with the tiles resampled: the patches of one tile are not
-    independent samples, so the tile is the unit of resampling."""
+def pooled_auc(tiles: list[dict], key: str) -> float:
+    """AUC of the per-tile z-scores of ``key`` over all patches of ``tiles`` (each tile a slide of its own)."""
+    labels = np.concatenate([t["labels"] for t in tiles])
+    return roc_auc(np.concatenate([zscore(t[key]) for t in tiles]), labels)
+
+
+def tile_bootstrap(tiles: list[dict], statistic, draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float]:
+    """95 % interval of ``statistic(tiles)`` with the tiles resampled: the patches of one tile are not independent
+    samples, so the tile is the unit of resampling."""
     rng = np.random.default_rng(0)
-    z = [zscore(t[key]) for t in tiles]
-    aucs = []
-    for _ in range(draws):
-        pick = rng.integers(0, len(tiles), len(tiles))
-        aucs.append(roc_auc(np.concatenate([z[k] for k in pick]), np.concatenate([tiles[k]["labels"] for k in pick])))
-    low, high = np.nanpercentile(aucs, [2.5, 97.5])
+    values = [statistic([tiles[k] for k in rng.integers(0, len(tiles), len(tiles))]) for _ in range(draws)]
+    low, high = np.nanpercentile(values, [2.5, 97.5])
     return float(low), float(high)
 
 
 def report(tiles: list[dict], keys: list[str], title: str) -> None:
     labels = np.concatenate([t["labels"] for t in tiles])
     print(f"\n{title}: {len(tiles)} tiles, {len(labels)} patches, {labels.mean():.0%} tumour (PCam centre rule)")
-    header = f"{'score':<34}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}{'AUC 1 slide':>13}"
+    header = f"{'score':<38}{'AUC':>7}{'AUC rev':>9}{'PR-AUC':>8}{'IoU LOTO':>10}{'oracle IoU':>12}{'AUC 1 slide':>13}"
     print(header + f"{'AUC in tile':>13}{'AUC 95% CI':>14}")
     mixed = [t for t in tiles if 0 < t["labels"].mean() < 1]  # a tile's own AUC needs both classes
     for key in keys:
@@ -115,14 +123,31 @@ def report(tiles: list[dict], keys: list[str], title: str) -> None:
             best = max(THRESHOLDS, key=lambda th, others=others: iou_at(others, key, th))
             held_out.append(iou_at([tile], key, best))
         oracle = np.mean([max(iou_at([t], key, th) for th in THRESHOLDS) for t in tiles])
-        auc, ap = roc_auc(scores, labels), pr_auc(scores, labels)
+        auc, ap = pooled_auc(tiles, key), pr_auc(scores, labels)
         pooled = roc_auc(np.concatenate([t[key] for t in tiles]), labels)
         within = np.mean([roc_auc(t[key], t["labels"]) for t in mixed])
-        low, high = tile_bootstrap(tiles, key)
+        low, high = tile_bootstrap(tiles, lambda sample, key=key: pooled_auc(sample, key))
         print(
-            f"{key:<34}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}{pooled:>13.3f}"
+            f"{key:<38}{auc:>7.3f}{1 - auc:>9.3f}{ap:>8.3f}{np.mean(held_out):>10.3f}{oracle:>12.3f}{pooled:>13.3f}"
             f"{within:>13.3f}{f'{low:.2f}-{high:.2f}':>14}"
         )
+
+
+def compare(tiles: list[dict], key: str) -> None:
+    """``key``'s AUC minus each baseline's, the baseline taken in whichever direction does better on these tiles (so
+    the comparison is with its best, sign chosen after the fact), with the 95 % interval of the difference when the
+    tiles are resampled: two scores measured on the same patches are compared draw by draw."""
+    print(f"\n{key} against each baseline in its better direction (per-tile z AUC difference, tiles resampled):")
+    for baseline in BASELINES:
+        flip = pooled_auc(tiles, baseline) < 0.5
+
+        def difference(sample: list[dict], baseline: str = baseline, flip: bool = flip) -> float:
+            other = pooled_auc(sample, baseline)
+            return pooled_auc(sample, key) - (1 - other if flip else other)
+
+        low, high = tile_bootstrap(tiles, difference)
+        label = f"{baseline}{' reversed' if flip else ''}"
+        print(f"  minus {label:<40}{difference(tiles):>+8.3f}   95% CI {low:+.3f} to {high:+.3f}")
 
 
 def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: list[Path]) -> tuple[list, list[str]]:
@@ -146,6 +171,42 @@ def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: lis
     return tiles, keys + ["ensemble", "ensemble, tta"]
 
 
+def latent_inferers(ckpt: Path, ignored_variance: float) -> dict[str, AnomalyScoreInferer]:
+    """The default score (``latent`` with ``tta``) and its minor-component variant, the rows every mode reports."""
+    minor = f"latent minor ({ignored_variance:.0%} ignored), tta"
+    return {
+        DEFAULT_SCORE: AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True),
+        minor: AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True, latent_ignored_variance=ignored_variance),
+    }
+
+
+def cross_validation(
+    tiles_dir: Path, training: list[str], demo: list[str], parser: ConfigParser, folds_dir: Path, ckpt: Path,
+    ignored_variance: float,
+) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Scores of every tile by a model that never saw it: fold k's model (``folds_dir/fold<k>/model.pt``, trained by
+    ``bench/train_folds.sh`` without the k-th run of ``FOLD_SIZE`` training tiles by name) on those tiles, and
+    ``ckpt`` on the demo tiles; also the default score without stain normalisation (the model trains on raw colours)."""
+    runs = [training[i : i + FOLD_SIZE] for i in range(0, len(training), FOLD_SIZE)]
+    models = [(folds_dir / f"fold{k}" / "model.pt", names) for k, names in enumerate(runs)] + [(ckpt, demo)]
+    tiles, keys = [], []
+    for model, names in models:
+        print(f"{model}: {' '.join(names)}")
+        network = load_network(parser.get_parsed_content("network_def"), model, "cpu")
+        inferers = latent_inferers(model, ignored_variance)
+        norm_stats = ChannelStats.from_checkpoint(model)
+        scored = collect(tiles_dir, names, network, inferers, PrepareSlideBatch(StainNormalizer(), norm_stats))
+        raw_colour = {"latent, tta, no stain normalisation": inferers[DEFAULT_SCORE]}
+        unstained = collect(
+            tiles_dir, names, network, raw_colour, PrepareSlideBatch(StainNormalizer("none"), norm_stats)
+        )
+        for tile, other in zip(scored, unstained, strict=True):
+            tile.update({key: other[key] for key in raw_colour})
+        tiles += scored
+        keys = list(inferers) + list(raw_colour)
+    return tiles, keys
+
+
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--tiles_dir", type=Path, required=True)
@@ -154,6 +215,9 @@ def main() -> None:
     cli.add_argument("--latent_channels", type=int, default=None)
     cli.add_argument("--ensemble", type=Path, nargs="+", help="checkpoints: each one's latent score and their ensemble")
     cli.add_argument("--ignored_variance", type=float, default=0.5, help="for the minor-component latent rows")
+    cli.add_argument(
+        "--folds", type=Path, help="folder of bench/train_folds.sh: score every tile by a model that never saw it"
+    )
     args = cli.parse_args()
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
@@ -167,6 +231,20 @@ def main() -> None:
         "held-out demo tiles": demo,
         "training tiles (normal parts seen in training)": sorted(set(names) - set(demo)),
     }
+    if args.folds:
+        training = groups["training tiles (normal parts seen in training)"]
+        tiles, keys = cross_validation(
+            args.tiles_dir, training, demo, parser, args.folds, args.ckpt, args.ignored_variance
+        )
+        for k in range(0, len(tiles), FOLD_SIZE):
+            report(
+                tiles[k : k + FOLD_SIZE],
+                keys + list(BASELINES),
+                f"tiles {tiles[k]['name']}-{tiles[k + FOLD_SIZE - 1]['name']}",
+            )
+        report(tiles, keys + list(BASELINES), "every tile, each scored by a model that never saw it")
+        compare(tiles, DEFAULT_SCORE)
+        return
     if args.ensemble:
         print("\n".join(f"member {i}: {ckpt}" for i, ckpt in enumerate(args.ensemble)))
         for title, group in groups.items():
@@ -177,19 +255,18 @@ def main() -> None:
     has_latent = "latent_stats" in torch.load(args.ckpt, map_location="cpu", weights_only=True)
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
-        inferers["latent, tta (8 orientations)"] = AnomalyScoreInferer.from_checkpoint("latent", args.ckpt, tta=True)
         ignored = args.ignored_variance
-        for tta in (False, True):
-            name = f"latent minor ({ignored:.0%} ignored)" + (", tta" if tta else "")
-            inferers[name] = AnomalyScoreInferer.from_checkpoint(
-                "latent", args.ckpt, tta=tta, latent_ignored_variance=ignored
-            )
+        inferers[f"latent minor ({ignored:.0%} ignored)"] = AnomalyScoreInferer.from_checkpoint(
+            "latent", args.ckpt, latent_ignored_variance=ignored
+        )
+        inferers.update(latent_inferers(args.ckpt, ignored))
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
     prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
     for title, group in groups.items():
-        report(
-            collect(args.tiles_dir, group, network, inferers, prepare_batch), list(inferers) + list(BASELINES), title
-        )
+        tiles = collect(args.tiles_dir, group, network, inferers, prepare_batch)
+        report(tiles, list(inferers) + list(BASELINES), title)
+        if has_latent:
+            compare(tiles, DEFAULT_SCORE)
 
 
 if __name__ == "__main__":
