@@ -2,7 +2,7 @@
 
     python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles [--ckpt bundle/models/model.pt]
     python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --ensemble CKPT CKPT ...
-    python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --folds OUT  (bench/train_folds.sh)
+    python bench/detection_quality.py --tiles_dir ../shared/data/camelyon16_tiles --folds OUT  (bench/train_folds.py)
 
 Each 512-px tile is cut into a 5 x 5 grid of 96-px patches (~0.972 µm/px), stain-normalised with a Macenko fit per
 tile, and labelled by the PCam centre rule from its tumour mask. Prints, for the 8 held-out demo tiles and for the
@@ -19,7 +19,7 @@ over its minor components only (``--ignored_variance``: the share of the normal 
 inference.json's ``latent_ignored_variance`` does). With ``--ensemble`` it reports
 only the ``latent`` score (all components) of each checkpoint, in one orientation and with ``tta``, and of the
 ensemble of them all. With ``--folds`` every tile is scored by a model that never saw it (tile cross-validation: the
-three fold models of ``bench/train_folds.sh`` on their held-out training tiles, ``--ckpt`` on the demo tiles), so the
+three fold models of ``bench/train_folds.py`` on their held-out training tiles, ``--ckpt`` on the demo tiles), so the
 comparison with the baselines rests on 32 held-out tiles instead of 8. The default score is also compared with each
 baseline in its better direction, with the tile-resampled interval of the difference.
 """
@@ -180,17 +180,22 @@ def latent_inferers(ckpt: Path, ignored_variance: float) -> dict[str, AnomalySco
     }
 
 
+def tile_folds(training: list[str]) -> list[list[str]]:
+    """The training tiles in runs of ``FOLD_SIZE`` by name: what each fold model of ``bench/train_folds.py`` leaves
+    out (consecutive names keep neighbouring tiles, often of one slide, on the same side)."""
+    return [training[i : i + FOLD_SIZE] for i in range(0, len(training), FOLD_SIZE)]
+
+
 def cross_validation(
     tiles_dir: Path, training: list[str], demo: list[str], parser: ConfigParser, folds_dir: Path, ckpt: Path,
     ignored_variance: float,
 ) -> tuple[list[dict], list[str]]:  # fmt: skip
     """Scores of every tile by a model that never saw it: fold k's model (``folds_dir/fold<k>/model.pt``, trained by
-    ``bench/train_folds.sh`` without the k-th run of ``FOLD_SIZE`` training tiles by name) on those tiles, and
+    ``bench/train_folds.py`` without the k-th of ``tile_folds``) on those tiles, and
     ``ckpt`` on the demo tiles; also the default score without stain normalisation (the model trains on raw colours)."""
-    runs = [training[i : i + FOLD_SIZE] for i in range(0, len(training), FOLD_SIZE)]
-    models = [(folds_dir / f"fold{k}" / "model.pt", names) for k, names in enumerate(runs)] + [(ckpt, demo)]
+    folds = [(folds_dir / f"fold{k}" / "model.pt", names) for k, names in enumerate(tile_folds(training))]
     tiles, keys = [], []
-    for model, names in models:
+    for model, names in [*folds, (ckpt, demo)]:
         print(f"{model}: {' '.join(names)}")
         network = load_network(parser.get_parsed_content("network_def"), model, "cpu")
         inferers = latent_inferers(model, ignored_variance)
@@ -216,7 +221,7 @@ def main() -> None:
     cli.add_argument("--ensemble", type=Path, nargs="+", help="checkpoints: each one's latent score and their ensemble")
     cli.add_argument("--ignored_variance", type=float, default=0.5, help="for the minor-component latent rows")
     cli.add_argument(
-        "--folds", type=Path, help="folder of bench/train_folds.sh: score every tile by a model that never saw it"
+        "--folds", type=Path, help="folder of bench/train_folds.py: score every tile by a model that never saw it"
     )
     args = cli.parse_args()
     parser = ConfigParser()

@@ -6,7 +6,7 @@
 The tiles (512 px, about 1 µm/px) are stitched 2 x 4 in name order into a pyramidal tiled TIFF at 0.972 µm/px, and
 their tumour masks are traced into ASAP XML polygons in level-0 pixels. ``--calibration_dir`` also stitches the 24
 training tiles the same way into three slides, ``camelyon16_train_{0,1,2}``: slides with annotations that share no
-tile with the demo slide, for choosing the shipped ``calibration.json`` without the demo labels (not committed).
+tile with the demo slide, for calibrating thresholds (``run calibrate``) without the demo labels (not committed).
 """
 
 from __future__ import annotations
