@@ -42,7 +42,9 @@ def test_default_inference_scores_the_demo_slide(tmp_path):
     assert summary.loc[0, "n_patches"] > 150
     out = tmp_path / "camelyon16_demo"
     assert (out / "heatmap.png").stat().st_size > 10_000
-    assert json.loads((out / "regions.geojson").read_text())["type"] == "FeatureCollection"
+    regions = json.loads((out / "regions.geojson").read_text())
+    assert regions["type"] == "FeatureCollection"
+    assert f"camelyon16_demo: {len(regions['features'])} region(s)" in result.stdout + result.stderr
 
 
 def demo_batch(parser: ConfigParser) -> torch.Tensor:

@@ -205,6 +205,11 @@ class SlidePostprocessor:
         }
         with atomic_path(out / COMPLETE_MARKER) as tmp:  # written last: its presence means every output is whole
             tmp.write_text(json.dumps({"settings": job.settings, "summary": self.summary}))
+        # an empty region file is a result too: say how close the slide came to the threshold
+        logger.info(
+            "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f)",
+            job.slide_id, len(regions), self.summary["tumour_mm2"], self.z_threshold, self.min_region_tiles, z.max(),
+        )  # fmt: skip
 
 
 class SlideInference:
