@@ -77,12 +77,16 @@ def model_scores(patches: np.ndarray, network, inferers: dict, prepare_batch: Pr
         return {name: inferer(x, network).numpy() for name, inferer in inferers.items()}
 
 
-def collect(tiles_dir: Path, names: list[str], network, inferers: dict, prepare_batch: PrepareSlideBatch) -> list:
+def collect(tiles_dir: Path, names: list[str], scorers: list[tuple]) -> list[dict]:
+    """Each tile's labels, baselines and the scores of every ``(network, inferers, prepare_batch)`` in ``scorers``;
+    a tile is read once however many models or preprocessings score it."""
     tiles = []
     for name in names:
         patches, labels = tile_patches(tiles_dir, name)
-        scores = model_scores(patches, network, inferers, prepare_batch)
-        tiles.append({"name": name, "labels": labels, **baselines(patches), **scores})
+        tile = {"name": name, "labels": labels, **baselines(patches)}
+        for network, inferers, prepare_batch in scorers:
+            tile.update(model_scores(patches, network, inferers, prepare_batch))
+        tiles.append(tile)
     return tiles
 
 
@@ -153,18 +157,15 @@ def compare(tiles: list[dict], key: str) -> None:
 def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: list[Path]) -> tuple[list, list[str]]:
     """``latent`` of each checkpoint, in one orientation and with ``tta``, and of their ensemble: the Mahalanobis
     distance over the members' concatenated mu with a block-diagonal precision, i.e. the root of the summed squares."""
-    tiles, keys = None, []
+    scorers, keys = [], []
     for i, ckpt in enumerate(ckpts):
-        network = load_network(parser.get_parsed_content("network_def"), ckpt, "cpu")
+        # a network of its own (lazy=False): the parser would hand every member the same instance
+        network = load_network(parser.get_parsed_content("network_def", lazy=False), ckpt, "cpu")
         inferers = {f"member {i}": AnomalyScoreInferer.from_checkpoint("latent", ckpt),
                     f"member {i}, tta": AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True)}  # fmt: skip
-        prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(ckpt))
-        scored = collect(tiles_dir, names, network, inferers, prepare_batch)
-        if tiles is None:
-            tiles = scored
-        for tile, member in zip(tiles, scored, strict=True):
-            tile.update({key: member[key] for key in inferers})
+        scorers.append((network, inferers, PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(ckpt))))
         keys += list(inferers)
+    tiles = collect(tiles_dir, names, scorers)
     for suffix in ("", ", tta"):
         for tile in tiles:
             tile["ensemble" + suffix] = np.sqrt(sum(tile[f"member {i}{suffix}"] ** 2 for i in range(len(ckpts))))
@@ -200,14 +201,11 @@ def cross_validation(
         network = load_network(parser.get_parsed_content("network_def"), model, "cpu")
         inferers = latent_inferers(model, ignored_variance)
         norm_stats = ChannelStats.from_checkpoint(model)
-        scored = collect(tiles_dir, names, network, inferers, PrepareSlideBatch(StainNormalizer(), norm_stats))
         raw_colour = {"latent, tta, no stain normalisation": inferers[DEFAULT_SCORE]}
-        unstained = collect(
-            tiles_dir, names, network, raw_colour, PrepareSlideBatch(StainNormalizer("none"), norm_stats)
-        )
-        for tile, other in zip(scored, unstained, strict=True):
-            tile.update({key: other[key] for key in raw_colour})
-        tiles += scored
+        tiles += collect(tiles_dir, names, [
+            (network, inferers, PrepareSlideBatch(StainNormalizer(), norm_stats)),
+            (network, raw_colour, PrepareSlideBatch(StainNormalizer("none"), norm_stats)),
+        ])  # fmt: skip
         keys = list(inferers) + list(raw_colour)
     return tiles, keys
 
@@ -268,7 +266,7 @@ def main() -> None:
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
     prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
     for title, group in groups.items():
-        tiles = collect(args.tiles_dir, group, network, inferers, prepare_batch)
+        tiles = collect(args.tiles_dir, group, [(network, inferers, prepare_batch)])
         report(tiles, list(inferers) + list(BASELINES), title)
         if has_latent:
             compare(tiles, DEFAULT_SCORE)

@@ -3,6 +3,7 @@ import torch
 
 from scripts.inference import load_network
 from scripts.scores import SCORES, AnomalyScoreInferer, minor_component_precision
+from scripts.transforms import ChannelStats
 from tests_helpers import tiny_net
 
 
@@ -29,8 +30,6 @@ def test_reconstruction_scores_rank_a_copy_below_noise():
 
     x = torch.rand(4, 3, 96, 96)
     stats = {"mean": [0.0] * 3, "std": [1.0] * 3}
-    from scripts.transforms import ChannelStats
-
     for score in ("l1", "mse", "ssim", "l1_ratio"):
         inferer = AnomalyScoreInferer(score, ChannelStats(**stats))
         assert torch.allclose(inferer(x, Identity()), torch.zeros(4), atol=1e-5)
@@ -46,8 +45,6 @@ def test_latent_score_is_mahalanobis_distance():
     class Fixed(torch.nn.Module):
         def encode(self, x):
             return x[:, :1, :3, :3], None, []
-
-    from scripts.transforms import ChannelStats
 
     stats = {"mean": torch.zeros(9), "precision": torch.eye(9) * 4.0}
     x = torch.zeros(2, 3, 96, 96)
@@ -74,8 +71,6 @@ def test_latent_score_over_minor_components_ignores_the_leading_direction():
         def encode(self, x):
             return x[:, :1, :3, :3], None, []
 
-    from scripts.transforms import ChannelStats
-
     variances = torch.tensor([9.0] + [1.0] * 8)  # the first latent value holds 9 / 17 of the variance
     stats = {"mean": torch.zeros(9), "precision": torch.diag(1 / variances)}
     x = torch.zeros(2, 3, 96, 96)
@@ -92,8 +87,6 @@ def test_tta_is_the_rms_over_the_8_orientations_and_does_not_depend_on_orientati
         def encode(self, x):
             return x[:, :1, :3, :3], None, []
 
-    from scripts.transforms import ChannelStats
-
     stats = {"mean": torch.zeros(9), "precision": torch.eye(9)}
     plain = AnomalyScoreInferer("latent", ChannelStats(), stats)
     tta = AnomalyScoreInferer("latent", ChannelStats(), stats, tta=True)
@@ -107,8 +100,6 @@ def test_tta_is_the_rms_over_the_8_orientations_and_does_not_depend_on_orientati
 
 
 def test_unknown_score_and_missing_latent_stats_are_refused():
-    from scripts.transforms import ChannelStats
-
     with pytest.raises(ValueError, match="score must be one of"):
         AnomalyScoreInferer("psnr", ChannelStats())
     with pytest.raises(ValueError, match="latent_stats"):
