@@ -12,6 +12,8 @@ from xml.etree import ElementTree
 import numpy as np
 import pandas as pd
 import pytest
+import shapely
+import shapely.geometry
 
 from conftest import BUNDLE, REPO, TINY_NET, write_slide
 from scripts.inference import PATCH_COLUMNS, SUMMARY_COLUMNS
@@ -97,10 +99,12 @@ def test_geojson_is_a_feature_collection_inside_the_slide(cohort):
         patches = pd.read_csv(output / slide / "patches.csv")
         assert (len(content["features"]) > 0) == bool(patches["tumour"].any())
         for feature in content["features"]:
-            assert feature["geometry"]["type"] == "Polygon"
+            geometry = feature["geometry"]
+            assert geometry["type"] in ("Polygon", "MultiPolygon")
             assert feature["properties"]["classification"]["name"] == "Tumor"
             assert feature["properties"]["area_um2"] > 0
-            for ring in feature["geometry"]["coordinates"]:
+            polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+            for ring in (ring for polygon in polygons for ring in polygon):
                 xy = np.array(ring)
                 assert np.array_equal(xy[0], xy[-1]), "GeoJSON rings are closed"
                 assert (xy[:, 0] >= 0).all() and (xy[:, 0] <= width).all()
@@ -108,7 +112,32 @@ def test_geojson_is_a_feature_collection_inside_the_slide(cohort):
         root = ElementTree.parse(output / slide / "regions.xml").getroot()
         assert root.tag == "ASAP_Annotations"
         tumour_xml = [a for a in root.iter("Annotation") if a.get("PartOfGroup") == "Tumor"]
-        assert len(tumour_xml) == len(content["features"])
+        n_polygons = sum(1 if f["geometry"]["type"] == "Polygon" else len(f["geometry"]["coordinates"])
+                         for f in content["features"])  # fmt: skip
+        assert len(tumour_xml) == n_polygons
+
+
+def test_regions_cover_exactly_the_called_patches(tmp_path, slide_0243, tiny_checkpoint):
+    # a low threshold calls about a third of the patches, in shapes whose parts touch at corners
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(slide_0243, data / "cam16.tif")
+    output = tmp_path / "out"
+    result = run_inference(tiny_checkpoint, data, output, "--z_threshold", "0.3", "--min_region_tiles", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    patches = pd.read_csv(output / "cam16" / "patches.csv")
+    called_um2 = patches["tumour"].sum() * (384 * 0.243) ** 2
+    assert patches["tumour"].sum() > 0
+    features = json.loads((output / "cam16" / "regions.geojson").read_text())["features"]
+    geometries = [shapely.geometry.shape(f["geometry"]) for f in features]
+    assert all(g.is_valid for g in geometries), [shapely.is_valid_reason(g) for g in geometries]
+    assert sum(g.area for g in geometries) * 0.243**2 == pytest.approx(called_um2)
+    assert sum(f["properties"]["area_um2"] for f in features) == pytest.approx(called_um2, abs=1)
+    summary = pd.read_csv(output / "summary.csv")
+    assert summary.loc[0, "tumour_mm2"] == pytest.approx(called_um2 / 1e6, abs=1e-4)
+    from scripts.annotations import read_asap_xml
+
+    assert read_asap_xml(output / "cam16" / "regions.xml").area_px() * 0.243**2 == pytest.approx(called_um2)
 
 
 def test_heatmap_is_written(cohort):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from test_training_cli import run_training
 
 from conftest import REPO, TINY_NET, tissue_like, write_slide
 from scripts.pyramid import write_pyramid
+from tests_helpers import write_datalist, write_flat_tiff
 
 
 def test_bad_slides_are_recorded_and_the_good_one_completes(tmp_path, slide_0243, tiny_checkpoint):
@@ -24,6 +26,9 @@ def test_bad_slides_are_recorded_and_the_good_one_completes(tmp_path, slide_0243
     shutil.copy(slide_0243, folder / "good.tif")
     (folder / "truncated.tif").write_bytes(slide_0243.read_bytes()[:3000])
     (folder / "notes.svs").write_text("this is not a slide\n")
+    (folder / "empty.ndpi").write_bytes(b"")
+    (folder / "renamed.svs").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    write_flat_tiff(folder / "flat.tif", side=8448)
     write_pyramid(folder / "glass.tif", np.full((1024, 1024, 3), 245, np.uint8), 0.25, levels=2)
     write_slide(folder / "nompp.tif", None, levels=2)
     write_pyramid(folder / "tiny.tif", tissue_like(np.random.default_rng(0), (60, 60)), 0.972, levels=1)
@@ -32,8 +37,9 @@ def test_bad_slides_are_recorded_and_the_good_one_completes(tmp_path, slide_0243
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(output / "summary.csv", keep_default_na=False).set_index("slide")
     assert summary.loc["good", "status"] == "ok" and float(summary.loc["good", "n_patches"]) == 20
-    expected = {"truncated": "truncated.tif", "notes": "notes.svs", "glass": "no tissue", "nompp": "assume_mpp",
-                "tiny": "smaller than one patch"}  # fmt: skip
+    expected = {"truncated": "truncated.tif", "notes": "is a text file", "glass": "no tissue", "nompp": "assume_mpp",
+                "tiny": "smaller than one patch", "empty": "empty (0 bytes)", "renamed": "is a PNG image",
+                "flat": "no pyramid level small enough"}  # fmt: skip
     for slide, words in expected.items():
         assert summary.loc[slide, "status"] == "error", slide
         error = summary.loc[slide, "error"]
@@ -72,7 +78,7 @@ def test_killed_run_resumes_skipping_finished_slides(tmp_path, slide_0243, tiny_
     assert "a.tif: outputs complete from an earlier run, skipped" in result.stdout + result.stderr
     summary = pd.read_csv(output / "summary.csv")
     assert list(summary["status"]) == ["ok", "ok", "ok"]
-    leftovers = [p for p in output.rglob(".*")]
+    leftovers = [p for p in output.rglob(".*") if p.name != ".skip96.lock"]
     assert leftovers == [], leftovers
     first, again = (pd.read_csv(output / s / "patches.csv") for s in ("a", "c"))
     assert np.allclose(first["score"], again["score"])  # same slide, same scores, whichever run made them
@@ -85,7 +91,9 @@ def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiles_dir, tmp_pa
     before = (ckpt_dir / "model.pt").read_bytes()
     command_failed = False
     try:
-        run_training(tiles_dir, ckpt_dir, tmp_path / "runs2", "--max_epochs", "2", "--beta", "nan")
+        run_training(
+            tiles_dir, ckpt_dir, tmp_path / "runs2", "--max_epochs", "2", "--beta", "nan", "--overwrite", "True"
+        )
     except AssertionError as failure:
         command_failed = True
         assert "loss became nan" in str(failure) and "still holds the best finite model" in str(failure)
@@ -120,3 +128,37 @@ def test_configuration_errors_name_the_key_and_the_choices(tmp_path):
         make_reader("bioformats")
     with pytest.raises(ValueError, match="stain_mode must be one of"):
         StainNormalizer(mode="vahadane")
+
+
+def test_a_new_training_run_does_not_replace_an_earlier_model(tiles_dir, tmp_path, tiny_checkpoint):
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    shutil.copy(tiny_checkpoint, ckpt_dir / "model.pt")
+    before = (ckpt_dir / "model.pt").read_bytes()
+    result = run_training(tiles_dir, ckpt_dir, tmp_path / "runs", "--max_epochs", "1", check=False)
+    assert result.returncode != 0
+    assert "already holds model.pt from an earlier run; pass --resume True" in result.stderr
+    assert (ckpt_dir / "model.pt").read_bytes() == before
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundle" / "configs" / "train.json")
+    assert "runs" in Path(parser.get_parsed_content("ckpt_dir")).parts  # never bundle/models by default
+
+
+def test_cohort_problems_stop_the_run_before_any_slide(tmp_path, slide_0243, tiny_checkpoint):
+    for name in ("A", "B"):
+        (tmp_path / name).mkdir()
+        shutil.copy(slide_0243, tmp_path / name / "S01.tif")
+    datalist = write_datalist(tmp_path / "slides.json", [tmp_path / "A" / "S01.tif", tmp_path / "B" / "S01.tif"])
+    for extra, words in (
+        (("--datalist", str(datalist)), "share the output id 'S01'"),
+        (("--bacth_size", "8"), "--bacth_size is not a setting of inference.json; did you mean --batch_size"),
+        (("--stride", "0"), "--stride must be an integer >= 1"),
+        (("--target_mpp", "0"), "--target_mpp must be a number >= 0.05"),
+        (("--assume_mpp", "-1"), "--assume_mpp must be a number >= 0.05"),
+        (("--batch_size", "0"), "--batch_size must be an integer >= 1"),
+    ):
+        result = run_inference(tiny_checkpoint, tmp_path / "A", tmp_path / "out", *extra)
+        assert result.returncode != 0 and words in result.stderr, (extra, result.stderr[-2000:])
+        assert not (tmp_path / "out" / "summary.csv").exists()

@@ -21,7 +21,21 @@ from .regions import shoelace_area
 
 TUMOUR_GROUPS = ("Tumor", "_0", "_1")
 EXCLUSION_GROUPS = ("Exclusion", "_2")
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", "_mask.tif", "_Mask.tif")
+ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json", "_mask.tif", "_mask.tiff")  # matched case-insensitively
+POLYGON_TYPES = ("Polygon", "MultiPolygon", "GeometryCollection")
+MAX_COORDINATE = 1e7  # level-0 px; the largest slides are ~2e5 px wide, so beyond this a file is broken
+
+
+def checked_vertices(path: str | Path, where: str, xy: np.ndarray) -> np.ndarray:
+    """``xy`` if every vertex is a finite, plausible level-0 coordinate; else an error naming the file and vertex."""
+    bad = ~np.isfinite(xy).all(axis=1) | (np.abs(xy) > MAX_COORDINATE).any(axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{path}: {where}, vertex {k} is ({xy[k, 0]}, {xy[k, 1]}): coordinates must be finite level-0 pixels "
+            f"within +-{MAX_COORDINATE:.0e}."
+        )
+    return xy
 
 
 @dataclass
@@ -68,31 +82,84 @@ def read_asap_xml(path: str | Path) -> LesionAnnotation:
         )
         if target is None:
             continue
-        points = sorted(element.iter("Coordinate"), key=lambda c: int(c.get("Order", 0)))
-        xy = np.array([[float(c.get("X")), float(c.get("Y"))] for c in points])
+        where = f"Annotation {element.get('Name', '?')!r}"
+        try:
+            points = sorted(element.iter("Coordinate"), key=lambda c: int(c.get("Order", 0)))
+        except ValueError:
+            raise ValueError(f"{path}: {where} has a Coordinate whose Order is not an integer.") from None
+        xy = np.zeros((len(points), 2))
+        for k, point in enumerate(points):
+            for axis, name in enumerate("XY"):
+                value = point.get(name)
+                try:
+                    xy[k, axis] = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{path}: {where}, Coordinate Order {point.get('Order')}: {name} is {value!r}, not a number "
+                        "(decimal point, not comma)."
+                    ) from None
         if len(xy) >= 3:
-            target.append(xy)
+            target.append(checked_vertices(path, where, xy))
     return annotation
 
 
+def _features(path: Path, content: object) -> list[dict]:
+    """The features of any GeoJSON layout QuPath or a script writes: a FeatureCollection, a list of features, one
+    Feature, or a bare geometry (read as one unclassified feature)."""
+    if isinstance(content, list):
+        return content
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a GeoJSON object, got {type(content).__name__}.")
+    kind = content.get("type")
+    if kind == "FeatureCollection":
+        return content.get("features") or []
+    if kind == "Feature":
+        return [content]
+    if kind in POLYGON_TYPES or "coordinates" in content:
+        return [{"type": "Feature", "geometry": content}]
+    raise ValueError(f"{path}: GeoJSON type {kind!r} is not a FeatureCollection, Feature or geometry.")
+
+
+def _polygons(path: Path, where: str, geometry: object) -> list[list]:
+    """The polygons (lists of rings) of a Polygon, MultiPolygon or GeometryCollection of them."""
+    if not isinstance(geometry, dict):
+        raise ValueError(f"{path}: {where} has no geometry.")
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry.get("coordinates") or []]
+    if kind == "MultiPolygon":
+        return list(geometry.get("coordinates") or [])
+    if kind == "GeometryCollection":
+        return [p for g in geometry.get("geometries") or [] for p in _polygons(path, where, g)]
+    raise ValueError(
+        f"{path}: {where} is a {kind}; lesions must be areas ({', '.join(POLYGON_TYPES)}): convert or remove it."
+    )
+
+
 def read_geojson(path: str | Path) -> LesionAnnotation:
-    """QuPath GeoJSON: Polygon / MultiPolygon features; outer rings are tumour unless classified Exclusion or
-    Ignore, inner rings (holes) are exclusions."""
-    content = json.loads(Path(path).read_text())
-    features = content.get("features", []) if isinstance(content, dict) else content
+    """QuPath GeoJSON: Polygon / MultiPolygon (or a GeometryCollection of them) features; outer rings are tumour
+    unless classified Exclusion or Ignore, inner rings (holes) are exclusions. Points and lines are refused."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}).") from None
     annotation = LesionAnnotation()
-    for feature in features:
-        geometry = feature.get("geometry") or {}
+    for n, feature in enumerate(_features(path, content)):
+        where = f"feature {n}"
+        if not isinstance(feature, dict):
+            raise ValueError(f"{path}: {where} is not a GeoJSON Feature.")
         classification = ((feature.get("properties") or {}).get("classification") or {}).get("name", "Tumor")
-        excluded = classification.lower().startswith(("exclusion", "ignore"))
-        polygons = {"Polygon": [geometry.get("coordinates")], "MultiPolygon": geometry.get("coordinates")}.get(
-            geometry.get("type"), []
-        )
-        for rings in polygons:
-            for k, ring in enumerate(rings or []):
-                xy = np.asarray(ring, dtype=float)[:, :2]
+        excluded = str(classification).lower().startswith(("exclusion", "ignore"))
+        for rings in _polygons(path, where, feature.get("geometry")):
+            for k, ring in enumerate(rings):
+                try:
+                    xy = np.asarray(ring, dtype=float).reshape(len(ring), -1)[:, :2]
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: {where}, ring {k} holds coordinates that are not numbers.") from None
                 if len(xy) >= 3:
-                    (annotation.exclusion if excluded or k > 0 else annotation.tumour).append(xy)
+                    target = annotation.exclusion if excluded or k > 0 else annotation.tumour
+                    target.append(checked_vertices(path, f"{where}, ring {k}", xy))
     return annotation
 
 
@@ -133,10 +200,18 @@ def read_annotation(path: str | Path) -> LesionAnnotation | MaskAnnotation:
     raise ValueError(f"{path}: unsupported annotation format; use ASAP .xml, QuPath .geojson or a mask .tif.")
 
 
+def annotation_names(slide_id: str) -> list[str]:
+    return [f"{slide_id}{suffix}" for suffix in ANNOTATION_SUFFIXES]
+
+
 def find_annotation(annotation_dir: str | Path, slide_id: str) -> Path | None:
-    """``<slide_id>`` + ``.xml`` / ``.geojson`` / ``.json`` / ``_mask.tif`` in ``annotation_dir``, or None."""
-    for suffix in ANNOTATION_SUFFIXES:
-        candidate = Path(annotation_dir) / f"{slide_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+    """``<slide_id>`` + ``.xml`` / ``.geojson`` / ``.json`` / ``_mask.tif(f)`` in ``annotation_dir``, in any letter
+    case (``Tumor_001.XML`` for ``tumor_001.tif``), or None; two candidates are an error, never a silent pick."""
+    wanted = {name.casefold() for name in annotation_names(slide_id)}
+    matches = sorted(p for p in Path(annotation_dir).iterdir() if p.is_file() and p.name.casefold() in wanted)
+    if len(matches) > 1:
+        raise ValueError(
+            f"slide {slide_id}: {len(matches)} annotation files match in {annotation_dir} "
+            f"({', '.join(p.name for p in matches)}); keep one."
+        )
+    return matches[0] if matches else None

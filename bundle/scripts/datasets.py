@@ -30,6 +30,24 @@ DEMO_TILES = ("10692", "10693", "10694", "10695", "10696", "10697", "10698", "10
 PCAM_SPLITS = ("train", "valid")
 
 
+def check_patch_array(source: str | Path, dtype: np.dtype, shape: tuple[int, ...], patch_size: int, sample) -> None:
+    """Refuse training data that is not 8-bit RGB patches of ``patch_size`` (HWC), naming the file.
+
+    uint16 or float [0, 1] patches would train a model on the wrong scale without an error (normalisation means of
+    178 or 0.0027), and 64-px patches would train and fail only at inference.
+    """
+    expected = f"8-bit RGB patches of {patch_size} x {patch_size} x 3 (uint8, 0-255)"
+    if np.dtype(dtype) != np.uint8:
+        raise ValueError(f"{source}: pixels are {np.dtype(dtype)}, expected {expected}.")
+    if tuple(shape[-3:]) != (patch_size, patch_size, 3):
+        raise ValueError(f"{source}: patches are {' x '.join(map(str, shape[-3:]))}, expected {expected}.")
+    brightest = int(np.max(sample)) if np.size(sample) else 0
+    if brightest < 16:
+        raise ValueError(
+            f"{source}: the brightest pixel is {brightest} (a [0, 1] or label image?), expected {expected}."
+        )
+
+
 def read_tumour_mask(path: str | Path) -> np.ndarray:
     """A tile's tumour mask as booleans: white (> 50 % grey) is tumour, whatever the file's bit depth."""
     mask = io.imread(path, as_gray=True)
@@ -43,7 +61,7 @@ class PCamNormals(Dataset):
     process, because h5py handles do not survive ``fork`` into DataLoader workers.
     """
 
-    def __init__(self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS) -> None:
+    def __init__(self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS, patch_size: int = 96) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.x_paths = []
         index = []
@@ -57,6 +75,11 @@ class PCamNormals(Dataset):
                     )
             with h5py.File(y_path, "r") as f:
                 labels = np.asarray(f["y"]).reshape(-1)
+            with h5py.File(x_path, "r") as f:
+                x = f["x"]
+                check_patch_array(x_path, x.dtype, x.shape, patch_size, x[: min(len(x), 64)])
+                if len(x) != len(labels):
+                    raise ValueError(f"{x_path}: {len(x)} patches but {len(labels)} labels in {y_path.name}.")
             normals = np.flatnonzero(labels == 0)
             index.append(np.stack([np.full_like(normals, k), normals], axis=1))
             self.x_paths.append(x_path)
@@ -98,8 +121,17 @@ class TileNormals(Dataset):
         self.images: list[np.ndarray] = []
         positions = []
         for name in names:
-            image = io.imread(Path(dataset_dir) / "images" / name)[..., :3]
+            path = Path(dataset_dir) / "images" / name
+            image = io.imread(path)
+            if image.ndim != 3 or image.shape[2] < 3 or min(image.shape[:2]) < patch_size:
+                raise ValueError(f"{path}: a tile must be an RGB image of at least {patch_size} px, got {image.shape}.")
+            image = image[..., :3]
+            check_patch_array(path, image.dtype, (patch_size, patch_size, 3), patch_size, image)
             tumour = read_tumour_mask(Path(dataset_dir) / "masks" / name)
+            if tumour.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{Path(dataset_dir) / 'masks' / name}: mask is {tumour.shape}, its tile {image.shape[:2]}."
+                )
             tissue = window_fraction(tissue_mask(image), patch_size)[::crop_stride, ::crop_stride]
             clean = window_fraction(tumour, patch_size)[::crop_stride, ::crop_stride] == 0
             rows, cols = np.nonzero((tissue >= min_tissue) & clean)
@@ -192,7 +224,7 @@ def normal_tissue_splits(
     if data_source not in DATA_SOURCES:
         raise ValueError(f"data_source must be one of {list(DATA_SOURCES)}, got {data_source!r}.")
     if data_source == "pcam":
-        full = PCamNormals(dataset_dir)
+        full = PCamNormals(dataset_dir, patch_size=patch_size)
         train_idx, val_idx = _split(len(full), val_fraction, seed)
         return NormalTissueSplits(Subset(full, train_idx), Subset(full, val_idx))
     if data_source == "tiles":

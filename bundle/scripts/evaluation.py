@@ -7,6 +7,7 @@ label-peeking study would report are computed too, but only as *oracle* numbers 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from collections.abc import Sequence
@@ -35,8 +36,15 @@ from monai.metrics import (  # noqa: E402
 from skimage import io  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from .annotations import LesionAnnotation, MaskAnnotation, find_annotation, read_annotation  # noqa: E402
-from .atomic import atomic_path  # noqa: E402
+from .annotations import (  # noqa: E402
+    LesionAnnotation,
+    MaskAnnotation,
+    annotation_names,
+    find_annotation,
+    read_annotation,
+)
+from .atomic import atomic_path, folder_lock  # noqa: E402
+from .inference import read_summary  # noqa: E402
 from .regions import clean_mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -136,16 +144,39 @@ def patch_labels(
     return (per_patch.mean(axis=(1, 2)) >= min_fraction).astype(int)
 
 
+def slide_annotation(
+    slide_id: str, annotation_dir: Path | None, tumour_free: bool
+) -> LesionAnnotation | MaskAnnotation | None:
+    """The slide's annotation, or None for a slide declared tumour-free; a slide with neither is an error.
+
+    A missing annotation must not pass as "no tumour": a misnamed file would score every called patch as a false
+    positive, and a tumour slide would count as perfectly clean when nothing is called.
+    """
+    path = find_annotation(annotation_dir, slide_id) if annotation_dir else None
+    if path is not None and tumour_free:
+        raise ValueError(f"slide {slide_id} is listed in tumour_free_slides but has the annotation {path}; keep one.")
+    if path is not None:
+        return read_annotation(path)
+    if tumour_free:
+        return None
+    raise FileNotFoundError(
+        f"slide {slide_id}: no annotation in {annotation_dir} (looked for {' / '.join(annotation_names(slide_id))}, "
+        "any letter case); add it, add an empty annotation file, or list the slide in --tumour_free_slides."
+    )
+
+
 def load_slide(
-    output_dir: Path, slide_id: str, annotation_dir: Path | None, rule: str, min_fraction: float
+    output_dir: Path,
+    slide_id: str,
+    annotation: LesionAnnotation | MaskAnnotation | None,
+    rule: str,
+    min_fraction: float,
 ) -> SlideResult:
-    """Read a slide's inference outputs; no annotation file means a tumour-free slide."""
+    """Read a slide's inference outputs and label its patches from ``annotation`` (None: tumour-free)."""
     folder = output_dir / slide_id
     patches = pd.read_csv(folder / "patches.csv")
     grid = json.loads((folder / "score_map.json").read_text())
     tissue = io.imread(folder / "tissue_mask.png") > 0
-    path = find_annotation(annotation_dir, slide_id) if annotation_dir else None
-    annotation = read_annotation(path) if path else None
     if annotation is None:
         patches["label"] = 0
         truth = np.zeros_like(tissue)
@@ -227,6 +258,7 @@ class Evaluation:
         min_tumour_fraction: float = 0.5,
         thresholds: Sequence[float] = tuple(np.linspace(-3, 5, 100)),
         min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
+        tumour_free_slides: Sequence[str] = (),
     ) -> None:
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
@@ -238,19 +270,43 @@ class Evaluation:
         self.min_tumour_fraction = min_tumour_fraction
         self.thresholds = [float(t) for t in thresholds]
         self.min_region_tiles = [int(m) for m in min_region_tiles]
+        if isinstance(tumour_free_slides, str):
+            tumour_free_slides = [tumour_free_slides]
+        self.tumour_free_slides = [str(p) for p in tumour_free_slides]
+
+    def is_tumour_free(self, slide_id: str) -> bool:
+        """Whether ``slide_id`` matches an id or shell pattern (``normal_*``) of ``tumour_free_slides``."""
+        return any(fnmatch.fnmatchcase(slide_id, pattern) for pattern in self.tumour_free_slides)
 
     def slides(self) -> list[SlideResult]:
-        summary = pd.read_csv(self.output_dir / "summary.csv")
-        ok = summary.loc[summary["status"] == "ok", "slide"].astype(str)
-        slides = [
-            load_slide(self.output_dir, s, self.annotation_dir, self.label_rule, self.min_tumour_fraction) for s in ok
-        ]
-        if not slides:
+        """Every scored slide with its labels; every one must have an annotation or be declared tumour-free."""
+        summary = read_summary(self.output_dir / "summary.csv")
+        ok = summary.loc[summary["status"] == "ok", "slide"].tolist()
+        if not ok:
             raise RuntimeError(f"no scored slide in {self.output_dir / 'summary.csv'} to evaluate.")
-        return slides
+        annotations = {s: slide_annotation(s, self.annotation_dir, self.is_tumour_free(s)) for s in ok}
+        if self.annotation_dir:
+            matched = {n.casefold() for s in ok for n in annotation_names(s)}
+            unused = sorted(p.name for p in self.annotation_dir.iterdir() if p.name.casefold() not in matched)
+            if unused:
+                logger.warning("annotations matching no scored slide in %s: %s", self.annotation_dir, unused)
+        return [load_slide(self.output_dir, s, annotations[s], self.label_rule, self.min_tumour_fraction) for s in ok]
 
     def calibrate(self) -> dict:
+        with folder_lock(self.output_dir):
+            return self._calibrate()
+
+    def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
+        with folder_lock(self.output_dir):
+            return self._evaluate(z_threshold, min_region_tiles, calibrated)
+
+    def _calibrate(self) -> dict:
         slides = self.slides()
+        if not any(s.patches["label"].any() for s in slides):
+            raise ValueError(
+                f"none of the {len(slides)} calibration slides in {self.output_dir} has a tumour patch; a threshold "
+                "chosen on them would be meaningless: calibrate on slides with annotated tumour."
+            )
         table = sweep(slides, self.thresholds, self.min_region_tiles)
         best = best_of(table)
         calibration = {
@@ -268,7 +324,7 @@ class Evaluation:
         )  # fmt: skip
         return calibration
 
-    def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
+    def _evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
         slides = self.slides()
         rows, per_slide = [], {}
         for s in slides:

@@ -162,6 +162,17 @@ class RNGState:
         torch.set_rng_state(state["torch"])
 
 
+def refuse_to_overwrite(ckpt_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Stop a new run before it replaces the checkpoints of an earlier one (a worse model would take the better's
+    place as soon as its first epoch validates)."""
+    existing = [name for name in ("model.pt", "last.pt") if (Path(ckpt_dir) / name).is_file()]
+    if existing and not resume and not overwrite:
+        raise FileExistsError(
+            f"ckpt_dir {ckpt_dir} already holds {' and '.join(existing)} from an earlier run; pass --resume True to "
+            "continue it, --overwrite True to replace it, or another --ckpt_dir."
+        )
+
+
 def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
     """Restore every object of ``to_load`` (network, optimiser, trainer, checkpointer state) from ``path``.
 

@@ -22,19 +22,21 @@ from monai.data import DataLoader, PatchWSIDataset
 from monai.transforms import Compose, Resized
 from skimage import io
 
-from .atomic import atomic_path
+from .atomic import atomic_path, folder_lock, remove_stale_temp_files
 from .heatmap import save_heatmap
+from .isolation import run_isolated
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
+from .settings import require_number
 from .stain import StainNormalizer
 from .transforms import SplitBlockd
-from .wsi import PatchGeometry, block_samples, make_reader, slide_patches
+from .wsi import MPP_RANGE, PatchGeometry, block_samples, check_slide_file, make_reader, slide_id, slide_patches
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
 SUMMARY_COLUMNS = [
-    "slide", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
+    "slide", "path", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
     "stain_fallbacks", "seconds",
 ]  # fmt: skip
 
@@ -56,14 +58,37 @@ def load_network(network: torch.nn.Module, ckpt_path: str | Path, device: torch.
     return network.to(device).eval()
 
 
+CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
+
+
 def calibrated(name: str, default: float, calibration_file: str | Path | None) -> float:
-    """``name`` from a calibration JSON when one is given (it must hold it), else ``default``."""
+    """``name`` from a calibration JSON when one is given (it must hold it, as a number in range), else ``default``."""
     if not calibration_file:
         return default
-    content = json.loads(Path(calibration_file).read_text())
-    if name not in content:
-        raise KeyError(f"calibration_file {calibration_file} has no {name!r}; it holds {sorted(content)}.")
+    path = Path(calibration_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration_file {path} not found; run calibrate first or drop --calibration_file.")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"calibration_file {path} is not valid JSON ({error}).") from None
+    if not isinstance(content, dict) or name not in content:
+        held = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise KeyError(f"calibration_file {path} has no {name!r}; it holds {held}.")
+    low, high = CALIBRATED_RANGES[name]
+    try:
+        require_number(name, content[name], low, high, integer=isinstance(default, int))
+    except ValueError as error:
+        raise ValueError(f"calibration_file {path}: {error}") from None
     return type(default)(content[name])
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """A ``summary.csv`` with slide ids kept as written (``001`` stays ``001``, ``NA`` stays ``NA``)."""
+    return pd.read_csv(
+        path, dtype={"slide": str, "path": str, "error": str}, keep_default_na=False, na_values=[""],
+        float_precision="round_trip",
+    )  # fmt: skip
 
 
 def slide_dataset(reader, samples: list[dict], geometry: PatchGeometry, read_block: int) -> PatchWSIDataset:
@@ -95,7 +120,7 @@ class SlideJob:
 
     @property
     def slide_id(self) -> str:
-        return Path(self.slide).stem
+        return slide_id(self.slide)
 
 
 class SlidePostprocessor:
@@ -204,7 +229,8 @@ class SlidePostprocessor:
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
         }
         with atomic_path(out / COMPLETE_MARKER) as tmp:  # written last: its presence means every output is whole
-            tmp.write_text(json.dumps({"settings": job.settings, "summary": self.summary}))
+            marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": self.summary}
+            tmp.write_text(json.dumps(marker))
         # an empty region file is a result too: say how close the slide came to the threshold
         logger.info(
             "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f)",
@@ -212,8 +238,28 @@ class SlidePostprocessor:
         )  # fmt: skip
 
 
+def unique_slide_ids(slides: Sequence[str]) -> list[str]:
+    """The output id of every slide (its file stem), refusing a cohort where two slides would share one folder.
+
+    Ids are compared case-insensitively: on a case-insensitive file system ``S01`` and ``s01`` are one folder.
+    """
+    seen: dict[str, str] = {}
+    for slide in slides:
+        key = slide_id(slide).casefold()
+        if key in seen:
+            raise ValueError(
+                f"slides {seen[key]} and {slide} share the output id {slide_id(slide)!r} (the file name without its "
+                "suffix); rename one, or score them into separate --output_dir folders."
+            )
+        seen[key] = slide
+    return [slide_id(s) for s in slides]
+
+
 class SlideInference:
     """Score every slide of ``slides`` with ``evaluator``; write ``summary.csv``; never let one slide stop the rest.
+
+    A slide's outputs go to ``output_dir/<slide id>/``, the id being the file name without its suffix
+    (``summary.csv`` maps each id to its ``path``); two slides with one id are refused before any is scored.
 
     ``num_shards`` > 1 splits the cohort across processes (torchrun ranks or cluster array tasks) that share
     ``output_dir``: shard ``shard_index`` takes every ``num_shards``-th slide, writes its rows to
@@ -248,12 +294,18 @@ class SlideInference:
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
-        if read_block < 1:
-            raise ValueError(f"read_block must be >= 1 (patches per block side; 1: patch by patch), got {read_block}.")
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index must be in [0, num_shards = {num_shards}), got {shard_index}.")
+        for name, value, low, high, integer in (
+            ("target_mpp", target_mpp, *MPP_RANGE, False), ("patch_size", patch_size, 8, 4096, True),
+            ("stride", stride, 1, 4096, True), ("min_tissue", min_tissue, 0, 1, False),
+            ("batch_size", batch_size, 1, None, True), ("read_block", read_block, 1, 64, True),
+            ("num_workers", num_workers, 0, None, True), ("stain_fit_patches", stain_fit_patches, 1, None, True),
+            ("num_shards", num_shards, 1, None, True), ("shard_index", shard_index, 0, num_shards - 1, True),
+        ):  # fmt: skip
+            require_number(name, value, low, high, integer)
+        if assume_mpp is not None:
+            require_number("assume_mpp", assume_mpp, *MPP_RANGE)
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
-        self.cohort = [Path(s).stem for s in slides]
+        self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
         self.num_shards = num_shards
@@ -278,31 +330,34 @@ class SlideInference:
         self.overwrite = overwrite
         self.strict = strict
 
-    def _open(self, slide: str):
-        """Read the slide's grid with the configured reader; a cuCIM failure falls back to OpenSlide once."""
-        try:
-            reader = make_reader(self.wsi_reader)
-            return (reader, *slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args))
-        except Exception as error:
-            if self.wsi_reader.lower() != "cucim" or isinstance(error, ValueError) and "assume_mpp" in str(error):
-                raise
-            logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
-            reader = make_reader("OpenSlide")
-            return (reader, *slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args))
-
-    def _fit_stain(self, reader, samples: list[dict], slide: str) -> None:
+    def _probe(self, slide: str, backend: str) -> tuple:
+        """The slide's grid and its stain-fit patches, read with ``backend`` (runs in a child process)."""
+        reader = make_reader(backend)
+        samples, geometry, facts = slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args)
         rng = np.random.default_rng(self.seed)
         chosen = rng.choice(len(samples), size=min(self.stain_fit_patches, len(samples)), replace=False)
         wsi = reader.read(slide)
-        patches = []
+        fit_patches = []
         for i in chosen:
             patch, _ = reader.get_data(wsi, location=samples[i]["location"], size=samples[i]["size"],
                                        level=samples[i]["level"])  # fmt: skip
-            patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
-        self.stain.fit_slide(patches, slide)
+            fit_patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
+        return samples, geometry, facts, fit_patches
+
+    def _open(self, slide: str):
+        """Check the file, then read its grid and stain-fit patches in a child process, so that a reader crashing
+        natively on a bad file costs this slide only; a cuCIM failure falls back to OpenSlide once."""
+        check_slide_file(slide)
+        try:
+            return (make_reader(self.wsi_reader), *run_isolated(self._probe, slide, self.wsi_reader))
+        except Exception as error:
+            if self.wsi_reader.lower() != "cucim" or isinstance(error, ValueError):
+                raise  # our own checks (resolution, level sizes) say the same whatever the reader
+            logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
+            return (make_reader("OpenSlide"), *run_isolated(self._probe, slide, "OpenSlide"))
 
     def _score(self, slide: str, settings: dict) -> dict:
-        reader, samples, geometry, facts = self._open(slide)
+        reader, samples, geometry, facts, fit_patches = self._open(slide)
         if 0 in facts["shape"]:
             raise ValueError(f"smaller than one patch ({facts['size0']} level-0 px, a patch is {geometry.size0})")
         if not samples:
@@ -314,7 +369,7 @@ class SlideInference:
             "%s: %d tissue patches at level %d (%.3f µm/px, %d px read, %d level-0 px)",
             slide, len(samples), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
         )  # fmt: skip
-        self._fit_stain(reader, samples, slide)
+        self.stain.fit_slide(fit_patches, slide)
         dataset = slide_dataset(reader, samples, geometry, self.read_block)
         blocks_per_batch = max(1, self.batch_size // self.read_block**2)
         self.evaluator.data_loader = DataLoader(
@@ -338,18 +393,18 @@ class SlideInference:
         }  # fmt: skip
 
     def _completed(self, slide: str, settings: dict) -> dict | None:
-        """The summary of a slide that an earlier run with the same settings finished, or None.
+        """The summary of this slide file that an earlier run with the same settings finished, or None.
 
         Temp files left by a run killed mid-write are removed here, before the slide is redone.
         """
-        folder = self.output_dir / Path(slide).stem
-        for stale in folder.glob(".*"):
-            stale.unlink()
+        folder = self.output_dir / slide_id(slide)
+        remove_stale_temp_files(folder)
         marker = folder / COMPLETE_MARKER
         if self.overwrite or not marker.is_file():
             return None
         done = json.loads(marker.read_text())
-        return done["summary"] if done.get("settings") == settings else None
+        same_file = done.get("slide") == str(Path(slide).resolve())
+        return done["summary"] if same_file and done.get("settings") == settings else None
 
     def _shard_suffix(self, index: int) -> str:
         """What a shard adds to the names of its own files; nothing when the cohort is not sharded."""
@@ -366,7 +421,8 @@ class SlideInference:
         package_logger.addHandler(log_file)
         package_logger.setLevel(logging.DEBUG)
         try:
-            return self._run_all()
+            with folder_lock(self.output_dir, f".skip96{self._shard_suffix(self.shard_index)}.lock"):
+                return self._run_all()
         finally:
             package_logger.removeHandler(log_file)
             log_file.close()
@@ -376,7 +432,7 @@ class SlideInference:
         settings = self.settings()
         for k, slide in enumerate(self.slides, 1):
             start = time.perf_counter()
-            row = {"slide": Path(slide).stem, "status": "ok", "error": ""}
+            row = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
             done = self._completed(slide, settings)
             if done is not None:
                 logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
@@ -418,7 +474,7 @@ class SlideInference:
         if missing:
             logger.info("summary.csv is merged when the other shards finish (waiting for %s)", ", ".join(missing))
             return None
-        tables = [pd.read_csv(p, dtype={"slide": str, "error": str}, float_precision="round_trip") for p in paths]
+        tables = [read_summary(p) for p in paths]
         rows = pd.concat([t for t in tables if len(t)])
         order = {slide: k for k, slide in enumerate(self.cohort)}
         merged = rows.sort_values("slide", key=lambda column: column.map(order), kind="stable")

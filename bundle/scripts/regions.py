@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from xml.etree import ElementTree
 
 import numpy as np
+import shapely
+from scipy import ndimage
+from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry.polygon import orient
 from skimage import measure, morphology
 
 
@@ -24,44 +28,56 @@ def shoelace_area(ring: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+def cells_to_polygons(cells: np.ndarray, pitch: float, origin: tuple[int, int] = (0, 0)) -> list[Polygon]:
+    """The exact outline of the ``True`` cells of a grid whose cell (i, j) is grid cell ``origin + (i, j)``, spanning
+    x in [j, j + 1) * pitch, y likewise.
+
+    Each row's runs of cells become rectangles whose union GEOS computes, so the result is valid by construction:
+    parts touching only at a corner are separate polygons, holes are only the real holes, and the area is exactly
+    the cells' area (marching squares cuts corners and nests a diagonal neighbour's outline as a hole).
+    """
+    edges = np.diff(np.pad(cells, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)  # row-major order pairs each run's start with its stop
+    rows, starts, stops = rows + origin[0], starts + origin[1], stops + origin[1]
+    boxes = shapely.box(starts * pitch, rows * pitch, stops * pitch, (rows + 1) * pitch)
+    union = shapely.unary_union(boxes)
+    parts = union.geoms if isinstance(union, MultiPolygon) else [union] if not union.is_empty else []
+    # merge the collinear vertices the row seams leave, and orient as GeoJSON wants (outer counter-clockwise)
+    return [orient(shapely.simplify(part, 0), 1.0) for part in parts]
+
+
 @dataclass
 class Region:
-    """One connected tumour region: an outer ring and holes, as (x, y) level-0 pixel vertices (closed rings)."""
+    """One 8-connected tumour region: polygons (several where parts touch only at a corner) in level-0 pixels."""
 
-    outer: np.ndarray
-    holes: list[np.ndarray]
+    polygons: list[Polygon]
     mean_z: float
     n_patches: int
 
     def area_px(self) -> float:
-        return shoelace_area(self.outer) - sum(shoelace_area(h) for h in self.holes)
+        return float(sum(p.area for p in self.polygons))
+
+    @property
+    def geometry(self) -> Polygon | MultiPolygon:
+        return self.polygons[0] if len(self.polygons) == 1 else MultiPolygon(self.polygons)
 
 
 def trace_regions(mask: np.ndarray, z_map: np.ndarray | None, pitch: float, tolerance: float = 0.0) -> list[Region]:
-    """Polygons following the cell edges of each connected region of ``mask``.
+    """One region per 8-connected component of ``mask``, outlined along cell edges (``cells_to_polygons``).
 
-    The grid is upsampled 2x so that marching squares runs along cell edges instead of cutting their corners; grid
-    coordinates become level-0 pixels by ``pitch`` (the grid stride). ``tolerance`` (level-0 px) simplifies rings.
+    Grid coordinates become level-0 pixels by ``pitch`` (the grid stride). ``tolerance`` (level-0 px) simplifies the
+    outlines without breaking their topology.
     """
     regions = []
     labels = measure.label(mask, connectivity=2)
-    for label in range(1, labels.max() + 1):
-        cells = labels == label
-        fine = np.pad(np.kron(cells, np.ones((2, 2), dtype=np.uint8)), 1)
-        contours = sorted(measure.find_contours(fine, 0.5), key=len, reverse=True)
-        rings = []
-        for contour in contours:
-            rows = (contour[:, 0] - 1 + 0.5) / 2  # back to grid units, cell edges at integers
-            cols = (contour[:, 1] - 1 + 0.5) / 2
-            xy = np.clip(np.stack([cols, rows], axis=1) * pitch, 0, None)
-            if tolerance > 0:
-                xy = measure.approximate_polygon(xy, tolerance=tolerance)
-            rings.append(xy.round(1))
-        if not rings:
-            continue
-        outer, holes = rings[0], rings[1:]
-        mean_z = float(np.nanmean(z_map[cells])) if z_map is not None else float("nan")
-        regions.append(Region(outer, holes, mean_z, int(cells.sum())))
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        cells = labels[rows, cols] == label
+        polygons = cells_to_polygons(cells, pitch, (rows.start, cols.start))
+        if tolerance > 0:
+            polygons = [orient(p.simplify(tolerance, preserve_topology=True), 1.0) for p in polygons]
+        mean_z = float(np.nanmean(z_map[rows, cols][cells])) if z_map is not None else float("nan")
+        regions.append(Region(polygons, mean_z, int(cells.sum())))
     return regions
 
 
@@ -69,12 +85,11 @@ def to_geojson(regions: list[Region], mpp0: float) -> dict:
     """A QuPath-importable FeatureCollection of "Tumor" annotations in level-0 pixel coordinates."""
     features = []
     for k, region in enumerate(regions):
-        rings = [region.outer, *region.holes]
         features.append(
             {
                 "type": "Feature",
                 "id": f"region-{k}",
-                "geometry": {"type": "Polygon", "coordinates": [ring.tolist() for ring in rings]},
+                "geometry": mapping(shapely.set_precision(region.geometry, 0.1)),
                 "properties": {
                     "objectType": "annotation",
                     "name": f"Region {k}",
@@ -85,7 +100,16 @@ def to_geojson(regions: list[Region], mpp0: float) -> dict:
                 },
             }
         )
-    return {"type": "FeatureCollection", "features": features}
+    return json_ready({"type": "FeatureCollection", "features": features})
+
+
+def json_ready(content):
+    """Shapely's ``mapping`` gives tuples; JSON and the tests compare lists."""
+    if isinstance(content, dict):
+        return {key: json_ready(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [json_ready(value) for value in content]
+    return content
 
 
 def to_asap_xml(regions: list[Region]) -> str:
@@ -94,19 +118,21 @@ def to_asap_xml(regions: list[Region]) -> str:
     annotations = ElementTree.SubElement(root, "Annotations")
     index = 0
     for region in regions:
-        for ring, group in [(region.outer, "Tumor")] + [(hole, "Exclusion") for hole in region.holes]:
-            annotation = ElementTree.SubElement(
-                annotations,
-                "Annotation",
-                Name=f"Annotation {index}",
-                Type="Polygon",
-                PartOfGroup=group,
-                Color="#F4FA58" if group == "Tumor" else "#64FE2E",
-            )
-            coordinates = ElementTree.SubElement(annotation, "Coordinates")
-            for order, (x, y) in enumerate(ring[:-1]):  # ASAP rings are implicitly closed
-                ElementTree.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{x:.1f}", Y=f"{y:.1f}")
-            index += 1
+        for polygon in region.polygons:
+            rings = [(polygon.exterior, "Tumor")] + [(hole, "Exclusion") for hole in polygon.interiors]
+            for ring, group in rings:
+                annotation = ElementTree.SubElement(
+                    annotations,
+                    "Annotation",
+                    Name=f"Annotation {index}",
+                    Type="Polygon",
+                    PartOfGroup=group,
+                    Color="#F4FA58" if group == "Tumor" else "#64FE2E",
+                )
+                coordinates = ElementTree.SubElement(annotation, "Coordinates")
+                for order, (x, y) in enumerate(ring.coords[:-1]):  # ASAP rings are implicitly closed
+                    ElementTree.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{x:.1f}", Y=f"{y:.1f}")
+                index += 1
     groups = ElementTree.SubElement(root, "AnnotationGroups")
     for group, color in (("Tumor", "#F4FA58"), ("Exclusion", "#64FE2E")):
         element = ElementTree.SubElement(groups, "Group", Name=group, PartOfGroup="None", Color=color)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tifffile
 from monai.data import WSIReader
 from tifffile.tifffile import svs_description_metadata
 
@@ -19,37 +20,110 @@ logger = logging.getLogger(__name__)
 
 READERS = ("cuCIM", "OpenSlide", "tifffile")
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif")
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif")  # formats stored as TIFF files
 MPP_TOLERANCE = 0.1
+MPP_RANGE = (0.05, 50.0)  # plausible µm per pixel of a slide level: 0 (a missing tag), negatives or 1,000 are not
 MASK_MAX_SIDE = 4096
+# The thumbnail is one read of a whole level; a slide whose coarsest level is bigger than this has no usable pyramid
+# (a flat 20k x 20k TIFF needed 10.8 GB to read and crashed cuCIM).
+THUMBNAIL_MAX_PIXELS = 8192 * 8192
+FILE_SIGNATURES = {
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "BigTIFF", b"MM\x00+": "BigTIFF", b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image", b"%PDF": "a PDF document", b"PK\x03\x04": "a ZIP archive",
+    b"\x1f\x8b": "a gzip archive",
+}  # fmt: skip
 
 
 DATALIST_KEYS = ("testing", "training", "validation", "data")
+
+
+def slide_id(path: str | Path) -> str:
+    """A slide's output id: its file name without the suffix."""
+    return Path(path).stem
+
+
+def _datalist_items(path: Path) -> list[object]:
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"datalist {path} is not valid JSON: {error.msg} at line {error.lineno}.") from None
+    if isinstance(content, dict):
+        key = next((k for k in DATALIST_KEYS if k in content), None)
+        if key is None:
+            raise KeyError(f"datalist {path} has none of the keys {list(DATALIST_KEYS)}.")
+        content = content[key]
+    if not isinstance(content, list):
+        raise ValueError(f"datalist {path}: expected a list of slides, got {type(content).__name__}.")
+    paths = []
+    for k, item in enumerate(content):
+        image = item.get("image") if isinstance(item, dict) else item
+        if not isinstance(image, str) or not image.strip():
+            raise ValueError(f"datalist {path}: entry {k} ({json.dumps(item)[:80]}) has no 'image' path.")
+        paths.append(image)
+    return paths
+
+
+def _csv_items(path: Path) -> list[str]:
+    """The ``image`` column; a CSV whose first row is already a slide path has no header, and its first column is
+    taken whole (reading that row as a header would silently drop the first slide)."""
+    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    headerless = Path(str(first.iloc[0, 0])).suffix.lower() in SLIDE_SUFFIXES if len(first) else False
+    table = pd.read_csv(path, header=None if headerless else 0, dtype=str, keep_default_na=False)
+    if headerless:
+        column = table.columns[0]
+    elif "image" in table.columns:
+        column = "image"
+    else:
+        raise ValueError(
+            f"datalist {path}: no 'image' column (header {list(table.columns)}) and the first row is no slide path; "
+            "name the slide column 'image'."
+        )
+    paths = table[column].tolist()
+    for k, image in enumerate(paths):
+        if not image.strip():
+            raise ValueError(f"datalist {path}: line {k + (1 if headerless else 2)} has an empty image cell.")
+    return paths
 
 
 def read_datalist(path: str | Path) -> list[str]:
     """Slide paths from a JSON datalist or a CSV list.
 
     JSON: a plain list, or MONAI style ``{"testing" | "training" | "validation" | "data": [{"image": ...}]}`` (the
-    first of those keys present). CSV: the ``image`` column, else the first one. Relative paths are taken relative
-    to the datalist's folder.
+    first of those keys present). CSV: the ``image`` column, or a headerless list of paths. Relative paths are taken
+    relative to the datalist's folder.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist {path} not found.")
-    if path.suffix == ".json":
-        content = json.loads(path.read_text())
-        if isinstance(content, dict):
-            key = next((k for k in DATALIST_KEYS if k in content), None)
-            if key is None:
-                raise KeyError(f"datalist {path} has none of the keys {list(DATALIST_KEYS)}.")
-            content = content[key]
-        items = content
-        paths = [item["image"] if isinstance(item, dict) else item for item in items]
-    else:
-        table = pd.read_csv(path)
-        column = "image" if "image" in table.columns else table.columns[0]
-        paths = table[column].astype(str).tolist()
+    paths = _datalist_items(path) if path.suffix.lower() == ".json" else _csv_items(path)
     return [str(p if Path(p).is_absolute() else path.parent / p) for p in paths]
+
+
+def check_slide_file(path: str | Path) -> None:
+    """Say what a file really is before a reader tries it, for the errors readers word as "unsupported or missing".
+
+    Missing, empty and unreadable files, and TIFF-based suffixes (.svs, .ndpi, ...) on a file that is no TIFF (a PNG
+    renamed, a text file) get their own cause.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes); copy it again.")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror}).") from None
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return
+    kind = next((name for magic, name in FILE_SIGNATURES.items() if head.startswith(magic)), None)
+    if kind in ("TIFF", "BigTIFF"):
+        return
+    if kind is None:
+        printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) / len(head)
+        kind = "a text file" if printable > 0.95 else "of unknown type"
+    raise ValueError(f"{path}: not a slide: a {path.suffix} file must be a TIFF, but this one is {kind}.")
 
 
 def find_slides(dataset_dir: str | Path | None, datalist: str | Path | None = None) -> list[str]:
@@ -70,29 +144,46 @@ def make_reader(backend: str) -> WSIReader:
     return WSIReader(backend=backend.lower())
 
 
+def _resolution_tag_is_set(path: str | Path) -> bool:
+    """Whether a TIFF's first page has a non-zero resolution in a physical unit (True for files that are no TIFF:
+    not ours to judge). Writers such as tifffile store 1/1 with unit NONE when given no resolution."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            resolution, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+            if resolution is None or unit is not None and unit.value == tifffile.RESUNIT.NONE:
+                return False
+            return resolution.value[0] > 0 and resolution.value[1] > 0
+    except (tifffile.TiffFileError, OSError, IndexError):
+        return True
+
+
 def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None = None) -> float:
     """Level-0 µm per pixel, or ``assume_mpp`` when the file records none.
 
-    cuCIM reports 1.0 µm/px with empty units for a TIFF without resolution tags; that is treated as missing, not
-    trusted, because every physical size downstream would silently be wrong.
+    cuCIM reports 1.0 µm/px both for a TIFF without resolution tags (with empty units) and for one whose tag is 0;
+    neither is trusted: the tags are checked in the file itself, because every physical size downstream would
+    silently be wrong. Values outside ``MPP_RANGE`` (negative, 1,000 µm/px) are no usable resolution either.
     """
     mpp: float | None = None
-    with contextlib.suppress(ValueError, KeyError, TypeError):
+    with contextlib.suppress(ValueError, KeyError, TypeError, ZeroDivisionError):
         mpp = float(reader.get_mpp(wsi, 0)[0])
     if mpp is None and getattr(wsi, "is_svs", False):  # tifffile: Aperio keeps MPP in the description, not in tags
         with contextlib.suppress(ValueError, KeyError, TypeError):
             mpp = float(svs_description_metadata(wsi.pages[0].description)["MPP"])
     metadata = getattr(wsi, "metadata", None)
-    if isinstance(metadata, dict) and "aperio" not in metadata:
-        units = metadata.get("cucim", {}).get("spacing_units", ["micrometer"])
-        if not units or not units[0]:
-            mpp = None
-    if mpp is not None and mpp > 0:
+    if isinstance(metadata, dict) and "aperio" not in metadata and not _resolution_tag_is_set(path):
+        mpp = None
+    if mpp is not None and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
         return mpp
+    recorded = "no resolution" if mpp is None else f"no usable resolution ({mpp:g} µm/px recorded)"
     if assume_mpp is not None:
-        logger.warning("%s records no resolution; using assume_mpp=%s µm/px.", path, assume_mpp)
+        logger.warning("%s records %s; using assume_mpp=%s µm/px.", path, recorded, assume_mpp)
         return float(assume_mpp)
-    raise ValueError(f"{path}: no resolution (µm/px) in the file; pass --assume_mpp <µm per level-0 pixel> to read it.")
+    raise ValueError(
+        f"{path}: {recorded} in the file; pass --assume_mpp <µm per level-0 pixel, {MPP_RANGE[0]} to {MPP_RANGE[1]}> "
+        "to read it."
+    )
 
 
 @dataclass(frozen=True)
@@ -155,9 +246,19 @@ def _mask_level(reader: WSIReader, wsi) -> int:
     return n - 1
 
 
-def read_thumbnail(reader: WSIReader, wsi) -> tuple[np.ndarray, float]:
-    """An HWC uint8 RGB image of the whole slide at a low-resolution level, and that level's downsample."""
+def read_thumbnail(reader: WSIReader, wsi, path: str | Path) -> tuple[np.ndarray, float]:
+    """An HWC uint8 RGB image of the whole slide at a low-resolution level, and that level's downsample.
+
+    A slide without a level small enough to read whole is refused before anything is read.
+    """
     level = _mask_level(reader, wsi)
+    height, width = (int(v) for v in reader.get_size(wsi, level))
+    if height * width > THUMBNAIL_MAX_PIXELS:
+        levels = reader.get_level_count(wsi)
+        raise ValueError(
+            f"{path}: no pyramid level small enough to read whole (the coarsest of {levels} level(s) is {width} x "
+            f"{height} px); convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)."
+        )
     image, _ = reader.get_data(wsi, level=level)
     return np.moveaxis(np.asarray(image)[:3], 0, -1), float(reader.get_downsample_ratio(wsi, level))
 
@@ -208,7 +309,7 @@ def slide_patches(
     """
     wsi = reader.read(str(path))
     geometry = select_geometry(reader, wsi, path, target_mpp, patch_size, stride, assume_mpp)
-    thumbnail, mask_downsample = read_thumbnail(reader, wsi)
+    thumbnail, mask_downsample = read_thumbnail(reader, wsi, path)
     mask = tissue_mask(thumbnail)
     size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
     grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)

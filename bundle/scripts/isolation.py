@@ -1,0 +1,63 @@
+"""Run slide-reader code in a child process, so that a reader crashing natively on one file costs that file only.
+
+cuCIM and OpenSlide are C++/C libraries: a corrupt or unusual file can end the process with a signal (a flat
+20k x 20k TIFF made cuCIM segfault) that no ``except`` catches, and the rest of the cohort would be lost with it.
+The child is forked, so it starts at once with everything already imported; its result or its exception comes back
+through a pipe, and its death by a signal becomes an ordinary exception here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ReaderCrashError(RuntimeError):
+    """The child process died without answering (a native crash, or killed)."""
+
+
+def _child(sender, function: Callable[..., Any], args: tuple) -> None:
+    try:
+        result = (True, function(*args))
+    except BaseException as error:  # everything goes back to the parent, which decides
+        result = (False, (error, traceback.format_exc()))
+    try:
+        sender.send(result)
+    except Exception as error:  # an exception that cannot be pickled still gets its message across
+        sender.send((False, (RuntimeError(str(result[1][0]) if not result[0] else str(error)), "")))
+    finally:
+        sender.close()
+
+
+def run_isolated(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a forked child: its return value, or its exception raised here, or ReaderCrashError."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, function, args), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        ok, value = receiver.recv()
+    except EOFError:
+        process.join()
+        code = process.exitcode
+        cause = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        raise ReaderCrashError(
+            f"the slide reader crashed ({cause}); the file may be corrupt or in a layout the reader cannot handle: "
+            "try --wsi_reader OpenSlide or tifffile, or convert it to a tiled pyramidal TIFF"
+        ) from None
+    finally:
+        receiver.close()
+    process.join()
+    if ok:
+        return value
+    error, child_traceback = value
+    logger.debug("child process traceback:\n%s", child_traceback)
+    raise error

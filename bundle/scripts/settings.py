@@ -1,0 +1,105 @@
+"""Settings checked before any work: command-line keys, on/off flags and numeric ranges, each with a one-line error.
+
+A typed mistake must not run with a default instead: ``--bacth_size 8`` would silently score with 64, ``--tta false``
+(Fire passes lower-case booleans on as strings, and ``"false"`` is true) would leave augmentation on, and
+``--stride 0`` would ask for millions of one-pixel patches.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+# ``monai.bundle run`` arguments that are not config overrides.
+RUN_ARGUMENTS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+
+
+def require_flags(**flags: object) -> None:
+    """Raise a one-line error for the first flag that is not a bool."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"--{name} must be True or False (capitalised: Fire reads only those as booleans), got {value!r}."
+            )
+
+
+def require_number(
+    name: str,
+    value: object,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    integer: bool = False,
+    exclusive_minimum: bool = False,
+) -> None:
+    """Raise a one-line error naming ``--name`` unless ``value`` is a finite number in range (an integer if asked)."""
+    kind = "an integer" if integer else "a number"
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if valid and integer:
+        valid = float(value).is_integer()
+    low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum) if valid else False
+    high_ok = maximum is None or value <= maximum if valid else False
+    if not (valid and low_ok and high_ok):
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
+        if maximum is not None:
+            bounds.append(f"<= {maximum}")
+        raise ValueError(f"--{name} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}.")
+
+
+def override_keys(argv: Sequence[str]) -> list[str]:
+    """The ``--key`` names of a ``monai.bundle run`` command line (``--key value`` and ``--key=value``)."""
+    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2]
+
+
+def _argument(argv: Sequence[str], name: str) -> str | None:
+    for k, arg in enumerate(argv):
+        if arg == f"--{name}" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _config_ids(content: object, prefix: str = "") -> list[str]:
+    """Every id of a config (``a``, ``a#b``, ``a#0``) that an override may name."""
+    ids = []
+    items = content.items() if isinstance(content, dict) else enumerate(content) if isinstance(content, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        ids.append(name)
+        ids.extend(_config_ids(value, f"{name}#"))
+    return ids
+
+
+def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
+    """Raise a one-line error for a command-line key that no loaded config defines, listing close matches.
+
+    ``monai.bundle run`` adds an unknown ``--key`` to the config as a new, unused entry, so a misspelt knob would
+    run with its default without a word. The configs are the ones named by ``--config_file`` (or ``args_file``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file = _argument(argv, "config_file")
+    args_file = _argument(argv, "args_file")
+    overrides = [key for key in override_keys(argv) if key not in RUN_ARGUMENTS]
+    if args_file:
+        file_args = ConfigParser.load_config_file(args_file)
+        config_file = config_file or file_args.get("config_file")
+        overrides += [key for key in file_args if key not in RUN_ARGUMENTS]
+    if not config_file:
+        return
+    if isinstance(config_file, str) and config_file.strip().startswith("["):
+        config_file = ast.literal_eval(config_file)
+    files = [config_file] if isinstance(config_file, str | Path) else list(config_file)
+    known = _config_ids(ConfigParser.load_config_files(files))
+    for key in overrides:
+        if key.replace("::", "#") not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else "."
+            raise ValueError(f"--{key} is not a setting of {', '.join(Path(f).name for f in files)}{hint}")

@@ -1,0 +1,301 @@
+"""Input that used to give a wrong answer without a word now gives a one-line error naming the file and the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import write_slide
+from scripts.annotations import find_annotation, read_annotation, read_asap_xml, read_geojson
+from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp_files
+from scripts.datasets import PCamNormals, TileNormals
+from scripts.evaluation import slide_annotation
+from scripts.inference import calibrated, read_summary, unique_slide_ids
+from scripts.isolation import ReaderCrashError, run_isolated
+from scripts.settings import reject_unknown_overrides, require_number
+from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp, slide_patches
+from tests_helpers import write_flat_tiff
+
+SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
+
+
+# --- slide identity --------------------------------------------------------------------------------------------------
+def test_slides_sharing_a_file_stem_are_refused_naming_both(tmp_path):
+    with pytest.raises(ValueError, match=r"A/S01.tif and B/S01.tif share the output id 'S01'"):
+        unique_slide_ids(["A/S01.tif", "B/S01.tif"])
+    with pytest.raises(ValueError, match="share the output id"):
+        unique_slide_ids(["S01.tif", "s01.tiff"])  # one folder on a case-insensitive file system
+    assert unique_slide_ids(["A/S01.tif", "B/S02.tif"]) == ["S01", "S02"]
+
+
+def test_numeric_and_na_slide_ids_survive_summary_csv(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text("slide,path,status,error,n_patches\n001,a/001.tif,ok,,20\nNA,a/NA.tif,error,boom,\n")
+    summary = read_summary(path)
+    assert summary["slide"].tolist() == ["001", "NA"]
+    assert summary["n_patches"].iloc[0] == 20 and np.isnan(summary["n_patches"].iloc[1])
+
+
+# --- annotations ------------------------------------------------------------------------------------------------------
+def test_annotation_matching_is_case_insensitive_and_never_ambiguous(tmp_path):
+    (tmp_path / "Camelyon16_Demo.XML").write_text("<ASAP_Annotations/>")
+    assert find_annotation(tmp_path, "camelyon16_demo").name == "Camelyon16_Demo.XML"
+    (tmp_path / "camelyon16_demo.geojson").write_text("{}")
+    with pytest.raises(ValueError, match="2 annotation files match"):
+        find_annotation(tmp_path, "camelyon16_demo")
+
+
+def test_a_slide_without_annotation_must_be_declared_tumour_free(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"slide s1: no annotation in .* s1.xml / s1.geojson"):
+        slide_annotation("s1", tmp_path, tumour_free=False)
+    assert slide_annotation("s1", tmp_path, tumour_free=True) is None
+    (tmp_path / "s1.xml").write_text("<ASAP_Annotations><Annotations/></ASAP_Annotations>")
+    assert slide_annotation("s1", tmp_path, tumour_free=False).tumour == []  # an empty file says it explicitly
+    with pytest.raises(ValueError, match="listed in tumour_free_slides but has the annotation"):
+        slide_annotation("s1", tmp_path, tumour_free=True)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [SQUARE]}},
+        {"type": "Polygon", "coordinates": [SQUARE]},
+        {"type": "MultiPolygon", "coordinates": [[SQUARE]]},
+        {"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [SQUARE]}]},
+        [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [SQUARE]}}],
+    ],
+    ids=["feature", "bare-polygon", "multipolygon", "collection", "list"],
+)
+def test_every_polygon_geojson_layout_is_read(tmp_path, content):
+    path = tmp_path / "s.geojson"
+    path.write_text(json.dumps(content))
+    assert read_geojson(path).area_px() == 100 * 100
+
+
+@pytest.mark.parametrize(
+    ("geometry", "words"),
+    [
+        ({"type": "Point", "coordinates": [5, 5]}, "feature 0 is a Point"),
+        ({"type": "LineString", "coordinates": [[0, 0], [5, 5]]}, "feature 0 is a LineString"),
+        ({"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [1, 1]}]}, "is a Point"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1e12, 0], [0, 9], [0, 0]]]}, "vertex 1 is"),
+    ],
+)
+def test_unsupported_or_absurd_geometry_is_an_error_naming_the_file(tmp_path, geometry, words):
+    path = tmp_path / "s.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": geometry}]}))
+    with pytest.raises(ValueError, match=words) as error:
+        read_geojson(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_nan_coordinates_are_an_error_naming_the_vertex(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [NaN, 10], [0, 0]]]}')
+    with pytest.raises(ValueError, match=r"feature 0, ring 0, vertex 2 is \(nan, 10.0\)"):
+        read_annotation(path)
+
+
+@pytest.mark.parametrize(
+    ("coordinate", "words"),
+    [('X="12,5" Y="3"', "X is '12,5', not a number"), ('Y="3"', "X is None"), ('X="inf" Y="1"', "vertex 0")],
+)
+def test_malformed_asap_xml_names_the_annotation_and_coordinate(tmp_path, coordinate, words):
+    path = tmp_path / "s.xml"
+    points = (
+        f'<Coordinate Order="0" {coordinate}/><Coordinate Order="1" X="9" Y="0"/><Coordinate Order="2" X="9" Y="9"/>'
+    )
+    path.write_text(
+        f'<ASAP_Annotations><Annotations><Annotation Name="_7" PartOfGroup="Tumor"><Coordinates>{points}'
+        "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    with pytest.raises(ValueError, match=words) as error:
+        read_asap_xml(path)
+    assert str(path) in str(error.value) and "Annotation '_7'" in str(error.value)
+
+
+# --- resolution ---------------------------------------------------------------------------------------------------
+def write_with_resolution(path, resolution) -> None:
+    """A pyramidal slide whose resolution tags are overwritten with ``resolution`` (px per cm) on every level."""
+    write_slide(path, 0.25, levels=3)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            for name in ("XResolution", "YResolution"):
+                page.tags[name].overwrite(resolution)
+
+
+@pytest.mark.parametrize("backend", ["cuCIM", "OpenSlide", "tifffile"])
+@pytest.mark.parametrize(("resolution", "what"), [((0, 1), "0"), ((10, 1), "1000")], ids=["zero", "1000-um"])
+def test_zero_or_absurd_resolution_is_no_usable_resolution(tmp_path, backend, resolution, what):
+    path = tmp_path / "s.tif"
+    write_with_resolution(path, resolution)
+    reader = make_reader(backend)
+    wsi = reader.read(str(path))
+    with pytest.raises(ValueError, match="assume_mpp") as error:
+        slide_mpp(reader, wsi, path)
+    assert "no usable resolution" in str(error.value) or "no resolution" in str(error.value)
+    assert slide_mpp(reader, wsi, path, assume_mpp=0.25) == 0.25
+
+
+def test_a_flat_slide_too_big_for_a_thumbnail_is_refused_before_reading(tmp_path):
+    path = write_flat_tiff(tmp_path / "flat.tif", side=8448)  # one level of 71 M pixels: too big for a thumbnail
+    for backend in ("cuCIM", "tifffile"):
+        with pytest.raises(ValueError, match=r"no pyramid level small enough .* 8448 x 8448 px"):
+            slide_patches(path, make_reader(backend), 0.972, 96, 96, 0.5)
+
+
+def _segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)  # what a reader's C code does on a bad file
+
+
+def test_a_native_crash_in_the_reader_is_an_exception_not_the_end_of_the_run():
+    with pytest.raises(ReaderCrashError, match="signal SIGSEGV"):
+        run_isolated(_segfault)
+    with pytest.raises(ValueError, match="boom"):
+        run_isolated(int, "boom")
+    assert run_isolated(sum, [1, 2]) == 3
+
+
+# --- slide files and datalists ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("empty.svs", b"", r"empty \(0 bytes\)"),
+        ("renamed.svs", b"\x89PNG\r\n\x1a\n" + bytes(100), "is a PNG image"),
+        ("notes.ndpi", b"scanner export log\n" * 10, "is a text file"),
+        ("missing.tif", None, "no such file"),
+    ],
+)
+def test_slide_file_errors_say_the_real_cause(tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=words) as error:
+        check_slide_file(path)
+    assert str(path) in str(error.value)
+
+
+def test_headerless_csv_datalist_keeps_its_first_slide(tmp_path):
+    (tmp_path / "list.csv").write_text("a.tif\nb.svs\n")
+    assert [p.rsplit("/", 1)[1] for p in read_datalist(tmp_path / "list.csv")] == ["a.tif", "b.svs"]
+    (tmp_path / "with_header.csv").write_text("image,label\na.tif,1\n")
+    assert len(read_datalist(tmp_path / "with_header.csv")) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("bad.json", '{"testing": [{"image": "a.tif"},]}', "not valid JSON"),
+        ("nokey.json", '{"testing": [{"image": "a.tif"}, {"label": 1}]}', "entry 1"),
+        ("blank.csv", 'image\na.tif\n""\n', "line 3 has an empty image cell"),
+        ("columns.csv", "slide,label\na.tif,1\n", "no 'image' column"),
+    ],
+)
+def test_malformed_datalists_name_the_file_and_entry(tmp_path, name, content, words):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=words) as error:
+        read_datalist(tmp_path / name)
+    assert name in str(error.value)
+
+
+# --- settings -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "kwargs"),
+    [
+        (0, {"minimum": 1}),
+        (float("nan"), {}),
+        ("8", {}),
+        (2.5, {"integer": True}),
+        (True, {}),
+        (0.0, {"minimum": 0, "exclusive_minimum": True}),
+    ],  # fmt: skip
+)
+def test_numbers_out_of_range_are_refused_naming_the_key(value, kwargs):
+    with pytest.raises(ValueError, match="--stride must be"):
+        require_number("stride", value, **kwargs)
+
+
+def test_unknown_command_line_keys_are_refused_with_close_matches(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"batch_size": 64, "train": {"dataloader": {"num_workers": 2}}}))
+    with pytest.raises(ValueError, match="--bacth_size is not a setting of c.json; did you mean --batch_size"):
+        reject_unknown_overrides(["run", "training", "--config_file", str(config), "--bacth_size", "8"])
+    reject_unknown_overrides(
+        ["run", "--config_file", str(config), "--batch_size", "8", "--train#dataloader#num_workers=0"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [('{"z_threshold": NaN}', "must be a number"), ('{"z_threshold": "high"}', "must be a number"),
+     ('{"z_threshold": 1e9}', "<= 20"), ('{"min_region_tiles": 2}', "has no 'z_threshold'"), ("{", "not valid JSON")],
+)  # fmt: skip
+def test_calibration_files_with_bad_values_are_refused(tmp_path, content, words):
+    path = tmp_path / "calibration.json"
+    path.write_text(content)
+    with pytest.raises((ValueError, KeyError), match=words) as error:
+        calibrated("z_threshold", 2.0, path)
+    assert str(path) in str(error.value)
+    assert calibrated("min_region_tiles", 5, None) == 5
+
+
+# --- training data ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("patches", "words"),
+    [
+        (np.full((4, 96, 96, 3), 30000, np.uint16), "pixels are uint16"),
+        (np.full((4, 96, 96, 3), 0.5, np.float32), "pixels are float32"),
+        (np.full((4, 64, 64, 3), 200, np.uint8), "patches are 64 x 64 x 3"),
+        (np.ones((4, 96, 96, 3), np.uint8), "brightest pixel is 1"),
+    ],
+    ids=["uint16", "float", "64px", "zero-one"],
+)
+def test_training_patches_of_the_wrong_kind_are_refused(tmp_path, patches, words):
+    for split in ("train", "valid"):
+        with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+            f.create_dataset("x", data=patches)
+        with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
+            f.create_dataset("y", data=np.zeros((len(patches), 1, 1, 1), np.uint8))
+    with pytest.raises(ValueError, match=words) as error:
+        PCamNormals(tmp_path)
+    assert "camelyonpatch_level_2_split_train_x.h5" in str(error.value)
+
+
+def test_sixteen_bit_tiles_are_refused(tmp_path):
+    from skimage import io
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "t.tif", np.full((128, 128, 3), 40000, np.uint16), photometric="rgb")
+    io.imsave(tmp_path / "masks" / "t.tif", np.zeros((128, 128), np.uint8), check_contrast=False)
+    with pytest.raises(ValueError, match="t.tif: pixels are uint16"):
+        TileNormals(tmp_path, ["t.tif"])
+
+
+# --- output folders -----------------------------------------------------------------------------------------------
+def test_rerun_cleanup_removes_only_this_bundles_temp_files(tmp_path):
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".notes").write_text("mine")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "x.csv") as tmp:
+        tmp.write_text("half")
+        (tmp_path / f".y.csv.abc{TEMP_TAG}.csv").write_text("left by a killed run")
+        raise RuntimeError
+    remove_stale_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ipynb_checkpoints", ".notes"]
+
+
+def test_a_second_writer_of_an_output_folder_is_refused_naming_the_first(tmp_path):
+    with folder_lock(tmp_path), pytest.raises(RuntimeError, match=r"being written by another run \(pid \d+"):
+        run_isolated(_take_lock, tmp_path)  # another process
+    run_isolated(_take_lock, tmp_path)  # free again once the first is done
+
+
+def _take_lock(folder) -> None:
+    with folder_lock(folder):
+        pass

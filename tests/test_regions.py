@@ -1,0 +1,64 @@
+"""Region polygons cover exactly the called cells: valid geometry, real holes only, the cells' area to the pixel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import shape
+
+from scripts.annotations import read_annotation
+from scripts.regions import to_asap_xml, to_geojson, trace_regions
+
+PITCH = 96.0
+
+
+def diagonal_pairs() -> np.ndarray:
+    """Two blocks meeting at one corner, and a ring whose inside touches the outside only diagonally."""
+    mask = np.zeros((12, 12), bool)
+    mask[1:3, 1:3] = True
+    mask[3:5, 3:5] = True
+    mask[6:11, 6:11] = True
+    mask[7:10, 7:10] = False  # a real hole
+    mask[10, 10] = False  # the ring's corner cell gone: the ring's parts now meet at corners
+    mask[8, 8] = True  # an island in the hole, touching nothing
+    return mask
+
+
+def checkerboard() -> np.ndarray:
+    return np.indices((9, 11)).sum(0) % 2 == 0
+
+
+@pytest.mark.parametrize("mask", [checkerboard(), diagonal_pairs()], ids=["checkerboard", "diagonal"])
+def test_polygons_are_valid_and_cover_exactly_the_cells(mask, tmp_path):
+    regions = trace_regions(mask, None, PITCH)
+    union = shapely.unary_union([r.geometry for r in regions])
+    cells = shapely.unary_union(
+        [shapely.box(j * PITCH, i * PITCH, (j + 1) * PITCH, (i + 1) * PITCH) for i, j in np.argwhere(mask)]
+    )
+    assert all(r.geometry.is_valid for r in regions), [shapely.is_valid_reason(r.geometry) for r in regions]
+    assert sum(r.area_px() for r in regions) == mask.sum() * PITCH**2
+    assert union.symmetric_difference(cells).area == 0
+    assert sum(r.n_patches for r in regions) == mask.sum()
+
+    geojson = to_geojson(regions, mpp0=0.25)
+    for feature in geojson["features"]:
+        geometry = shape(feature["geometry"])
+        assert geometry.is_valid, shapely.is_valid_reason(geometry)
+        assert feature["properties"]["area_um2"] == pytest.approx(geometry.area * 0.25**2)
+    (tmp_path / "r.geojson").write_text(json.dumps(geojson))
+    (tmp_path / "r.xml").write_text(to_asap_xml(regions))
+    for name in ("r.geojson", "r.xml"):
+        read_back = read_annotation(tmp_path / name)
+        assert read_back.area_px() == mask.sum() * PITCH**2, name
+
+
+def test_holes_are_only_real_holes():
+    regions = trace_regions(diagonal_pairs(), None, PITCH)
+    holes = [len(p.interiors) for r in regions for p in r.polygons]
+    assert sum(holes) == 1  # the ring's hole; the corner-touching blocks are separate parts, not holes
+    assert len(regions) == 3  # 8-connected: the two blocks, the ring, the island
+    parts = sorted(len(r.polygons) for r in regions)
+    assert parts == [1, 1, 2]  # the two corner-touching blocks are one region of two polygons
