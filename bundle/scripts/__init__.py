@@ -2,11 +2,14 @@
 
 Importing the package loads nvImageCodec (pulled in by cuCIM) with file descriptor 2 silenced: on machines without
 CUDA its C code prints "Failed to load nvjpeg ..." lines that are harmless and would bury the bundle's own output.
+It also makes the bundle's own input errors print as one line (``scripts.errors``).
 """
 
 import contextlib
 import os
 from pathlib import Path
+
+from .errors import install as install_one_line_errors
 
 BUNDLE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -24,3 +27,5 @@ def _import_nvimgcodec_quietly() -> None:
 
 
 _import_nvimgcodec_quietly()
+
+install_one_line_errors()

@@ -1,0 +1,43 @@
+"""Errors this bundle raises on bad input reach the user as one line, not as MONAI's chain of wrapping tracebacks.
+
+``monai.bundle run`` wraps an exception raised inside a config expression in several ``RuntimeError("Failed to
+evaluate ...")`` layers, so "--stride must be an integer >= 1" would sit under 60 lines of traceback. When the
+innermost cause was raised by this bundle's own code (a deliberate message naming the file or key and the fix),
+only that message is printed; anything else (a bug) keeps its full traceback. ``SKIP96_TRACEBACK=1`` shows it always.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+
+SCRIPTS_DIR = str(Path(__file__).resolve().parent)
+
+
+def innermost_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def raised_here(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a line of ``bundle/scripts`` (its traceback's last frame is ours)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(SCRIPTS_DIR)
+
+
+def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    cause = innermost_cause(error)
+    if os.environ.get("SKIP96_TRACEBACK") or not raised_here(cause) or not isinstance(cause, Exception):
+        sys.__excepthook__(kind, error, tb)
+        return
+    print(f"ERROR: {type(cause).__name__}: {cause}", file=sys.stderr)
+    print("(SKIP96_TRACEBACK=1 shows the full traceback)", file=sys.stderr)
+
+
+def install() -> None:
+    sys.excepthook = one_line_excepthook
