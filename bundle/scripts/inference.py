@@ -123,6 +123,22 @@ class SlideJob:
         return slide_id(self.slide)
 
 
+Z_STATISTICS = ("mean_std", "median_mad")
+
+
+def slide_reference(scores: np.ndarray, statistics: str) -> tuple[float, float]:
+    """The centre and spread that turn a slide's scores into z-scores.
+
+    ``mean_std``: mean and standard deviation, which the tumour being looked for pulls up. ``median_mad``: median and
+    1.4826 x the median absolute deviation (the standard deviation for normal data), which tumour on under half of
+    the tissue cannot drag.
+    """
+    if statistics == "mean_std":
+        return float(scores.mean()), float(scores.std())
+    median = float(np.median(scores))
+    return median, 1.4826 * float(np.median(np.abs(scores - median)))
+
+
 class SlidePostprocessor:
     """Ignite handler: collect one slide's patch scores, then z-score, threshold, clean, trace and write outputs.
 
@@ -131,7 +147,19 @@ class SlidePostprocessor:
     on (at ``thumbnail_downsample``); every file is written atomically. ``summary`` holds the slide's row.
     """
 
-    def __init__(self, output_dir: str | Path, score: str, z_threshold: float = 2.0, min_region_tiles: int = 5):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        score: str,
+        z_threshold: float = 2.0,
+        min_region_tiles: int = 5,
+        z_statistics: str = "mean_std",
+    ):
+        if z_statistics not in Z_STATISTICS:
+            raise ValueError(f"--z_statistics must be one of {list(Z_STATISTICS)}, got {z_statistics!r}.")
+        require_number("z_threshold", z_threshold, -20, 20)
+        require_number("min_region_tiles", min_region_tiles, 1, integer=True)
+        self.z_statistics = z_statistics
         self.output_dir = Path(output_dir)
         self.score = score
         self.z_threshold = float(z_threshold)
@@ -162,8 +190,8 @@ class SlidePostprocessor:
         bad = int((~np.isfinite(scores)).sum())
         if bad:
             raise ValueError(f"{job.slide}: {bad} of {len(scores)} patch scores are NaN/inf; check the checkpoint.")
-        std = scores.std()
-        z = (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+        centre, spread = slide_reference(scores, self.z_statistics)
+        z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
         geometry, facts = job.geometry, job.facts
         grid = np.array([s["grid"] for s in job.samples])
         z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
@@ -200,7 +228,10 @@ class SlidePostprocessor:
             "mpp0": geometry.mpp0,
             "score": self.score,
             "score_mean": float(scores.mean()),
-            "score_std": float(std),
+            "score_std": float(scores.std()),
+            "z_statistics": self.z_statistics,
+            "z_centre": centre,
+            "z_spread": spread,
             "z_threshold": self.z_threshold,
             "min_region_tiles": self.min_region_tiles,
             "thumbnail_downsample": facts["mask_downsample"],
@@ -224,7 +255,7 @@ class SlidePostprocessor:
             "n_patches": len(scores),
             "tissue_mm2": round(float(facts["mask"].sum()) * mm2_per_mask_px, 4),
             "score_mean": float(scores.mean()),
-            "score_std": float(std),
+            "score_std": float(scores.std()),
             "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
         }
@@ -389,7 +420,8 @@ class SlideInference:
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
             **inferer_settings(),
-            "z_threshold": post.z_threshold, "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
+            "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
+            "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
         }  # fmt: skip
 
     def _completed(self, slide: str, settings: dict) -> dict | None:
