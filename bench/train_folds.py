@@ -1,10 +1,11 @@
 """Tile cross-validation of the shipped recipe: one model per fold, for ``detection_quality.py --folds OUT``.
 
-    python bench/train_folds.py --tiles_dir ../shared/data/camelyon16_tiles --out OUT
+    python bench/train_folds.py --tiles_dir ../shared/data/camelyon16_tiles --out OUT [--normals_dir DIR]
 
 Fold k leaves out the demo tiles and the k-th run of ``FOLD_SIZE`` training tiles by name (``tile_folds``), and
 trains with the command of ``bundle/docs/README.md`` ("Shipped model") into ``OUT/fold<k>``; each fold's log goes to
-``OUT/fold<k>/train.log``. About 10 minutes a fold on 2 CPU cores.
+``OUT/fold<k>/train.log``. About 10 minutes a fold on 2 CPU cores. ``--normals_dir`` mixes a folder of normal patches
+(``../shared/data/pcam_normals``, less the part training holds out) into every fold.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     cli.add_argument("--tiles_dir", type=Path, required=True)
     cli.add_argument("--out", type=Path, required=True)
     cli.add_argument("--seed", type=int, default=42, help="the shipped model's is 42; others give more draws per fold")
+    cli.add_argument("--normals_dir", type=Path, help="a folder of normal patches to mix into every fold's training")
     args = cli.parse_args()
     training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
     for k, held_out in enumerate(tile_folds(training)):
@@ -42,6 +44,8 @@ def main() -> None:
         command += ["--data_source", "tiles", "--dataset_dir", str(args.tiles_dir.resolve())]
         command += ["--exclude", str([*DEMO_TILES, *held_out]), "--ckpt_dir", str(fold_dir.resolve()), *RECIPE]
         command += ["--seed", str(args.seed)]
+        if args.normals_dir:
+            command += ["--normals_dir", str(args.normals_dir.resolve())]
         with open(fold_dir / "train.log", "w") as log:  # as the documented command: from the repository root
             subprocess.run(
                 command,

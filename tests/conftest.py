@@ -66,6 +66,19 @@ def tiles_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def normals_dir(tmp_path):
+    """A PCam-like folder: images/ of 96-px JPEGs and a manifest whose last two rows are not normal."""
+    rng = np.random.default_rng(5)
+    (tmp_path / "images").mkdir()
+    rows = ["file,kaggle_id,label"]
+    for k in range(22):
+        io.imsave(tmp_path / "images" / f"p{k:02d}.jpg", tissue_like(rng, (96, 96)), check_contrast=False)
+        rows.append(f"p{k:02d}.jpg,p{k:02d},{int(k >= 20)}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
 def write_slide(path: Path, mpp: float | None, size: tuple[int, int] = (1536, 2048), levels: int = 3) -> Path:
     """A pyramidal TIFF: white glass with a tissue block in the middle half."""
     rng = np.random.default_rng(2)

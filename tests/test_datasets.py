@@ -102,3 +102,45 @@ def test_hsv_saturation_is_scikit_images_bit_for_bit():
 def test_tissue_mask_on_blank_and_white():
     assert not tissue_mask(np.full((64, 64, 3), 255, np.uint8)).any()
     assert not tissue_mask(np.zeros((64, 64, 3), np.uint8)).any()
+
+
+def test_patch_folder_follows_its_manifest_and_holds_out_a_fixed_part(normals_dir):
+    from scripts.datasets import PatchFolderNormals, held_out_normals, normal_patch_files
+
+    files = normal_patch_files(normals_dir)
+    assert [f.name for f in files] == [f"p{k:02d}.jpg" for k in range(20)]  # label 1 rows left out
+    train, held_out = held_out_normals(files, 0.2)
+    assert len(held_out) == 4 and not set(train) & set(held_out)
+    assert held_out_normals(list(reversed(files)), 0.2) == (train, held_out)  # same split whatever the order
+    dataset = PatchFolderNormals(train)
+    assert len(dataset) == 16 and dataset[0]["image"].shape == (3, 96, 96) and dataset[0]["image"].dtype == np.uint8
+    (normals_dir / "manifest.csv").unlink()
+    assert len(normal_patch_files(normals_dir)) == 22  # no manifest: every image of images/
+
+
+def test_patch_folder_mixes_into_tiles_without_its_held_out_part(tiles_dir, normals_dir):
+    tiles_only = normal_tissue_splits("tiles", tiles_dir)
+    mixed = normal_tissue_splits("tiles", tiles_dir, normals_dir=normals_dir, normals_holdout=0.2)
+    assert len(mixed.train) + len(mixed.val) == len(tiles_only.train) + len(tiles_only.val) + 16
+    alone = normal_tissue_splits("patches", normals_dir=normals_dir)
+    assert (len(alone.train), len(alone.val)) == (14, 2)
+    with pytest.raises(ValueError, match="needs --normals_dir"):
+        normal_tissue_splits("patches")
+
+
+def test_patch_folder_refuses_patches_of_another_size(normals_dir):
+    from scripts.datasets import PatchFolderNormals
+
+    io.imsave(normals_dir / "images" / "small.png", np.full((64, 64, 3), 200, np.uint8), check_contrast=False)
+    with pytest.raises(ValueError, match="small.png: patches are 64 x 64 x 3"):
+        PatchFolderNormals([normals_dir / "images" / "small.png"])
+
+
+def test_real_pcam_normals_folder():
+    from conftest import requires_shared
+    from scripts.datasets import PatchFolderNormals, held_out_normals, normal_patch_files
+
+    files = normal_patch_files(requires_shared("pcam_normals"))
+    train, held_out = held_out_normals(files, 0.2)
+    assert (len(files), len(train), len(held_out)) == (1967, 1574, 393)
+    assert len(PatchFolderNormals(train[:50])) == 50

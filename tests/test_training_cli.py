@@ -130,3 +130,11 @@ def test_same_seed_gives_identical_weights_on_cpu(tiles_dir, tmp_path):
         weights.append(torch.load(tmp_path / run / "model.pt", map_location="cpu", weights_only=True)["model"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_training_mixes_a_folder_of_normal_patches_into_the_tiles(tiles_dir, normals_dir, tmp_path):
+    result = run_training(
+        tiles_dir, tmp_path / "models", tmp_path / "runs", "--max_epochs", "1", "--normals_dir", str(normals_dir)
+    )
+    assert f"normals_dir {normals_dir}: 16 patches (4 held out of training)" in result.stdout + result.stderr
+    assert (tmp_path / "models" / "model.pt").is_file()

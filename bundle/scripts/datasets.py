@@ -1,7 +1,8 @@
-"""Normal-tissue patch sources for training: PCam HDF5, tiles with tumour masks, and whole slides.
+"""Normal-tissue patch sources for training: PCam HDF5, tiles with tumour masks, whole slides and patch folders.
 
-Every source yields ``{"image": CHW uint8}`` patches of normal tissue; ``normal_tissue_splits`` picks one by name and
-splits it into train and validation parts with a fixed seed.
+Every source yields ``{"image": CHW uint8}`` patches of normal tissue; ``normal_tissue_splits`` builds one by name,
+optionally mixes a folder of normal patch images into it, and splits it into train and validation parts with a
+fixed seed.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 from monai.data import PatchWSIDataset
 from monai.transforms import Resized
 from skimage import io
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from .tissue import tissue_mask, window_fraction
 from .wsi import find_slides, make_reader, slide_patches
 
 logger = logging.getLogger(__name__)
 
-DATA_SOURCES = ("pcam", "tiles", "wsi")
+DATA_SOURCES = ("pcam", "tiles", "wsi", "patches")
+PATCH_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # The last 8 tiles by name of the shared CAMELYON16 tile set form the demo slide; they are never trained on.
 DEMO_TILES = ("10692", "10693", "10694", "10695", "10696", "10697", "10698", "10699")
 PCAM_SPLITS = ("train", "valid")
@@ -100,6 +103,65 @@ class PCamNormals(Dataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}, "_pid": -1}
+
+
+def normal_patch_files(normals_dir: str | Path) -> list[Path]:
+    """The normal patch images of a folder, in name order.
+
+    With a ``manifest.csv`` (column ``file``, relative to ``images/`` or the folder; rows whose ``label`` is not 0 are
+    left out), its files; else every image in ``images/`` or in the folder itself.
+    """
+    root = Path(normals_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"normals_dir {root} is not a folder of normal patch images.")
+    folder = root / "images" if (root / "images").is_dir() else root
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        table = pd.read_csv(manifest, dtype={"file": str})
+        if "file" not in table.columns:
+            raise ValueError(f"{manifest}: no 'file' column (it has {list(table.columns)}).")
+        if "label" in table.columns:
+            table = table[table["label"] == 0]
+        files = [folder / name for name in table["file"]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{manifest}: {len(missing)} listed files are missing, e.g. {missing[0]}.")
+    else:
+        files = [p for p in folder.iterdir() if p.suffix.lower() in PATCH_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no normal patch image ({', '.join(PATCH_SUFFIXES)}).")
+    return sorted(files)
+
+
+def held_out_normals(files: Sequence[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Split patch files into (training, held out) by a seeded draw over their sorted names, so that training and
+    the measurements that must not see the held-out part (a tumour-free evaluation slide) agree on it."""
+    files = sorted(files)
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_out = round(len(files) * fraction)
+    held_out = {int(i) for i in order[:n_out]}
+    return [f for k, f in enumerate(files) if k not in held_out], [f for k, f in enumerate(files) if k in held_out]
+
+
+class PatchFolderNormals(Dataset):
+    """Normal patch images (JPEG/PNG/TIFF files of ``patch_size`` x ``patch_size``), decoded once and kept in memory
+    (2,000 PCam patches are 55 MB), each checked as training data must be."""
+
+    def __init__(self, files: Sequence[Path], patch_size: int = 96) -> None:
+        self.patches = []
+        for path in files:
+            image = io.imread(path)
+            if image.ndim != 3 or image.shape[2] < 3:
+                raise ValueError(f"{path}: expected an RGB patch image, got shape {image.shape}.")
+            image = image[..., :3]
+            check_patch_array(path, image.dtype, image.shape, patch_size, image)
+            self.patches.append(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.patches[i]}
 
 
 class TileNormals(Dataset):
@@ -213,16 +275,40 @@ def normal_tissue_splits(
     wsi_reader: str = "cuCIM",
     target_mpp: float = 0.972,
     min_tissue: float = 0.5,
+    normals_dir: str | Path | None = None,
+    normals_holdout: float = 0.2,
 ) -> NormalTissueSplits:
-    """Build the normal-tissue source named ``data_source`` and split it 85/15 (by default) with ``seed``.
+    """Build the normal-tissue source named ``data_source``, mix in the patch folder ``normals_dir`` when given, and
+    split each 85/15 (by default) with ``seed``.
 
-    PCam splits by patch. Tiles and slides split by tile or slide when there are at least two, so validation patches
-    never overlap training ones; a single slide is split by patch.
+    PCam and patch folders split by patch. Tiles and slides split by tile or slide when there are at least two, so
+    validation patches never overlap training ones; a single slide is split by patch. ``normals_holdout`` of the
+    folder's patches (``held_out_normals``) are never trained on, for measurements on tissue the model has not seen.
+    ``data_source: patches`` trains on the folder alone.
     """
-    from torch.utils.data import ConcatDataset
-
     if data_source not in DATA_SOURCES:
         raise ValueError(f"data_source must be one of {list(DATA_SOURCES)}, got {data_source!r}.")
+    if data_source == "patches" and normals_dir is None:
+        raise ValueError("data_source 'patches' needs --normals_dir, a folder of normal patch images.")
+    splits = [] if data_source == "patches" else [
+        _source_splits(data_source, dataset_dir, datalist, val_fraction, seed, patch_size, exclude, wsi_reader,
+                       target_mpp, min_tissue)
+    ]  # fmt: skip
+    if normals_dir is not None:
+        files, held_out = held_out_normals(normal_patch_files(normals_dir), normals_holdout)
+        folder = PatchFolderNormals(files, patch_size)
+        train_idx, val_idx = _split(len(folder), val_fraction, seed)
+        splits.append(NormalTissueSplits(Subset(folder, train_idx), Subset(folder, val_idx)))
+        logger.info("normals_dir %s: %d patches (%d held out of training)", normals_dir, len(folder), len(held_out))
+    if len(splits) == 1:
+        return splits[0]
+    return NormalTissueSplits(ConcatDataset([s.train for s in splits]), ConcatDataset([s.val for s in splits]))
+
+
+def _source_splits(
+    data_source: str, dataset_dir, datalist, val_fraction: float, seed: int, patch_size: int, exclude: Sequence[str],
+    wsi_reader: str, target_mpp: float, min_tissue: float,
+) -> NormalTissueSplits:  # fmt: skip
     if data_source == "pcam":
         full = PCamNormals(dataset_dir, patch_size=patch_size)
         train_idx, val_idx = _split(len(full), val_fraction, seed)

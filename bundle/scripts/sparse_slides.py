@@ -8,8 +8,8 @@ tumour) chooses thresholds that call most of any slide. Each slide here is a gri
 normal cells are tumour-free crops of the given tiles and tumour cells are crops lying wholly inside their tumour
 masks (so both share the tiles' stains, as on one real slide), the tumour placed as one or two compact (disc-shaped)
 clusters covering 1-10 % of the cells. Burdens and cluster counts cycle through ``BURDENS`` x (1, 2 clusters). One
-more slide has no tumour: PatchCamelyon normal patches from ``normals_dir`` where given (hard negatives from many
-slides), else the tiles' normal crops.
+more slide has no tumour: the PatchCamelyon normal patches of ``normals_dir`` that training holds out (hard negatives
+from many slides), where given, else the tiles' normal crops.
 Each slide is written as ``<id>.tif`` (pyramidal) with its ``<id>.xml`` (ASAP, group Tumor; an empty file for the
 tumour-free slide, so evaluation reads it as declared tumour-free). Only the tiles named are used, so a fold's
 calibration slides can be built from its training tiles alone.
@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.atomic import atomic_path  # noqa: E402
-from scripts.datasets import read_tumour_mask  # noqa: E402
+from scripts.datasets import held_out_normals, normal_patch_files, read_tumour_mask  # noqa: E402
 from scripts.pyramid import write_pyramid  # noqa: E402
 from scripts.regions import to_asap_xml, trace_regions  # noqa: E402
 from scripts.tissue import tissue_mask, window_fraction  # noqa: E402
@@ -55,14 +55,6 @@ def tile_crops(tiles_dir: Path, names: Sequence[str]) -> tuple[list[np.ndarray],
                 y, x = i * CROP_STRIDE, j * CROP_STRIDE
                 target.append(image[y : y + CELL, x : x + CELL])
     return normal, tumour
-
-
-def normal_patches(normals_dir: Path) -> list[np.ndarray]:
-    """The 96 x 96 RGB normal patches of a folder (``images/*`` or the folder itself), in name order."""
-    folder = normals_dir / "images" if (normals_dir / "images").is_dir() else normals_dir
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
-    patches = [io.imread(p)[..., :3] for p in paths]
-    return [p for p in patches if p.shape == (CELL, CELL, 3)]
 
 
 def cluster_mask(shape: tuple[int, int], burden: float, clusters: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,9 +93,10 @@ def write_sparse_slide(
 
 def build(
     out_dir: Path, tiles_dir: Path, tiles: Sequence[str], normals_dir: Path | None, slides: int = 6,
-    grid: tuple[int, int] = (16, 16), seed: int = 0,
+    grid: tuple[int, int] = (16, 16), seed: int = 0, normals_holdout: float = 0.2,
 ) -> list[str]:  # fmt: skip
-    """Write ``slides`` tumour-sparse slides and one tumour-free slide; return their ids."""
+    """Write ``slides`` tumour-sparse slides and one tumour-free slide; return their ids. The tumour-free slide takes
+    only the ``normals_holdout`` part of ``normals_dir`` that training (same fraction) leaves out."""
     names = [t if Path(t).suffix else f"{t}.jpg" for t in tiles]
     normal, tumour = tile_crops(tiles_dir, names)
     if not tumour or not normal:
@@ -121,8 +114,10 @@ def build(
             "%s: %d cluster(s), tumour %.1f %% of %d cells", ids[-1], clusters, 100 * fraction, grid[0] * grid[1]
         )
     ids.append("normal_00")
-    normal_cells = normal_patches(normals_dir) if normals_dir is not None else normal
-    write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal_cells, tumour, rng)
+    if normals_dir is not None:
+        held_out = held_out_normals(normal_patch_files(normals_dir), normals_holdout)[1]
+        normal = [patch for patch in (io.imread(p)[..., :3] for p in held_out) if patch.shape == (CELL, CELL, 3)]
+    write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, tumour, rng)
     logger.info("%s: tumour-free (%d cells)", ids[-1], grid[0] * grid[1])
     return ids
 
@@ -135,10 +130,14 @@ def main() -> None:
     cli.add_argument("--normals_dir", type=Path, help="normal patch images (pcam_normals) for the tumour-free slide")
     cli.add_argument("--slides", type=int, default=6)
     cli.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="cells per slide: rows cols")
+    cli.add_argument("--normals_holdout", type=float, default=0.2, help="as train.json's normals_holdout")
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build(args.out_dir, args.tiles_dir, args.tiles, args.normals_dir, args.slides, tuple(args.grid), args.seed)
+    build(
+        args.out_dir, args.tiles_dir, args.tiles, args.normals_dir, args.slides, tuple(args.grid), args.seed,
+        args.normals_holdout,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
