@@ -47,7 +47,9 @@ PATCH, GRID = 96, 5
 THRESHOLDS = np.linspace(-3, 5, 100)
 BOOTSTRAP_DRAWS = 1000
 BASELINES = ("mean optical density", "std of optical density", "darkness (-mean brightness)")
-DEFAULT_SCORE = "latent, tta (default)"
+TTA_SCORE = "latent, tta"
+ONE_ORIENTATION = "latent, one orientation"
+VERSUS = "latent, tta, versus models"
 FOLD_SIZE = 8
 
 
@@ -137,6 +139,17 @@ def report(tiles: list[dict], keys: list[str], title: str) -> None:
         )
 
 
+def paired_difference(tiles: list[dict], key: str, other: str, label: str) -> None:
+    """``key``'s AUC minus ``other``'s on the same patches, with the 95 % interval of the difference when the tiles
+    are resampled (draw by draw, so what the two share cancels)."""
+
+    def difference(sample: list[dict]) -> float:
+        return pooled_auc(sample, key) - pooled_auc(sample, other)
+
+    low, high = tile_bootstrap(tiles, difference)
+    print(f"  {label:<60}{difference(tiles):>+8.3f}   95% CI {low:+.3f} to {high:+.3f}")
+
+
 def compare(tiles: list[dict], key: str) -> None:
     """``key``'s AUC minus each baseline's, the baseline taken in whichever direction does better on these tiles (so
     the comparison is with its best, sign chosen after the fact), with the 95 % interval of the difference when the
@@ -176,7 +189,7 @@ def latent_inferers(ckpt: Path, ignored_variance: float) -> dict[str, AnomalySco
     """The default score (``latent`` with ``tta``) and its minor-component variant, the rows every mode reports."""
     minor = f"latent minor ({ignored_variance:.0%} ignored), tta"
     return {
-        DEFAULT_SCORE: AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True),
+        TTA_SCORE: AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True),
         minor: AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True, latent_ignored_variance=ignored_variance),
     }
 
@@ -199,9 +212,10 @@ def cross_validation(
     for model, names in [*folds, (ckpt, demo)]:
         print(f"{model}: {' '.join(names)}")
         network = load_network(parser.get_parsed_content("network_def"), model, "cpu")
-        inferers = latent_inferers(model, ignored_variance)
+        inferers = {**latent_inferers(model, ignored_variance),
+                    ONE_ORIENTATION: AnomalyScoreInferer.from_checkpoint("latent", model)}  # fmt: skip
         norm_stats = ChannelStats.from_checkpoint(model)
-        raw_colour = {"latent, tta, no stain normalisation": inferers[DEFAULT_SCORE]}
+        raw_colour = {"latent, tta, no stain normalisation": inferers[TTA_SCORE]}
         tiles += collect(tiles_dir, names, [
             (network, inferers, PrepareSlideBatch(StainNormalizer(), norm_stats)),
             (network, raw_colour, PrepareSlideBatch(StainNormalizer("none"), norm_stats)),
@@ -221,6 +235,8 @@ def main() -> None:
     cli.add_argument(
         "--folds", type=Path, help="folder of bench/train_folds.py: score every tile by a model that never saw it"
     )
+    cli.add_argument("--versus_folds", type=Path, help="with --folds: another train_folds.py folder, compared paired")
+    cli.add_argument("--versus_ckpt", type=Path, help="with --versus_folds: its model for the demo tiles")
     args = cli.parse_args()
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
@@ -239,6 +255,19 @@ def main() -> None:
         tiles, keys = cross_validation(
             args.tiles_dir, training, demo, parser, args.folds, args.ckpt, args.ignored_variance
         )
+        if args.versus_folds:
+            versus, _ = cross_validation(
+                args.tiles_dir,
+                training,
+                demo,
+                parser,
+                args.versus_folds,
+                args.versus_ckpt or args.ckpt,
+                args.ignored_variance,
+            )
+            for tile, other in zip(tiles, versus, strict=True):
+                tile[VERSUS] = other[TTA_SCORE]
+            keys.append(VERSUS)
         for k in range(0, len(tiles), FOLD_SIZE):
             report(
                 tiles[k : k + FOLD_SIZE],
@@ -246,7 +275,11 @@ def main() -> None:
                 f"tiles {tiles[k]['name']}-{tiles[k + FOLD_SIZE - 1]['name']}",
             )
         report(tiles, keys + list(BASELINES), "every tile, each scored by a model that never saw it")
-        compare(tiles, DEFAULT_SCORE)
+        compare(tiles, TTA_SCORE)
+        print("\npaired differences (per-tile z AUC, tiles resampled):")
+        paired_difference(tiles, TTA_SCORE, ONE_ORIENTATION, "tta minus one orientation")
+        if args.versus_folds:
+            paired_difference(tiles, TTA_SCORE, VERSUS, f"{args.folds.name} minus {args.versus_folds.name} (both tta)")
         return
     if args.ensemble:
         print("\n".join(f"member {i}: {ckpt}" for i, ckpt in enumerate(args.ensemble)))
@@ -269,7 +302,7 @@ def main() -> None:
         tiles = collect(args.tiles_dir, group, [(network, inferers, prepare_batch)])
         report(tiles, list(inferers) + list(BASELINES), title)
         if has_latent:
-            compare(tiles, DEFAULT_SCORE)
+            compare(tiles, TTA_SCORE)
 
 
 if __name__ == "__main__":

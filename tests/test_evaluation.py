@@ -115,6 +115,9 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     run("calibrate", tmp_path / "calibration")
     calibration = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
     assert calibration["calibration_slides"] == ["planted"] and calibration["mean_iou"] > 0.9
+    from scripts.inference import checkpoint_digest
+
+    assert calibration["weights"] == checkpoint_digest(tiny_checkpoint)  # inference refuses it for other weights
     output = tmp_path / "out"
     run("evaluate", output, "--calibration_file", str(tmp_path / "calibration" / "calibration.json"))
     metrics = json.loads((output / "metrics.json").read_text())

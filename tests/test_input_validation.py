@@ -301,3 +301,57 @@ def test_a_second_writer_of_an_output_folder_is_refused_naming_the_first(tmp_pat
 def _take_lock(folder) -> None:
     with folder_lock(folder):
         pass
+
+
+def test_a_calibration_file_made_for_other_weights_is_refused(tmp_path, tiny_checkpoint):
+    from scripts.inference import checkpoint_digest
+
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"z_threshold": 1.5, "min_region_tiles": 3, "weights": "0" * 40}))
+    with pytest.raises(ValueError, match="calibrated for other weights than ckpt_path") as error:
+        calibrated("z_threshold", 2.0, path, tiny_checkpoint)
+    assert str(path) in str(error.value)
+    path.write_text(
+        json.dumps({"z_threshold": 1.5, "min_region_tiles": 3, "weights": checkpoint_digest(tiny_checkpoint)})
+    )
+    assert calibrated("z_threshold", 2.0, path, tiny_checkpoint) == 1.5
+
+
+def test_an_orphaned_probe_exits_instead_of_blocking_on_its_pipe(tmp_path):
+    # the killed-run case: the parent dies while the child is sending a result larger than the pipe's buffer
+    script = tmp_path / "orphan.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from scripts.isolation import run_isolated\n"
+        "def big():\n"
+        "    open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+        "    time.sleep(1)\n"
+        "    return b'x' * 10_000_000\n"
+        "run_isolated(big)\n"
+    )
+    import subprocess
+    import sys
+    import time
+
+    from conftest import BUNDLE
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(BUNDLE), str(pid_file)])
+    deadline = time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    child = int(pid_file.read_text())
+    while time.time() < deadline and os.path.exists(f"/proc/{child}") and "Z" not in _state(child):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or "Z" in _state(child), "the orphaned child is still alive"
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+    except FileNotFoundError:
+        return "Z"

@@ -292,15 +292,17 @@ class Evaluation:
                 logger.warning("annotations matching no scored slide in %s: %s", self.annotation_dir, unused)
         return [load_slide(self.output_dir, s, annotations[s], self.label_rule, self.min_tumour_fraction) for s in ok]
 
-    def calibrate(self) -> dict:
+    def calibrate(self, weights: str | None = None) -> dict:
+        """Choose the threshold on these slides; ``weights`` (the model's ``weights_digest``) is recorded with it, so
+        that inference can refuse the file for another model."""
         with folder_lock(self.output_dir):
-            return self._calibrate()
+            return self._calibrate(weights)
 
     def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
         with folder_lock(self.output_dir):
             return self._evaluate(z_threshold, min_region_tiles, calibrated)
 
-    def _calibrate(self) -> dict:
+    def _calibrate(self, weights: str | None) -> dict:
         slides = self.slides()
         if not any(s.patches["label"].any() for s in slides):
             raise ValueError(
@@ -315,6 +317,7 @@ class Evaluation:
             "mean_iou": float(best["mean_iou"]),
             "calibration_slides": [s.slide_id for s in slides],
             "label_rule": self.label_rule,
+            "weights": weights,
         }
         with atomic_path(self.output_dir / "calibration.json") as tmp:
             tmp.write_text(json.dumps(calibration, indent=2))

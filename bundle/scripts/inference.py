@@ -61,8 +61,26 @@ def load_network(network: torch.nn.Module, ckpt_path: str | Path, device: torch.
 CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
 
 
-def calibrated(name: str, default: float, calibration_file: str | Path | None) -> float:
-    """``name`` from a calibration JSON when one is given (it must hold it, as a number in range), else ``default``."""
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-1 of a network's weights (values in key order), whatever file or memory layout holds them."""
+    digest = hashlib.sha1()
+    for tensor in state_dict.values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_digest(ckpt_path: str | Path) -> str:
+    """``weights_digest`` of a training checkpoint's ``model`` weights."""
+    return weights_digest(torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"])
+
+
+def calibrated(
+    name: str, default: float, calibration_file: str | Path | None, ckpt_path: str | Path | None = None
+) -> float:
+    """``name`` from a calibration JSON when one is given (it must hold it, as a number in range), else ``default``.
+
+    A threshold is calibrated for one model's scores: with ``ckpt_path``, a file that records other weights is refused.
+    """
     if not calibration_file:
         return default
     path = Path(calibration_file)
@@ -75,6 +93,12 @@ def calibrated(name: str, default: float, calibration_file: str | Path | None) -
     if not isinstance(content, dict) or name not in content:
         held = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise KeyError(f"calibration_file {path} has no {name!r}; it holds {held}.")
+    recorded = content.get("weights")
+    if ckpt_path is not None and recorded is not None and recorded != checkpoint_digest(ckpt_path):
+        raise ValueError(
+            f"calibration_file {path} was calibrated for other weights than ckpt_path {ckpt_path}; run calibrate with "
+            "this model, or pass --calibration_file None with --z_threshold and --min_region_tiles."
+        )
     low, high = CALIBRATED_RANGES[name]
     try:
         require_number(name, content[name], low, high, integer=isinstance(default, int))
@@ -413,15 +437,12 @@ class SlideInference:
 
     def settings(self) -> dict:
         """What a slide's outputs depend on; outputs made with other settings (or weights) are redone, not reused."""
-        weights = hashlib.sha1()
-        for tensor in self.evaluator.network.state_dict().values():
-            weights.update(tensor.detach().cpu().numpy().tobytes())
         post, inferer_settings = self.postprocessor, getattr(self.evaluator.inferer, "settings", dict)
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
             **inferer_settings(),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
-            "min_region_tiles": post.min_region_tiles, "weights": weights.hexdigest(),
+            "min_region_tiles": post.min_region_tiles, "weights": weights_digest(self.evaluator.network.state_dict()),
         }  # fmt: skip
 
     def _completed(self, slide: str, settings: dict) -> dict | None:

@@ -23,7 +23,9 @@ class ReaderCrashError(RuntimeError):
     """The child process died without answering (a native crash, or killed)."""
 
 
-def _child(sender, function: Callable[..., Any], args: tuple) -> None:
+def _child(receiver, sender, function: Callable[..., Any], args: tuple) -> None:
+    # the child's copy of the read end must go: if the parent dies, a write then fails instead of blocking forever
+    receiver.close()
     try:
         result = (True, function(*args))
     except BaseException as error:  # everything goes back to the parent, which decides
@@ -40,7 +42,7 @@ def run_isolated(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` in a forked child: its return value, or its exception raised here, or ReaderCrashError."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, function, args), daemon=True)
+    process = context.Process(target=_child, args=(receiver, sender, function, args), daemon=True)
     process.start()
     sender.close()
     try:
