@@ -6,6 +6,7 @@ import faulthandler
 import json
 import os
 import signal
+import time
 
 import h5py
 import numpy as np
@@ -162,6 +163,8 @@ def test_a_native_crash_in_the_reader_is_an_exception_not_the_end_of_the_run():
     with pytest.raises(ValueError, match="boom"):
         run_isolated(int, "boom")
     assert run_isolated(sum, [1, 2]) == 3
+    with pytest.raises(ReaderCrashError, match="did not answer within 0.5 s"):
+        run_isolated(time.sleep, 30, timeout=0.5)
 
 
 # --- slide files and datalists ----------------------------------------------------------------------------------------
@@ -332,7 +335,6 @@ def test_an_orphaned_probe_exits_instead_of_blocking_on_its_pipe(tmp_path):
     )
     import subprocess
     import sys
-    import time
 
     from conftest import BUNDLE
 
@@ -355,3 +357,12 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
     except FileNotFoundError:
         return "Z"
+
+
+def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_model(tiny_checkpoint, caplog):
+    from scripts.inference import SHIPPED_CALIBRATION
+
+    if not SHIPPED_CALIBRATION.is_file():
+        pytest.skip("no shipped calibration in bundle/models")
+    assert calibrated("z_threshold", 2.0, SHIPPED_CALIBRATION, tiny_checkpoint) == 2.0
+    assert "shipped model's calibration" in caplog.text and "uncalibrated" in caplog.text

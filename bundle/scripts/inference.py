@@ -59,6 +59,7 @@ def load_network(network: torch.nn.Module, ckpt_path: str | Path, device: torch.
 
 
 CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
+SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -79,7 +80,9 @@ def calibrated(
 ) -> float:
     """``name`` from a calibration JSON when one is given (it must hold it, as a number in range), else ``default``.
 
-    A threshold is calibrated for one model's scores: with ``ckpt_path``, a file that records other weights is refused.
+    A threshold is calibrated for one model's scores: with ``ckpt_path``, a file that records other weights is refused,
+    except the shipped calibration (the default), which then gives way to ``default`` with a warning: a user's own
+    model has no calibration until they run one.
     """
     if not calibration_file:
         return default
@@ -95,6 +98,12 @@ def calibrated(
         raise KeyError(f"calibration_file {path} has no {name!r}; it holds {held}.")
     recorded = content.get("weights")
     if ckpt_path is not None and recorded is not None and recorded != checkpoint_digest(ckpt_path):
+        if path.resolve() == SHIPPED_CALIBRATION:
+            logger.warning(
+                "%s is the shipped model's calibration, not %s's: %s %s (uncalibrated); run calibrate for this model.",
+                path, ckpt_path, name, default,
+            )  # fmt: skip
+            return default
         raise ValueError(
             f"calibration_file {path} was calibrated for other weights than ckpt_path {ckpt_path}; run calibrate with "
             "this model, or pass --calibration_file None with --z_threshold and --min_region_tiles."

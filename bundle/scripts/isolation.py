@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# A probe reads a header, a thumbnail and 64 patches: seconds even for a large slide on slow storage. A child still
+# silent after this is stuck (a reader blocked for good, or a lock inherited through fork), not working.
+ANSWER_TIMEOUT_S = 900
 
 
 class ReaderCrashError(RuntimeError):
@@ -38,7 +41,7 @@ def _child(receiver, sender, function: Callable[..., Any], args: tuple) -> None:
         sender.close()
 
 
-def run_isolated(function: Callable[..., T], *args: Any) -> T:
+def run_isolated(function: Callable[..., T], *args: Any, timeout: float = ANSWER_TIMEOUT_S) -> T:
     """``function(*args)`` in a forked child: its return value, or its exception raised here, or ReaderCrashError."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
@@ -46,6 +49,10 @@ def run_isolated(function: Callable[..., T], *args: Any) -> T:
     process.start()
     sender.close()
     try:
+        if not receiver.poll(timeout):
+            process.kill()
+            process.join()
+            raise ReaderCrashError(f"the slide reader did not answer within {timeout:g} s and was stopped")
         ok, value = receiver.recv()
     except EOFError:
         process.join()
