@@ -366,3 +366,11 @@ def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_model(tin
         pytest.skip("no shipped calibration in bundle/models")
     assert calibrated("z_threshold", 2.0, SHIPPED_CALIBRATION, tiny_checkpoint) == 2.0
     assert "shipped model's calibration" in caplog.text and "uncalibrated" in caplog.text
+
+
+def test_an_empty_slide_folder_is_named(tmp_path):
+    from scripts.wsi import find_slides
+
+    (tmp_path / "notes.txt").write_text("no slides here")
+    with pytest.raises(FileNotFoundError, match=f"dataset_dir {tmp_path} holds no slide file"):
+        find_slides(tmp_path)

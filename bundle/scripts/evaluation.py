@@ -37,6 +37,7 @@ from skimage import io  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from .annotations import (  # noqa: E402
+    ANNOTATION_SUFFIXES,
     LesionAnnotation,
     MaskAnnotation,
     annotation_names,
@@ -287,10 +288,21 @@ class Evaluation:
         annotations = {s: slide_annotation(s, self.annotation_dir, self.is_tumour_free(s)) for s in ok}
         if self.annotation_dir:
             matched = {n.casefold() for s in ok for n in annotation_names(s)}
-            unused = sorted(p.name for p in self.annotation_dir.iterdir() if p.name.casefold() not in matched)
+            unused = sorted(
+                p.name for p in self.annotation_dir.iterdir()
+                if p.name.casefold().endswith(ANNOTATION_SUFFIXES) and p.name.casefold() not in matched
+            )  # fmt: skip
             if unused:
                 logger.warning("annotations matching no scored slide in %s: %s", self.annotation_dir, unused)
-        return [load_slide(self.output_dir, s, annotations[s], self.label_rule, self.min_tumour_fraction) for s in ok]
+        slides = [load_slide(self.output_dir, s, annotations[s], self.label_rule, self.min_tumour_fraction) for s in ok]
+        for slide in slides:
+            drawn = isinstance(slide.annotation, LesionAnnotation) and slide.annotation.tumour
+            if drawn and not slide.patches["label"].any():
+                logger.warning(
+                    "slide %s: its annotation draws tumour but labels no scored patch (off the tissue, or coordinates "
+                    "not at level 0?); it counts as tumour-free", slide.slide_id,
+                )  # fmt: skip
+        return slides
 
     def calibrate(self, weights: str | None = None) -> dict:
         """Choose the threshold on these slides; ``weights`` (the model's ``weights_digest``) is recorded with it, so

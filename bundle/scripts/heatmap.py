@@ -50,7 +50,7 @@ def save_heatmap(
     axis.set_axis_off()
     axis.set_title(title, fontsize=10)
     bar = figure.colorbar(overlay, ax=axis, fraction=0.035, pad=0.02)
-    bar.set_label(f"per-slide z-score (tumour call above {z_threshold:g})")
+    bar.set_label(f"per-slide z-score (tumour call above {z_threshold:.2f})")
     bar.ax.axhline(z_threshold, color="cyan", linewidth=1.5)
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -134,7 +134,10 @@ def find_slides(dataset_dir: str | Path | None, datalist: str | Path | None = No
         raise FileNotFoundError(
             f"dataset_dir {dataset_dir!r} is not a folder; pass --dataset_dir DIR or --datalist FILE."
         )
-    return sorted(str(p) for p in Path(dataset_dir).iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+    slides = sorted(str(p) for p in Path(dataset_dir).iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
+    if not slides:
+        raise FileNotFoundError(f"dataset_dir {dataset_dir} holds no slide file ({' '.join(SLIDE_SUFFIXES)}).")
+    return slides
 
 
 def make_reader(backend: str) -> WSIReader:
