@@ -11,6 +11,7 @@ as inference.json sets), and the resident memory of that process and all its wor
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def tree_rss(pid: int) -> tuple[int, int]:
 
 
 def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, int, float, str]:
-    """Peak resident bytes of the inference process alone and with its workers, seconds, and its summary row."""
+    """Peak resident bytes of the inference process alone and with its workers, seconds, and its patch count."""
     command = [sys.executable, "-m", "scripts", "run", "inference", "--config_file",
                str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(slide_dir),
                "--output_dir", str(output_dir), "--overwrite", "True"]  # fmt: skip
@@ -103,9 +104,9 @@ def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, int, flo
         peak_main, peak = max(peak_main, main), max(peak, total)
         time.sleep(0.2)
     seconds = time.perf_counter() - start
-    summary = (output_dir / "summary.csv").read_text().splitlines()
-    row = summary[1] if process.returncode == 0 and len(summary) > 1 else f"rc {process.returncode}"
-    return peak_main, peak, seconds, row
+    rows = list(csv.DictReader((output_dir / "summary.csv").open())) if process.returncode == 0 else []
+    n_patches = rows[0]["n_patches"] if rows else f"rc {process.returncode}"
+    return peak_main, peak, seconds, n_patches
 
 
 def main() -> None:
@@ -124,8 +125,7 @@ def main() -> None:
         if not slide.is_file():
             write_slide(slide, height, width)
         written = time.perf_counter() - start
-        peak_main, peak, seconds, summary = peak_inference_rss(slide_dir, work / f"out_{size}")
-        n_patches = summary.split(",")[3] if summary.count(",") > 3 else "?"
+        peak_main, peak, seconds, n_patches = peak_inference_rss(slide_dir, work / f"out_{size}")
         rows.append((size, slide.stat().st_size, written, n_patches, seconds, peak_main, peak))
     print(f"machine: {machine()}")
     header = f"{'level-0 size':<16}{'file MB':>9}{'write s':>9}{'patches':>9}{'infer s':>9}"
