@@ -29,7 +29,16 @@ from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
 from .settings import require_number
 from .stain import StainNormalizer
 from .transforms import SplitBlockd
-from .wsi import MPP_RANGE, PatchGeometry, block_samples, check_slide_file, make_reader, slide_id, slide_patches
+from .wsi import (
+    MPP_RANGE,
+    PatchGeometry,
+    SlideUnusableError,
+    block_samples,
+    check_slide_file,
+    make_reader,
+    slide_id,
+    slide_patches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -415,8 +424,8 @@ class SlideInference:
         try:
             return (make_reader(self.wsi_reader), *run_isolated(self._probe, slide, self.wsi_reader))
         except Exception as error:
-            if self.wsi_reader.lower() != "cucim" or isinstance(error, ValueError):
-                raise  # our own checks (resolution, level sizes) say the same whatever the reader
+            if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
+                raise  # the file's resolution or levels are the problem, whatever the reader
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
             return (make_reader("OpenSlide"), *run_isolated(self._probe, slide, "OpenSlide"))
 

@@ -37,6 +37,10 @@ FILE_SIGNATURES = {
 DATALIST_KEYS = ("testing", "training", "validation", "data")
 
 
+class SlideUnusableError(ValueError):
+    """The file opens, but what it records (resolution, pyramid levels) makes it unusable: any reader says the same."""
+
+
 def slide_id(path: str | Path) -> str:
     """A slide's output id: its file name without the suffix."""
     return Path(path).stem
@@ -183,7 +187,7 @@ def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None
     if assume_mpp is not None:
         logger.warning("%s records %s; using assume_mpp=%s µm/px.", path, recorded, assume_mpp)
         return float(assume_mpp)
-    raise ValueError(
+    raise SlideUnusableError(
         f"{path}: {recorded} in the file; pass --assume_mpp <µm per level-0 pixel, {MPP_RANGE[0]} to {MPP_RANGE[1]}> "
         "to read it."
     )
@@ -258,7 +262,7 @@ def read_thumbnail(reader: WSIReader, wsi, path: str | Path) -> tuple[np.ndarray
     height, width = (int(v) for v in reader.get_size(wsi, level))
     if height * width > THUMBNAIL_MAX_PIXELS:
         levels = reader.get_level_count(wsi)
-        raise ValueError(
+        raise SlideUnusableError(
             f"{path}: no pyramid level small enough to read whole (the coarsest of {levels} level(s) is {width} x "
             f"{height} px); convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)."
         )
