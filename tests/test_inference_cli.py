@@ -28,7 +28,7 @@ def run_inference(
         sys.executable, *launcher, "-m", "monai.bundle", "run", "inference", "--config_file", str(INFER_CONFIG),
         "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--ckpt_path", str(checkpoint),
         "--channels", json.dumps(TINY_NET["channels"]), "--latent_channels", str(TINY_NET["latent_channels"]),
-        "--num_workers", "0", "--batch_size", "32", "--wsi_reader", "tifffile", *extra,
+        "--num_workers", "0", "--batch_size", "32", "--wsi_reader", "tifffile", "--device", "cpu", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)

@@ -35,7 +35,7 @@ def test_ddp_training_with_two_processes(tiles_dir, tmp_path):
         "--data_source", "tiles", "--dataset_dir", str(tiles_dir), "--ckpt_dir", str(ckpt_dir),
         "--output_dir", str(runs), "--max_epochs", "2", "--batch_size", "16", "--num_workers", "0",
         "--stats_samples", "64", "--channels", json.dumps(TINY_NET["channels"]),
-        "--latent_channels", str(TINY_NET["latent_channels"]),
+        "--latent_channels", str(TINY_NET["latent_channels"]), "--device", "cpu",  # a string, as users type it
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)

@@ -51,6 +51,7 @@ from .regions import clean_mask  # noqa: E402
 logger = logging.getLogger(__name__)
 
 LABEL_RULES = ("centre", "fraction")
+SWEEP_THRESHOLDS = tuple(np.linspace(-3, 5, 100))
 BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02), "small (<0.5%)": (0.0, 0.005)}
 SUMMARY_COLUMNS = [
     "slide", "tumour_fraction", "n_patches", "auc", "pr_auc", "iou", "oracle_iou", "threshold", "tp", "fp", "fn",
@@ -257,7 +258,7 @@ class Evaluation:
         annotation_dir: str | Path | None,
         label_rule: str = "centre",
         min_tumour_fraction: float = 0.5,
-        thresholds: Sequence[float] = tuple(np.linspace(-3, 5, 100)),
+        thresholds: Sequence[float] = SWEEP_THRESHOLDS,
         min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
         tumour_free_slides: Sequence[str] = (),
     ) -> None:

@@ -138,4 +138,4 @@ def to_asap_xml(regions: list[Region]) -> str:
         element = ElementTree.SubElement(groups, "Group", Name=group, PartOfGroup="None", Color=color)
         ElementTree.SubElement(element, "Attributes")
     ElementTree.indent(root)
-    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
+    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
