@@ -125,6 +125,14 @@ def calibrated(
     return type(default)(content[name])
 
 
+def calibration_applies(calibration_file: str | Path | None, ckpt_path: str | Path) -> bool:
+    """Whether ``calibrated`` takes its values from ``calibration_file`` for this model (for the metrics' record)."""
+    if not calibration_file or not Path(calibration_file).is_file():
+        return False
+    recorded = json.loads(Path(calibration_file).read_text()).get("weights")
+    return recorded is None or recorded == checkpoint_digest(ckpt_path)
+
+
 def read_summary(path: str | Path) -> pd.DataFrame:
     """A ``summary.csv`` with slide ids kept as written (``001`` stays ``001``, ``NA`` stays ``NA``)."""
     return pd.read_csv(

@@ -42,9 +42,11 @@ def require_number(
     valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if valid and integer:
         valid = float(value).is_integer()
-    low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum) if valid else False
-    high_ok = maximum is None or value <= maximum if valid else False
-    if not (valid and low_ok and high_ok):
+    if valid and minimum is not None:
+        valid = value > minimum if exclusive_minimum else value >= minimum
+    if valid and maximum is not None:
+        valid = value <= maximum
+    if not valid:
         bounds = []
         if minimum is not None:
             bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
