@@ -164,6 +164,31 @@ class PatchFolderNormals(Dataset):
         return {"image": self.patches[i]}
 
 
+def read_tile(dataset_dir: str | Path, name: str, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile ``images/<name>`` (HWC uint8 RGB, checked as training data) and its tumour mask ``masks/<name>``."""
+    path = Path(dataset_dir) / "images" / name
+    image = io.imread(path)
+    if image.ndim != 3 or image.shape[2] < 3 or min(image.shape[:2]) < patch_size:
+        raise ValueError(f"{path}: a tile must be an RGB image of at least {patch_size} px, got {image.shape}.")
+    image = image[..., :3]
+    check_patch_array(path, image.dtype, (patch_size, patch_size, 3), patch_size, image)
+    tumour = read_tumour_mask(Path(dataset_dir) / "masks" / name)
+    if tumour.shape != image.shape[:2]:
+        raise ValueError(f"{Path(dataset_dir) / 'masks' / name}: mask is {tumour.shape}, its tile {image.shape[:2]}.")
+    return image, tumour
+
+
+def crop_corners(
+    image: np.ndarray, tumour: np.ndarray, patch_size: int, crop_stride: int, min_tissue: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left (y, x) of the ``patch_size`` crops on a ``crop_stride`` grid: (those on tissue and wholly outside the
+    tumour, those wholly inside it)."""
+    tissue = window_fraction(tissue_mask(image), patch_size)[::crop_stride, ::crop_stride]
+    in_tumour = window_fraction(tumour, patch_size)[::crop_stride, ::crop_stride]
+    normal = np.argwhere((tissue >= min_tissue) & (in_tumour == 0)) * crop_stride
+    return normal, np.argwhere(in_tumour >= 0.999) * crop_stride
+
+
 class TileNormals(Dataset):
     """Crops of ``images/*`` tiles that lie on tissue and wholly outside the tumour in ``masks/*`` (same names).
 
@@ -183,22 +208,9 @@ class TileNormals(Dataset):
         self.images: list[np.ndarray] = []
         positions = []
         for name in names:
-            path = Path(dataset_dir) / "images" / name
-            image = io.imread(path)
-            if image.ndim != 3 or image.shape[2] < 3 or min(image.shape[:2]) < patch_size:
-                raise ValueError(f"{path}: a tile must be an RGB image of at least {patch_size} px, got {image.shape}.")
-            image = image[..., :3]
-            check_patch_array(path, image.dtype, (patch_size, patch_size, 3), patch_size, image)
-            tumour = read_tumour_mask(Path(dataset_dir) / "masks" / name)
-            if tumour.shape != image.shape[:2]:
-                raise ValueError(
-                    f"{Path(dataset_dir) / 'masks' / name}: mask is {tumour.shape}, its tile {image.shape[:2]}."
-                )
-            tissue = window_fraction(tissue_mask(image), patch_size)[::crop_stride, ::crop_stride]
-            clean = window_fraction(tumour, patch_size)[::crop_stride, ::crop_stride] == 0
-            rows, cols = np.nonzero((tissue >= min_tissue) & clean)
-            k = len(self.images)
-            positions.append(np.stack([np.full_like(rows, k), rows * crop_stride, cols * crop_stride], axis=1))
+            image, tumour = read_tile(dataset_dir, name, patch_size)
+            corners, _ = crop_corners(image, tumour, patch_size, crop_stride, min_tissue)
+            positions.append(np.column_stack([np.full(len(corners), len(self.images)), corners]))
             self.images.append(image)
         self.positions = np.concatenate(positions) if positions else np.zeros((0, 3), dtype=int)
 

@@ -24,16 +24,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from skimage import io
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.atomic import atomic_path  # noqa: E402
-from scripts.datasets import held_out_normals, normal_patch_files, read_tumour_mask  # noqa: E402
+from scripts.datasets import (  # noqa: E402
+    PatchFolderNormals,
+    crop_corners,
+    held_out_normals,
+    normal_patch_files,
+    read_tile,
+)
 from scripts.pyramid import write_pyramid  # noqa: E402
 from scripts.regions import to_asap_xml, trace_regions  # noqa: E402
-from scripts.tissue import tissue_mask, window_fraction  # noqa: E402
 
 CELL = 96
 SLIDE_MPP = 0.972
@@ -46,14 +50,9 @@ def tile_crops(tiles_dir: Path, names: Sequence[str]) -> tuple[list[np.ndarray],
     """96-px crops of the tiles on a 16-px grid: (tumour-free tissue crops, crops wholly inside tumour)."""
     normal, tumour = [], []
     for name in names:
-        image = io.imread(tiles_dir / "images" / name)[..., :3]
-        mask = read_tumour_mask(tiles_dir / "masks" / name)
-        tissue = window_fraction(tissue_mask(image), CELL)[::CROP_STRIDE, ::CROP_STRIDE]
-        in_tumour = window_fraction(mask, CELL)[::CROP_STRIDE, ::CROP_STRIDE]
-        for target, keep in ((normal, (in_tumour == 0) & (tissue >= 0.5)), (tumour, in_tumour >= 0.999)):
-            for i, j in np.argwhere(keep):
-                y, x = i * CROP_STRIDE, j * CROP_STRIDE
-                target.append(image[y : y + CELL, x : x + CELL])
+        image, mask = read_tile(tiles_dir, name, CELL)
+        for target, corners in zip((normal, tumour), crop_corners(image, mask, CELL, CROP_STRIDE, 0.5), strict=True):
+            target.extend(image[y : y + CELL, x : x + CELL] for y, x in corners)
     return normal, tumour
 
 
@@ -115,8 +114,8 @@ def build(
         )
     ids.append("normal_00")
     if normals_dir is not None:
-        held_out = held_out_normals(normal_patch_files(normals_dir), normals_holdout)[1]
-        normal = [patch for patch in (io.imread(p)[..., :3] for p in held_out) if patch.shape == (CELL, CELL, 3)]
+        held_out = PatchFolderNormals(held_out_normals(normal_patch_files(normals_dir), normals_holdout)[1], CELL)
+        normal = [np.moveaxis(patch, 0, -1) for patch in held_out.patches]
     write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, tumour, rng)
     logger.info("%s: tumour-free (%d cells)", ids[-1], grid[0] * grid[1])
     return ids
