@@ -156,15 +156,12 @@ def compare(tiles: list[dict], key: str) -> None:
     tiles are resampled: two scores measured on the same patches are compared draw by draw."""
     print(f"\n{key} against each baseline in its better direction (per-tile z AUC difference, tiles resampled):")
     for baseline in BASELINES:
-        flip = pooled_auc(tiles, baseline) < 0.5
-
-        def difference(sample: list[dict], baseline: str = baseline, flip: bool = flip) -> float:
-            other = pooled_auc(sample, baseline)
-            return pooled_auc(sample, key) - (1 - other if flip else other)
-
-        low, high = tile_bootstrap(tiles, difference)
-        label = f"{baseline}{' reversed' if flip else ''}"
-        print(f"  minus {label:<40}{difference(tiles):>+8.3f}   95% CI {low:+.3f} to {high:+.3f}")
+        if pooled_auc(tiles, baseline) < 0.5:  # reversed: the negated statistic's AUC is exactly 1 - AUC
+            label = f"{baseline} reversed"
+            paired = [{**tile, label: -tile[baseline]} for tile in tiles]
+        else:
+            label, paired = baseline, tiles
+        paired_difference(paired, key, label, f"minus {label}")
 
 
 def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: list[Path]) -> tuple[list, list[str]]:

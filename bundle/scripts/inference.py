@@ -6,6 +6,7 @@ its patches stream, and a slide that fails is recorded in ``summary.csv`` withou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -79,8 +80,10 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
 def checkpoint_digest(ckpt_path: str | Path) -> str:
-    """``weights_digest`` of a training checkpoint's ``model`` weights."""
+    """``weights_digest`` of a training checkpoint's ``model`` weights (read once per process: each calibrated knob
+    and the metrics record ask for it)."""
     return weights_digest(torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"])
 
 
