@@ -96,7 +96,8 @@ def main() -> None:
         for fold in FOLDS
     }  # fmt: skip
     baseline, _, _ = test_results(folds, "mean_std", 0.0)
-    print(f"{'statistic':<22}{'sigma':>6}{'mean IoU':>10}{'minus mean_std [95% CI]':>32}{'oracle':>8}{'false regions':>15}")
+    header = f"{'statistic':<22}{'sigma':>6}{'mean IoU':>10}{'minus mean_std [95% CI]':>32}"
+    print(f"{header}{'oracle':>8}{'false regions':>15}")
     for statistic in STATISTICS:
         for sigma in args.sigmas if statistic == "mean_std" else [0.0]:
             ious, oracles, false_regions = test_results(folds, statistic, sigma)
