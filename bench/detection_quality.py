@@ -38,7 +38,7 @@ from skimage import io
 
 from scripts.datasets import DEMO_TILES, read_tumour_mask
 from scripts.evaluation import overlap, pr_auc, roc_auc
-from scripts.inference import load_network
+from scripts.model_files import load_network, read_normal_stats
 from scripts.scores import SCORES, AnomalyScoreInferer
 from scripts.stain import StainNormalizer, optical_density
 from scripts.transforms import ChannelStats, PrepareSlideBatch
@@ -285,7 +285,7 @@ def main() -> None:
             report(tiles, keys + list(BASELINES), title)
         return
     network = load_network(parser.get_parsed_content("network_def"), args.ckpt, "cpu")
-    has_latent = "latent_stats" in torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    has_latent = "latent_stats" in read_normal_stats(args.ckpt)
     inferers = {s: AnomalyScoreInferer.from_checkpoint(s, args.ckpt) for s in SCORES if s != "latent" or has_latent}
     if has_latent:
         ignored = args.ignored_variance

@@ -27,7 +27,7 @@ from skimage import io
 
 from scripts.datasets import DEMO_TILES, read_tumour_mask
 from scripts.evaluation import roc_auc
-from scripts.inference import load_network
+from scripts.model_files import load_network
 from scripts.stain import StainNormalizer
 from scripts.tissue import tissue_mask, window_fraction
 from scripts.transforms import ChannelStats, PrepareSlideBatch

@@ -20,6 +20,8 @@ from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
+from scripts.network import CHANNELS, LATENT_CHANNELS
+
 
 def bare_step_rate(parser: ConfigParser, batch_size: int, iterations: int) -> float:
     """Forward, backward and AdamW on a batch in memory, as MONAI's trainer runs them (``amp``: fp16 autocast and a
@@ -72,8 +74,8 @@ def main() -> None:
     cli.add_argument("--batch_size", type=int, default=64)
     cli.add_argument("--num_workers", type=int, default=2)
     cli.add_argument("--iterations", type=int, default=20)
-    cli.add_argument("--channels", default="[32, 64, 128, 128, 256, 256]")
-    cli.add_argument("--latent_channels", type=int, default=64)
+    cli.add_argument("--channels", default=json.dumps(CHANNELS), help="default: the shipped widths")
+    cli.add_argument("--latent_channels", type=int, default=LATENT_CHANNELS)
     cli.add_argument("--contiguous", action="store_true", help="channels_last false: batches in NCHW order")
     cli.add_argument("--amp", type=int, choices=(0, 1), help="fp16 autocast on CUDA (default: train.json's)")
     cli.add_argument("--cudnn_benchmark", type=int, choices=(0, 1), help="default: train.json's")

@@ -105,19 +105,17 @@ def write_json(path: Path, content) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """Random tiny-network weights with the normalisation and latent statistics a trained checkpoint carries."""
+    """Random tiny-network weights (``model.pt``) with the ``normal_stats.pt`` that training writes beside them."""
     import torch
 
+    from scripts.model_files import save_normal_stats
     from tests_helpers import tiny_net
 
     torch.manual_seed(0)
     net = tiny_net()
     dim = TINY_NET["latent_channels"] * 9
-    checkpoint = {
-        "model": net.state_dict(),
-        "norm_stats": {"mean": [0.7, 0.5, 0.7], "std": [0.15, 0.2, 0.15]},
-        "latent_stats": {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 1},
-    }
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(checkpoint, path)
+    torch.save(net.state_dict(), path)
+    norm_stats = {"mean": [0.7, 0.5, 0.7], "std": [0.15, 0.2, 0.15]}
+    save_normal_stats(path, net, norm_stats, {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 1})
     return path

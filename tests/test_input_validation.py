@@ -307,7 +307,7 @@ def _take_lock(folder) -> None:
 
 
 def test_a_calibration_file_made_for_other_weights_is_refused(tmp_path, tiny_checkpoint):
-    from scripts.inference import checkpoint_digest
+    from scripts.model_files import checkpoint_digest
 
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"z_threshold": 1.5, "min_region_tiles": 3, "weights": "0" * 40}))

@@ -6,7 +6,7 @@ from tests_helpers import tiny_net
 
 
 def test_shapes_train_and_eval():
-    net = tiny_net()
+    net = tiny_net(recon_only=False)
     x = torch.randn(3, 3, 96, 96)
     for training in (True, False):
         net.train(training)
@@ -15,10 +15,18 @@ def test_shapes_train_and_eval():
         assert mu.shape == logvar.shape == (3, 8, 3, 3)
 
 
+def test_default_forward_is_one_tensor_and_defaults_are_the_shipped_widths():
+    """What ``verify_net_in_out``/``ckpt_export`` and ``monai.bundle.load`` users get from ``network_def``."""
+    net = Skip96VAE().eval()
+    assert net.channels == (16, 32, 64, 64, 128, 128) and net.latent_channels == 32
+    output = net(torch.randn(2, 3, 96, 96))
+    assert isinstance(output, torch.Tensor) and output.shape == (2, 3, 96, 96)
+
+
 def test_eval_is_deterministic_and_uses_mu():
     net = tiny_net().eval()
     x = torch.randn(2, 3, 96, 96)
-    a, b = net(x)[0], net(x)[0]
+    a, b = net(x), net(x)
     assert torch.equal(a, b)
     mu, _, skips = net.encode(x)
     assert torch.allclose(net.decode(mu, skips), a)
@@ -27,7 +35,7 @@ def test_eval_is_deterministic_and_uses_mu():
 def test_training_samples_the_latent():
     net = tiny_net(skip_dropout=0.0).train()
     x = torch.randn(2, 3, 96, 96)
-    assert not torch.equal(net(x)[0], net(x)[0])
+    assert not torch.equal(net(x), net(x))
 
 
 def test_no_output_activation_reaches_normalised_range():
@@ -36,7 +44,7 @@ def test_no_output_activation_reaches_normalised_range():
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.fill_(-3.0)
-    assert torch.equal(net(torch.randn(1, 3, 96, 96))[0], torch.full((1, 3, 96, 96), -3.0))
+    assert torch.equal(net(torch.randn(1, 3, 96, 96)), torch.full((1, 3, 96, 96), -3.0))
 
 
 @pytest.mark.parametrize("recon_only", [False, True])

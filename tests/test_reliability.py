@@ -107,7 +107,9 @@ def test_inference_with_a_mismatched_checkpoint_stops_before_any_slide(tmp_path,
     shutil.copy(slide_0243, folder / "s.tif")
     result = run_inference(tiny_checkpoint, folder, tmp_path / "out", "--latent_channels", "4")
     assert result.returncode != 0
-    assert "does not match network_def" in result.stdout + result.stderr
+    assert "does not match network_def (it was trained with --channels [8, 8, 16, 16, 16, 16] --latent_channels 8)" in (
+        result.stdout + result.stderr
+    )
     assert not (tmp_path / "out" / "s").exists()
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scripts.inference import load_network
+from scripts.model_files import load_network
 from scripts.scores import SCORES, AnomalyScoreInferer, minor_component_precision
 from scripts.transforms import ChannelStats
 from tests_helpers import tiny_net

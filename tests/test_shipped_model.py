@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE, REPO
+from scripts.model_files import read_normal_stats
 from scripts.scores import AnomalyScoreInferer
 
 CHECKPOINT = BUNDLE / "models" / "model.pt"
@@ -24,9 +25,10 @@ def test_shipped_checkpoint_matches_the_inference_network_def():
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
     network = parser.get_parsed_content("network_def")
-    checkpoint = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    network.load_state_dict(checkpoint["model"])  # strict
-    assert set(checkpoint) >= {"model", "norm_stats"}
+    network.load_state_dict(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))  # strict
+    stats = read_normal_stats(CHECKPOINT)  # checks that they were fitted with these weights
+    assert stats["network"] == {"channels": list(network.channels), "latent_channels": network.latent_channels}
+    assert stats["latent_stats"]["num_samples"] > 1000
 
 
 def test_default_inference_scores_the_demo_slide(tmp_path):

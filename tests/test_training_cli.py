@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import BUNDLE, REPO, TINY_NET
+from scripts.model_files import read_normal_stats
 
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
 
@@ -54,11 +55,13 @@ def test_checkpoint_loads_into_network_def(trained):
     parser.read_config(TRAIN_CONFIG)
     parser.update(TINY_NET)
     net = parser.get_parsed_content("network_def")
-    checkpoint = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(checkpoint["model"])  # strict: every weight present, none extra
-    assert len(checkpoint["norm_stats"]["mean"]) == 3
-    assert all(s > 0 for s in checkpoint["norm_stats"]["std"])
-    latent = checkpoint["latent_stats"]  # for the Mahalanobis `latent` score, fitted on normal training patches
+    model = root / "models" / "model.pt"
+    net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))  # a plain state_dict; strict
+    stats = read_normal_stats(model)  # beside it, recorded for exactly these weights
+    assert stats["network"] == TINY_NET
+    assert len(stats["norm_stats"]["mean"]) == 3
+    assert all(s > 0 for s in stats["norm_stats"]["std"])
+    latent = stats["latent_stats"]  # for the Mahalanobis `latent` score, fitted on normal training patches
     dim = TINY_NET["latent_channels"] * 9
     assert latent["mean"].shape == (dim,) and latent["precision"].shape == (dim, dim)
     assert torch.linalg.eigvalsh(latent["precision"].double()).min() > 0
@@ -127,7 +130,7 @@ def test_same_seed_gives_identical_weights_on_cpu(tiles_dir, tmp_path):
     weights = []
     for run in ("a", "b"):
         run_training(tiles_dir, tmp_path / run, tmp_path / f"runs_{run}", "--max_epochs", "1")
-        weights.append(torch.load(tmp_path / run / "model.pt", map_location="cpu", weights_only=True)["model"])
+        weights.append(torch.load(tmp_path / run / "model.pt", map_location="cpu", weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 

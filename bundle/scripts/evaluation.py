@@ -333,7 +333,7 @@ class Evaluation:
             "weights": weights,
         }
         with atomic_path(self.output_dir / "calibration.json") as tmp:
-            tmp.write_text(json.dumps(calibration, indent=2))
+            tmp.write_text(json.dumps(calibration, indent=4) + "\n")
         logger.info(
             "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d (mean IoU %.3f)",
             len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["mean_iou"],

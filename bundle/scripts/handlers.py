@@ -18,6 +18,7 @@ from ignite.handlers import Checkpoint, TerminateOnNan
 from torch.utils.tensorboard import SummaryWriter
 
 from .atomic import atomic_path
+from .model_files import read_weights, save_normal_stats
 from .transforms import ChannelStats
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ class AtomicCheckpointer:
     ``engine_key`` adds the attached engine's own state (epoch, iteration) under that key, which a config cannot do
     by reference without a cycle (the engine holds this handler). With ``metric_name`` it saves only when that
     metric (lower is better) beats the best so far; the best score is part of this handler's own ``state_dict`` so
-    that a resumed run keeps comparing against it. Writes go to a temp file in the same folder and are swapped in
-    with ``os.replace``: a run killed mid-save keeps the previous file.
+    that a resumed run keeps comparing against it. A ``save_dict`` of one object (``model.pt``) is saved as that
+    object's bare ``state_dict``, as ignite's ``Checkpoint`` does, so it loads straight into ``network_def``. Writes
+    go to a temp file in the same folder and are swapped in with ``os.replace``: a run killed mid-save keeps the
+    previous file.
     """
 
     def __init__(
@@ -142,6 +145,8 @@ class AtomicCheckpointer:
             return
         to_save = {**self.save_dict, self.engine_key: engine} if self.engine_key else self.save_dict
         checkpoint = {key: unwrap(obj).state_dict() for key, obj in to_save.items()}
+        if len(checkpoint) == 1:
+            (checkpoint,) = checkpoint.values()
         with atomic_path(self.path) as tmp:
             torch.save(checkpoint, tmp)
 
@@ -192,10 +197,11 @@ def resume_from(path: str | Path, to_load: dict[str, Any]) -> None:
 
 
 class LatentStatsHandler:
-    """When training completes, fit a Gaussian to the latent means of normal patches and add it to the checkpoint.
+    """When training completes, fit a Gaussian to the latent means of normal patches and write ``normal_stats.pt``.
 
     The ``latent`` anomaly score is the Mahalanobis distance of a patch's mu from this Gaussian. It is fitted with the
-    best weights (loaded from ``checkpoint_path``), on up to ``max_samples`` patches of ``dataset`` put through
+    best weights (loaded from ``checkpoint_path``) and saved with ``norm_stats`` beside them
+    (``scripts.model_files``), on up to ``max_samples`` patches of ``dataset`` put through
     ``prepare_batch`` (the validation one: normalised, no noise), with the covariance shrunk
     towards a scaled identity by ``shrinkage`` so that it stays invertible when the latent has more dimensions than
     there are patches.
@@ -207,6 +213,7 @@ class LatentStatsHandler:
         dataset: Any,
         prepare_batch: Callable,
         checkpoint_path: str | Path,
+        norm_stats: ChannelStats,
         batch_size: int = 128,
         max_samples: int = 20000,
         shrinkage: float = 0.1,
@@ -216,6 +223,7 @@ class LatentStatsHandler:
         self.dataset = dataset
         self.prepare_batch = prepare_batch
         self.checkpoint_path = Path(checkpoint_path)
+        self.norm_stats = norm_stats
         self.batch_size = batch_size
         self.max_samples = max_samples
         self.shrinkage = shrinkage
@@ -227,9 +235,8 @@ class LatentStatsHandler:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0 or not self.checkpoint_path.is_file() or not _loss_is_finite(engine):
             return
-        checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         network = unwrap(self.network)
-        network.load_state_dict(checkpoint["model"])
+        network.load_state_dict(read_weights(self.checkpoint_path))
         network.eval()
         device = next(network.parameters()).device
         generator = torch.Generator().manual_seed(self.seed)
@@ -243,14 +250,9 @@ class LatentStatsHandler:
         covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
         target = torch.eye(len(mean), dtype=mu.dtype) * covariance.diagonal().mean().clamp(min=1e-6)
         shrunk = (1 - self.shrinkage) * covariance + self.shrinkage * target
-        checkpoint["latent_stats"] = {
-            "mean": mean.float(),
-            "precision": torch.linalg.inv(shrunk).float(),
-            "num_samples": len(mu),
-        }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(checkpoint, tmp)
-        logger.info("latent statistics of %d normal patches added to %s", len(mu), self.checkpoint_path)
+        latent_stats = {"mean": mean.float(), "precision": torch.linalg.inv(shrunk).float(), "num_samples": len(mu)}
+        path = save_normal_stats(self.checkpoint_path, network, self.norm_stats.state_dict(), latent_stats)
+        logger.info("latent statistics of %d normal patches written to %s", len(mu), path)
 
 
 def _glibc_malloc_trim() -> Callable[[int], int] | None:

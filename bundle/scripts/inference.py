@@ -6,8 +6,6 @@ its patches stream, and a slide that fails is recorded in ``summary.csv`` withou
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +24,7 @@ from skimage import io
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
 from .heatmap import save_heatmap
 from .isolation import run_isolated
+from .model_files import checkpoint_digest, weights_digest
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
 from .settings import require_number
 from .stain import StainNormalizer
@@ -51,40 +50,8 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
-def load_network(network: torch.nn.Module, ckpt_path: str | Path, device: torch.device | str) -> torch.nn.Module:
-    """Load the ``model`` weights of a training checkpoint, saying clearly when they do not fit ``network_def``."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {path} not found; train first or pass --ckpt_path.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        network.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise ValueError(
-            f"{path} does not match network_def (set channels / latent_channels to the values it was trained with): "
-            f"{first}"
-        ) from None
-    return network.to(device).eval()
-
-
 CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
-
-
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-1 of a network's weights (values in key order), whatever file or memory layout holds them."""
-    digest = hashlib.sha1()
-    for tensor in state_dict.values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=4)
-def checkpoint_digest(ckpt_path: str | Path) -> str:
-    """``weights_digest`` of a training checkpoint's ``model`` weights (read once per process: each calibrated knob
-    and the metrics record ask for it)."""
-    return weights_digest(torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"])
 
 
 def calibrated(

@@ -31,7 +31,7 @@ def _child(receiver, sender, function: Callable[..., Any], args: tuple) -> None:
     receiver.close()
     try:
         result = (True, function(*args))
-    except BaseException as error:  # everything goes back to the parent, which decides
+    except Exception as error:  # everything goes back to the parent, which decides
         result = (False, (error, traceback.format_exc()))
     try:
         sender.send(result)

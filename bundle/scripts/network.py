@@ -5,6 +5,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+# The shipped model's widths: the defaults of this class, so train.json, inference.json and ``monai.bundle.load``
+# all build the network that ``models/model.pt`` fits.
+CHANNELS = (16, 32, 64, 64, 128, 128)
+LATENT_CHANNELS = 32
+
 
 def _conv_block(in_ch: int, out_ch: int, stride: int, groups: int) -> nn.Sequential:
     return nn.Sequential(
@@ -49,8 +54,9 @@ class Skip96VAE(nn.Module):
         latent_channels: channels of the 3x3 latent.
         skip_dropout: per-sample probability of dropping each skip tensor while training.
         norm_groups: GroupNorm groups (capped at a layer's width).
-        recon_only: ``forward`` returns the reconstruction alone (for ``verify_net_in_out`` and TorchScript users that
-            want one tensor); otherwise ``(recon, mu, logvar)``.
+        recon_only: ``forward`` returns the reconstruction alone (what ``verify_net_in_out``, ``ckpt_export`` and
+            TorchScript users expect; the anomaly scorer calls ``encode``/``decode`` itself); training sets it False
+            to get ``(recon, mu, logvar)`` for the loss.
     """
 
     recon_only: torch.jit.Final[bool]
@@ -58,17 +64,19 @@ class Skip96VAE(nn.Module):
     def __init__(
         self,
         in_channels: int = 3,
-        channels: Sequence[int] = (32, 64, 128, 128, 256, 256),
-        latent_channels: int = 64,
+        channels: Sequence[int] = CHANNELS,
+        latent_channels: int = LATENT_CHANNELS,
         skip_dropout: float = 0.25,
         norm_groups: int = 8,
-        recon_only: bool = False,
+        recon_only: bool = True,
     ) -> None:
         super().__init__()
         if len(channels) != 6:
             raise ValueError(f"channels needs 6 widths (96, 48, 24, 12, 6, 3 px), got {list(channels)}.")
         if not 0.0 <= skip_dropout < 1.0:
             raise ValueError(f"skip_dropout must be in [0, 1), got {skip_dropout}.")
+        self.channels = tuple(int(c) for c in channels)
+        self.latent_channels = int(latent_channels)
         self.skip_dropout = float(skip_dropout)
         self.recon_only = recon_only
         self.encoder = nn.ModuleList(

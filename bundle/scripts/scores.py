@@ -8,6 +8,7 @@ import torch
 from monai.inferers import Inferer
 from monai.metrics.regression import compute_ssim_and_cs
 
+from .model_files import read_normal_stats
 from .transforms import ChannelStats
 
 SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")
@@ -98,10 +99,9 @@ class AnomalyScoreInferer(Inferer):
         cls, score: str, path: str | Path, tta: bool = False, cpu_bf16: bool = False,
         latent_ignored_variance: float = 0.0,
     ) -> AnomalyScoreInferer:  # fmt: skip
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        norm_stats = ChannelStats()
-        norm_stats.load_state_dict(checkpoint["norm_stats"])
-        return cls(score, norm_stats, checkpoint.get("latent_stats"), tta, cpu_bf16, latent_ignored_variance)
+        stats = read_normal_stats(path)
+        return cls(score, ChannelStats.from_checkpoint(path), stats.get("latent_stats"), tta, cpu_bf16,
+                   latent_ignored_variance)  # fmt: skip
 
     def settings(self) -> dict:
         """The options a score depends on beyond the weights and ``score``, for telling stale outputs apart."""

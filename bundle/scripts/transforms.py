@@ -11,6 +11,8 @@ import torch
 from monai.transforms import Transform
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from .model_files import read_normal_stats
+
 
 class ChannelStats:
     """Per-channel mean and std of [0, 1] training patches.
@@ -36,12 +38,10 @@ class ChannelStats:
         return (images - mean) / std
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, key: str = "norm_stats") -> ChannelStats:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if key not in checkpoint:
-            raise KeyError(f"{path} holds no {key!r}; it was not written by this bundle's training workflow.")
+    def from_checkpoint(cls, path: str | Path) -> ChannelStats:
+        """The training patches' statistics of the model ``path`` (from the ``normal_stats.pt`` beside it)."""
         stats = cls()
-        stats.load_state_dict(checkpoint[key])
+        stats.load_state_dict(read_normal_stats(path)["norm_stats"])
         return stats
 
 
