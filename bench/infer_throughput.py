@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -50,23 +51,28 @@ def bare_model_seconds(parser: ConfigParser, n: int, batch_size: int) -> float:
 
 
 def stage_seconds(parser: ConfigParser, slide: str, batch_size: int) -> dict[str, float]:
-    """Each stage alone, on this slide's patches, in the order the pipeline runs them."""
+    """Each stage alone, on this slide's patches, in the order the pipeline runs them (patches decoded where
+    ``read_device`` says)."""
     runner = parser.get_parsed_content("runner")
     reader = make_reader(runner.wsi_reader)
     (samples, geometry, _), grid = timed(slide_patches, slide, reader, assume_mpp=runner.assume_mpp, **runner.grid_args)
+    if runner.read_device != "cpu":
+        reader = runner._device_reader(reader, slide, geometry.level)
     dataset = slide_dataset(reader, samples, geometry, runner.read_block)
+    prepare_batch, device = parser.get_parsed_content("prepare_batch"), parser.get_parsed_content("device")
     start = time.perf_counter()
     patches = [item["image"] for block in dataset for item in block]  # blocks of read_block x read_block, cut
+    synchronize(device)
     read = time.perf_counter() - start
-    hwc = [np.moveaxis(np.asarray(p)[:3], 0, -1) for p in patches]
-    prepare_batch, device = parser.get_parsed_content("prepare_batch"), parser.get_parsed_content("device")
+    hwc = [np.moveaxis(p[:3].cpu().numpy(), 0, -1) for p in patches[:: max(1, len(patches) // 256)]]
     start = time.perf_counter()
     runner.stain.fit_slide(hwc[:: max(1, len(hwc) // runner.stain_fit_patches)], slide)
     for first in range(0, len(patches), batch_size):
         prepare_batch({"image": torch.stack(patches[first : first + batch_size])}, device)
     synchronize(device)
     normalise = time.perf_counter() - start
-    return {"tissue grid (thumbnail + mask)": grid, "read patches": read, "stain + intensity (batched)": normalise}
+    return {"tissue grid (thumbnail + mask)": grid, f"read patches (decoded on {runner.read_device})": read,
+            "stain + intensity (batched)": normalise}  # fmt: skip
 
 
 def main() -> None:
@@ -75,6 +81,7 @@ def main() -> None:
     cli.add_argument("--num_workers", type=int, default=2)
     cli.add_argument("--batch_size", type=int, default=64)
     cli.add_argument("--wsi_reader", default="cuCIM")
+    cli.add_argument("--read_device", help="where tiles are decoded: cpu or cuda (default: inference.json's)")
     cli.add_argument("--read_block", type=int, default=4, help="patches per block side of one read (1: per patch)")
     cli.add_argument("--trim_memory_every", type=int, help="iterations between malloc_trim calls (0: none)")
     cli.add_argument("--repeats", type=int, default=1, help="end-to-end runs; medians are reported")
@@ -90,6 +97,8 @@ def main() -> None:
              "read_block": args.read_block}  # fmt: skip
     if args.trim_memory_every is not None:
         knobs["trim_memory_every"] = args.trim_memory_every
+    if args.read_device is not None:
+        knobs["read_device"] = args.read_device
     knobs.update(flag_overrides(args, ("tta", "amp", "cudnn_benchmark")))
     parser.update({"dataset": [str(Path(args.slide).resolve())], "output_dir": output_dir, "overwrite": True, **knobs})
     runner = parser.get_parsed_content("runner")
@@ -110,8 +119,8 @@ def main() -> None:
     stages["model + score (bare)"] = bare
     stages["post-process + write outputs"] = post_seconds
     print(f"machine: {machine()}")
-    settings = ("num_workers", "batch_size", "wsi_reader", "read_block", "tta", "amp", "cudnn_benchmark",
-                "channels_last", "cpu_bf16")  # fmt: skip
+    settings = ("num_workers", "batch_size", "wsi_reader", "read_device", "read_block", "tta", "amp",
+                "cudnn_benchmark", "channels_last", "cpu_bf16")  # fmt: skip
     print(f"slide {args.slide}: {n} patches, " + ", ".join(f"{k} {parser.get_parsed_content(k)}" for k in settings))
     print(f"{'measure (median of ' + str(args.repeats) + ' runs)':<44}{'patches/s':>12}{'seconds':>10}")
     print(f"{'ratio end-to-end / bare model':<44}{float(np.median(ratios)):>12.2f}")
@@ -122,6 +131,10 @@ def main() -> None:
     print("stages alone (no overlap):")
     for name, seconds in stages.items():
         print(f"  {name:<42}{n / seconds:>12.1f}{seconds:>10.2f}")
+    own, child = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(f"peak host memory (max RSS): this process {own:.2f} GB, largest DataLoader worker {child:.2f} GB")
+    if torch.cuda.is_available():
+        print(f"peak GPU memory (allocated by torch) {torch.cuda.max_memory_allocated() / 2**30:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from common import BUNDLE, machine
+from PIL import Image
 
 TILE = 512
 MPP = 0.243
@@ -50,6 +52,22 @@ def tissue_tiles(height: int, width: int, tissue: np.ndarray, glass: np.ndarray)
                 yield np.where(inside[..., None], tissue, glass)
 
 
+def pillow_jpeg(data: np.ndarray, level: int | None = None, **_: object) -> bytes:
+    """A baseline JPEG of one tile (YCbCr 4:2:0, as Aperio and CAMELYON16 scanners store them) from Pillow."""
+    buffer = io.BytesIO()
+    Image.fromarray(data).save(buffer, "JPEG", quality=level or 90, subsampling="4:2:0")
+    return buffer.getvalue()
+
+
+def encode_jpeg_without_imagecodecs() -> None:
+    """tifffile encodes JPEG tiles with imagecodecs; where that is missing (the GPU machine's image lacks it, and its
+    wheel would not fit the carried tree), Pillow encodes them, through tifffile's table of encoders."""
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        tifffile.TIFF.COMPRESSORS._codecs[tifffile.COMPRESSION.JPEG] = pillow_jpeg
+
+
 def write_slide(path: Path, height: int, width: int) -> Path:
     """H&E-like tissue: each pixel mixes a haematoxylin and an eosin absorbance with random concentrations, so the
     slide's Macenko fit sees two stains, as on a real slide."""
@@ -58,6 +76,7 @@ def write_slide(path: Path, height: int, width: int) -> Path:
     rgb = 240 * np.exp(-np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]]) @ concentrations)
     tissue = rgb.T.reshape(TILE, TILE, 3).clip(0, 255).astype(np.uint8)
     glass = np.full((TILE, TILE, 3), 245, np.uint8)
+    encode_jpeg_without_imagecodecs()
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         level = 0
         while max(height, width) >> level >= 2048:
@@ -65,7 +84,7 @@ def write_slide(path: Path, height: int, width: int) -> Path:
             px_per_cm = 1e4 / (MPP * 2**level)
             tif.write(
                 tissue_tiles(h, w, tissue, glass), shape=(h, w, 3), dtype=np.uint8, tile=(TILE, TILE),
-                photometric="rgb", compression="jpeg", subfiletype=0 if level == 0 else 1,
+                photometric="ycbcr", subsampling=(2, 2), compression="jpeg", subfiletype=0 if level == 0 else 1,
                 resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
             )  # fmt: skip
             level += 1

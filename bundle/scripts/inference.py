@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DataLoader, PatchWSIDataset
+from monai.data import DataLoader, PatchWSIDataset, WSIReader
 from monai.transforms import Compose, Resized
 from skimage import io
 
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
+from .device_read import TURN_BACK, DeviceCuCIMWSIReader, check_gpu_decodable, check_read_device
 from .heatmap import save_heatmap
 from .isolation import run_isolated
 from .model_files import checkpoint_digest, weights_digest
@@ -327,6 +328,7 @@ class SlideInference:
         stain: StainNormalizer,
         output_dir: str | Path,
         wsi_reader: str = "cuCIM",
+        read_device: str = "cpu",
         target_mpp: float = 0.972,
         patch_size: int = 96,
         stride: int = 96,
@@ -356,6 +358,11 @@ class SlideInference:
         if assume_mpp is not None:
             require_number("assume_mpp", assume_mpp, *MPP_RANGE)
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
+        self.read_device = check_read_device(read_device, wsi_reader)
+        if self.read_device != "cpu" and (num_workers or pin_memory):
+            logger.info("read_device %s: patches are decoded in the main process (num_workers 0, no pinned memory)",
+                        self.read_device)  # fmt: skip
+            num_workers, pin_memory = 0, False
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
@@ -421,6 +428,8 @@ class SlideInference:
             slide, len(samples), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
         )  # fmt: skip
         self.stain.fit_slide(fit_patches, slide)
+        if self.read_device != "cpu":
+            reader = self._device_reader(reader, slide, geometry.level)
         dataset = slide_dataset(reader, samples, geometry, self.read_block)
         blocks_per_batch = max(1, self.batch_size // self.read_block**2)
         self.evaluator.data_loader = DataLoader(
@@ -431,11 +440,19 @@ class SlideInference:
         self.evaluator.run()
         return self.postprocessor.summary
 
+    def _device_reader(self, probed_with: WSIReader, slide: str, level: int) -> DeviceCuCIMWSIReader:
+        """The GPU-decoding reader for a slide that cuCIM read and whose tiles it can decode there."""
+        if probed_with.backend != "cucim":
+            raise ValueError(f"cuCIM cannot read {Path(slide).name}, so it cannot decode it on the GPU; {TURN_BACK}.")
+        check_gpu_decodable(slide, level)
+        return DeviceCuCIMWSIReader(decode_device=self.read_device)
+
     def settings(self) -> dict:
         """What a slide's outputs depend on; outputs made with other settings (or weights) are redone, not reused."""
         post, inferer_settings = self.postprocessor, getattr(self.evaluator.inferer, "settings", dict)
         return {
-            **self.grid_args, "assume_mpp": self.assume_mpp, "stain": self.stain.mode, "score": post.score,
+            **self.grid_args, "assume_mpp": self.assume_mpp, "read_device": self.read_device, "stain": self.stain.mode,
+            "score": post.score,
             **inferer_settings(),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
             "min_region_tiles": post.min_region_tiles, "weights": weights_digest(self.evaluator.network.state_dict()),
