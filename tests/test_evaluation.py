@@ -105,7 +105,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
             "--dataset_dir", str(slides), "--annotation_dir", str(annotations), "--output_dir", str(output),
             "--ckpt_path", str(tiny_checkpoint), "--channels", json.dumps(TINY_NET["channels"]),
             "--latent_channels", str(TINY_NET["latent_channels"]), "--num_workers", "0", "--wsi_reader", "tifffile",
-            "--score", "l1", *extra,  # the tiny untrained-ish network: its reconstruction error sees the texture
+            "--score", "l1", "--device", "cpu", *extra,  # l1: the tiny network's reconstruction error sees the texture
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)

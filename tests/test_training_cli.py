@@ -29,6 +29,7 @@ def run_training(tiles_dir, ckpt_dir, output_dir, *extra: str, check: bool = Tru
         "stats_samples": "64",
         "channels": json.dumps(TINY_NET["channels"]),
         "latent_channels": str(TINY_NET["latent_channels"]),
+        "device": "cpu",  # a string, as users type it
     }
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG)]
     for key, value in args.items():
