@@ -1,14 +1,18 @@
-"""Per-slide statistics and z-map smoothing that the bundle does not ship, tried on ``bench/sparse_folds.py``'s output.
+"""Scores, per-slide statistics and z-map smoothing that the bundle does not ship, tried on ``bench/sparse_folds.py``'s
+slides and calibrated exactly as the bundle calibrates its own.
 
-    python bench/sparse_rescore.py --out OUT        # the OUT of a finished sparse_folds.py run (mean_std)
+    python bench/sparse_rescore.py --out OUT --folds FOLDS [--ckpt bundle/models/model.pt]
 
-Every variant re-derives each slide's z-map from the saved raw patch scores (``patches.csv``), calibrates threshold
-and minimum region size on the fold's calibration slides with the bundle's own sweep (``scripts.evaluation``), and
-applies them to the fold's test slides, exactly as ``run calibrate`` / ``run evaluate`` do for the shipped statistic.
-Prints the mean IoU over the tumour-sparse test slides, its paired difference from ``mean_std`` with the 95 % interval
-of resampled slides, the oracle IoU (threshold chosen on each slide's own labels: the ceiling of a score) and the
-false regions per tumour-free slide. No inference is rerun: a variant that wins here is then implemented and measured
-through the CLI before it becomes a default.
+``OUT`` is a finished ``sparse_folds.py`` run (``mean_std``), ``FOLDS`` the fold models it used. Every variant gives
+each fold slide a new z-map: from the saved raw patch scores (``patches.csv``) under another per-slide statistic or
+smoothed, or from a slide-relative score, the mean distance of a patch's latent mean (whitened by the training
+Gaussian) to its ``k`` nearest other patches of the same slide, optionally ignoring patches within ``radius`` cells
+(the patches are re-encoded with the fold's model; the slides are flat 96-px grids at level 0). Threshold and minimum
+region size are then chosen on the fold's calibration slides with the bundle's own sweep and applied to its test
+slides, as ``run calibrate`` / ``run evaluate`` do. Prints per variant the mean IoU over the tumour-sparse test slides,
+its paired difference from the shipped score with the 95 % interval of resampled slides, the oracle IoU (threshold
+chosen on each slide's own labels: the ceiling of a score), the false regions per tumour-free slide and the pooled
+patch AUC (mean over folds). A variant that wins here is then implemented and measured through the CLI.
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import tifffile
+import torch
+from common import BUNDLE
 from scipy import ndimage
 from sparse_folds import DRAWS
 
-from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_of, overlap, sweep
+from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_of, overlap, roc_auc, sweep
+from scripts.model_files import load_network, read_normal_stats
+from scripts.network import Skip96VAE
 from scripts.regions import clean_mask
+from scripts.stain import StainNormalizer
+from scripts.transforms import ChannelStats, PrepareSlideBatch
 
 MIN_REGION_TILES = (1, 2, 3, 5, 8)
-FOLDS = ("fold0", "fold1", "fold2", "demo")
+Scorer = Callable[[SlideResult, str, Path], np.ndarray]  # (slide, part, model) -> raw score per patch
 
 
 def upper_trimmed(quantile: float) -> Callable[[np.ndarray], tuple[float, float]]:
@@ -46,11 +57,44 @@ STATISTICS = {
 }
 
 
-def rescored(slide: SlideResult, statistic: str, sigma: float) -> SlideResult:
-    """``slide`` with its z-map recomputed from raw scores, then Gaussian-smoothed over tissue cells (``sigma`` in
-    cells; off-tissue cells neither contribute nor receive a value)."""
+def saved_scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
+    return slide.patches["score"].to_numpy()
+
+
+def whitened_latents(slides_dir: Path, slide: SlideResult, model: Path) -> np.ndarray:
+    """The slide's patches through the model as inference prepares them (slide Macenko fit, channel normalisation),
+    their latent means whitened by the training Gaussian's precision (so distances are Mahalanobis)."""
+    image = tifffile.imread(slides_dir / f"{slide.slide_id}.tif", level=0)
+    patches = np.stack([image[y : y + 96, x : x + 96, :3] for x, y in slide.patches[["x", "y"]].to_numpy()])
+    stain = StainNormalizer("slide")
+    chosen = np.random.default_rng(0).choice(len(patches), min(64, len(patches)), replace=False)
+    stain.fit_slide(list(patches[chosen]), slide.slide_id)
+    prepare = PrepareSlideBatch(stain, ChannelStats.from_checkpoint(model))
+    network = load_network(Skip96VAE(), model, "cpu")
+    with torch.inference_mode():
+        inputs = prepare({"image": torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()}, "cpu")[0]
+        mu = network.encode(inputs)[0].flatten(1).double().numpy()
+    precision = read_normal_stats(model)["latent_stats"]["precision"].double().numpy()
+    return mu @ np.linalg.cholesky(precision)
+
+
+def slide_knn(k: int, radius: int, out: Path, fold: str) -> Scorer:
+    """Mean whitened distance to the ``k`` nearest patches of the same slide farther than ``radius`` cells."""
+
+    def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
+        latents = whitened_latents(out / fold / part, slide, model)
+        distances = np.sqrt(((latents[:, None] - latents[None]) ** 2).sum(-1))
+        cells = np.stack(slide.cells, axis=1)
+        distances[np.abs(cells[:, None] - cells[None]).max(-1) <= radius] = np.inf  # itself, and its neighbours
+        return np.sort(distances, axis=1)[:, :k].mean(1)
+
+    return scores
+
+
+def rescored(slide: SlideResult, scores: np.ndarray, statistic: str, sigma: float) -> SlideResult:
+    """``slide`` with the z-map of ``scores`` under ``statistic``, then Gaussian-smoothed over tissue cells (``sigma``
+    in cells; off-tissue cells neither contribute nor receive a value)."""
     rows, cols = slide.cells
-    scores = slide.patches["score"].to_numpy()
     centre, spread = STATISTICS[statistic](scores)
     tissue = np.zeros(slide.z_map.shape, dtype=bool)
     tissue[rows, cols] = True
@@ -63,20 +107,28 @@ def rescored(slide: SlideResult, statistic: str, sigma: float) -> SlideResult:
     return dataclasses.replace(slide, z_map=z_map)
 
 
-def test_results(folds: dict, statistic: str, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per tumour slide: IoU at the fold's calibrated setting and oracle IoU; per tumour-free slide: false regions."""
-    ious, oracles, false_regions = [], [], []
-    for calibration, test in folds.values():
-        best = best_of(sweep([rescored(s, statistic, sigma) for s in calibration], SWEEP_THRESHOLDS, MIN_REGION_TILES))
+def test_results(folds: dict, scorers: dict[str, Scorer], statistic: str, sigma: float) -> dict[str, np.ndarray]:
+    """Per tumour slide: IoU at the fold's calibrated setting and oracle IoU; per tumour-free slide: false regions;
+    per fold: the pooled patch AUC."""
+    results = {"iou": [], "oracle": [], "false_regions": [], "auc": []}
+    for fold, (model, calibration, test) in folds.items():
+
+        def variant(slides: list[SlideResult], part: str, fold: str = fold, model: Path = model) -> list[SlideResult]:
+            return [rescored(s, scorers[fold](s, part, model), statistic, sigma) for s in slides]
+
+        best = best_of(sweep(variant(calibration, "cal"), SWEEP_THRESHOLDS, MIN_REGION_TILES))
         threshold, tiles = float(best["z_threshold"]), int(best["min_region_tiles"])
-        for slide in (rescored(s, statistic, sigma) for s in test):
+        scored = variant(test, "test")
+        for slide in scored:
             labels = slide.patches["label"].to_numpy()
             if labels.any():
-                ious.append(overlap(slide.predict(threshold, tiles), labels)["iou"])
-                oracles.append(sweep([slide], SWEEP_THRESHOLDS, MIN_REGION_TILES)["mean_iou"].max())
+                results["iou"].append(overlap(slide.predict(threshold, tiles), labels)["iou"])
+                results["oracle"].append(sweep([slide], SWEEP_THRESHOLDS, MIN_REGION_TILES)["mean_iou"].max())
             else:
-                false_regions.append(ndimage.label(clean_mask(slide.z_map, threshold, tiles))[1])
-    return np.array(ious), np.array(oracles), np.array(false_regions)
+                results["false_regions"].append(ndimage.label(clean_mask(slide.z_map, threshold, tiles))[1])
+        z = np.concatenate([s.z_map[s.cells] for s in scored])
+        results["auc"].append(roc_auc(z, np.concatenate([s.patches["label"].to_numpy() for s in scored])))
+    return {key: np.array(values) for key, values in results.items()}
 
 
 def paired_interval(difference: np.ndarray) -> tuple[float, float]:
@@ -88,22 +140,35 @@ def paired_interval(difference: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--out", type=Path, required=True, help="the OUT of bench/sparse_folds.py")
-    cli.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.7, 1.0, 1.5], help="smoothing, in cells")
+    cli.add_argument("--folds", type=Path, required=True, help="the fold models (bench/train_folds.py's OUT)")
+    cli.add_argument("--ckpt", type=Path, default=BUNDLE / "models" / "model.pt", help="the demo tiles' model")
+    cli.add_argument("--sigmas", type=float, nargs="+", default=[0.7, 1.0, 1.5], help="smoothing, in cells")
+    cli.add_argument("--knn", type=int, nargs="+", default=[5, 15], help="k of the slide-relative score")
+    cli.add_argument("--radii", type=int, nargs="+", default=[0, 2, 4], help="cells ignored around a patch")
     args = cli.parse_args()
+    models = {f"fold{k}": args.folds / f"fold{k}" / "model.pt" for k in range(3)} | {"demo": args.ckpt}
     folds = {
-        fold: tuple(Evaluation(args.out / fold / f"{part}_mean_std", args.out / fold / part).slides()
-                    for part in ("cal", "test"))
-        for fold in FOLDS
+        fold: (model, *(Evaluation(args.out / fold / f"{part}_mean_std", args.out / fold / part).slides()
+                        for part in ("cal", "test")))
+        for fold, model in models.items()
     }  # fmt: skip
-    baseline, _, _ = test_results(folds, "mean_std", 0.0)
-    header = f"{'statistic':<22}{'sigma':>6}{'mean IoU':>10}{'minus mean_std [95% CI]':>32}"
-    print(f"{header}{'oracle':>8}{'false regions':>15}")
-    for statistic in STATISTICS:
-        for sigma in args.sigmas if statistic == "mean_std" else [0.0]:
-            ious, oracles, false_regions = test_results(folds, statistic, sigma)
-            low, high = paired_interval(ious - baseline)
-            print(f"{statistic:<22}{sigma:>6.1f}{ious.mean():>10.3f}{ious.mean() - baseline.mean():>+14.3f} "
-                  f"[{low:+.3f}, {high:+.3f}]{oracles.mean():>8.3f}{false_regions.mean():>15.2f}")  # fmt: skip
+    saved = dict.fromkeys(models, saved_scores)
+    variants = {("shipped: training-referenced latent, mean_std", "mean_std", 0.0): saved}
+    variants |= {(f"  {statistic}", statistic, 0.0): saved for statistic in STATISTICS if statistic != "mean_std"}
+    variants |= {(f"  mean_std, smoothed sigma {s}", "mean_std", s): saved for s in args.sigmas}
+    variants |= {
+        (f"slide-relative kNN, k {k}, radius {r}", "mean_std", 0.0): {f: slide_knn(k, r, args.out, f) for f in models}
+        for k in args.knn for r in args.radii
+    }  # fmt: skip
+    baseline = None
+    print(f"{'variant':<50}{'mean IoU':>9}{'minus shipped [95% CI]':>30}{'oracle':>8}{'false reg.':>11}{'AUC':>7}")
+    for (name, statistic, sigma), scorers in variants.items():
+        result = test_results(folds, scorers, statistic, sigma)
+        baseline = result["iou"] if baseline is None else baseline
+        low, high = paired_interval(result["iou"] - baseline)
+        difference = f"{result['iou'].mean() - baseline.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
+        print(f"{name:<50}{result['iou'].mean():>9.3f}{difference:>30}{result['oracle'].mean():>8.3f}"
+              f"{result['false_regions'].mean():>11.2f}{result['auc'].mean():>7.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
