@@ -49,7 +49,7 @@ class AnomalyScoreInferer(Inferer):
 
     ``l1`` / ``mse``: reconstruction error in the normalised space the model works in. ``ssim``: 1 - SSIM of the
     reconstruction, both mapped back to [0, 1] RGB. ``latent``: Mahalanobis distance of mu from the Gaussian of
-    normal training latents stored in the checkpoint (``latent_stats``). ``l1_ratio``: the model's L1 error divided
+    normal training latents stored in ``normal_stats.pt`` (``latent_stats``). ``l1_ratio``: the model's L1 error divided
     by that of a trivial reconstruction (4x average-pool then upsample): an input-complexity correction in the spirit
     of Serrà et al. (ICLR 2020), so that busy normal tissue does not outscore smooth tumour merely for being busy.
     ``bottleneck_ratio``: the same ratio for the reconstruction decoded from the latent alone (every skip zeroed, as
@@ -81,7 +81,7 @@ class AnomalyScoreInferer(Inferer):
             raise ValueError(f"score must be one of {list(SCORES)}, got {score!r}.")
         if score == "latent" and latent_stats is None:
             raise ValueError(
-                "score 'latent' needs latent_stats in the checkpoint; retrain with this bundle's train.json."
+                "score 'latent' needs latent_stats in normal_stats.pt; retrain with this bundle's train.json."
             )
         self.score = score
         self.mean = torch.tensor(norm_stats.mean).view(1, -1, 1, 1)
