@@ -1,7 +1,8 @@
 """Scores, per-slide statistics and z-map smoothing that the bundle does not ship, tried on ``bench/sparse_folds.py``'s
 slides and calibrated exactly as the bundle calibrates its own.
 
-    python bench/sparse_rescore.py --out OUT --folds FOLDS [--ckpt bundle/models/model.pt]
+    python bench/sparse_rescore.py --out OUT --folds FOLDS [--ckpt bundle/models/model.pt] \
+        [--tiles_dir ../shared/data/camelyon16_tiles]
 
 ``OUT`` is a finished ``sparse_folds.py`` run (``mean_std``), ``FOLDS`` the fold models it used. Every variant gives
 each fold slide a new z-map: from the saved raw patch scores (``patches.csv``) under another per-slide statistic or
@@ -10,7 +11,9 @@ the slide-standardised channel statistics of the encoder's 48-px feature map) to
 the same slide, ignoring those within ``radius`` cells and, in a second row, those that share pixels with it (the
 patches are re-encoded with the fold's model; the slides are flat 96-px grids at level 0). The second row matters:
 the slide builder draws its normal cells from overlapping 16-px-grid crops of a few tiles, so most normal cells have
-an overlapping copy on their slide and tumour cells seldom do, which a within-slide density score rewards.
+an overlapping copy on their slide and tumour cells seldom do, which a within-slide density score rewards. With
+``--tiles_dir`` the same 48-px descriptor is also scored against the tumour-free crops of the fold's training tiles
+(k nearest), which no within-slide density can touch.
 Threshold and minimum region size are then chosen on the fold's calibration slides with the bundle's own sweep and
 applied to its test slides, as ``run calibrate`` / ``run evaluate`` do. Prints per variant the mean IoU over the
 tumour-sparse test slides, its paired difference from the shipped score with the 95 % interval of resampled slides,
@@ -30,9 +33,11 @@ import numpy as np
 import tifffile
 import torch
 from common import BUNDLE
+from detection_quality import tile_folds
 from scipy import ndimage
 from sparse_folds import DRAWS
 
+from scripts.datasets import DEMO_TILES, crop_corners, read_tile, tile_names
 from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_of, overlap, roc_auc, sweep
 from scripts.model_files import load_network, read_normal_stats
 from scripts.network import Skip96VAE
@@ -65,16 +70,20 @@ def saved_scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
     return slide.patches["score"].to_numpy()
 
 
-def slide_features(slides_dir: Path, slide: SlideResult, model: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The slide's patches, and two descriptors of each from the model as inference prepares them (slide Macenko fit,
-    channel normalisation): ``latent``, the latent mean whitened by the training Gaussian's precision (distances are
-    Mahalanobis), and ``skip48``, the channel means and stds of the encoder's 48-px feature map, standardised over
-    the slide (median and MAD per feature)."""
-    image = tifffile.imread(slides_dir / f"{slide.slide_id}.tif", level=0)
-    patches = np.stack([image[y : y + 96, x : x + 96, :3] for x, y in slide.patches[["x", "y"]].to_numpy()])
+def standardised(features: np.ndarray) -> np.ndarray:
+    """Each feature minus its median over the rows, over 1.4826 x its MAD: a slide's (or tile's) own scale."""
+    median = np.median(features, 0)
+    return (features - median) / (1.4826 * np.median(np.abs(features - median), 0) + 1e-6)
+
+
+def descriptors(patches: np.ndarray, model: Path) -> dict[str, np.ndarray]:
+    """Two descriptors of each patch of one slide (or tile) from the model, as inference prepares patches (Macenko
+    fitted on up to 64 of them, channel normalisation): ``latent``, the latent mean whitened by the training
+    Gaussian's precision (distances are Mahalanobis), and ``skip48``, the channel means and stds of the encoder's
+    48-px feature map, standardised over the patches given."""
     stain = StainNormalizer("slide")
     chosen = np.random.default_rng(0).choice(len(patches), min(64, len(patches)), replace=False)
-    stain.fit_slide(list(patches[chosen]), slide.slide_id)
+    stain.fit_slide(list(patches[chosen]))
     prepare = PrepareSlideBatch(stain, ChannelStats.from_checkpoint(model))
     network = load_network(Skip96VAE(), model, "cpu")
     with torch.inference_mode():
@@ -82,10 +91,37 @@ def slide_features(slides_dir: Path, slide: SlideResult, model: Path) -> tuple[n
         mu, _, skips = network.encode(inputs)
     precision = read_normal_stats(model)["latent_stats"]["precision"].double().numpy()
     skip48 = torch.cat([skips[1].mean((2, 3)), skips[1].std((2, 3))], 1).double().numpy()
-    median = np.median(skip48, 0)
-    spread = 1.4826 * np.median(np.abs(skip48 - median), 0) + 1e-6
-    latent = mu.flatten(1).double().numpy() @ np.linalg.cholesky(precision)
-    return patches, {"latent": latent, "skip48": (skip48 - median) / spread}
+    return {"latent": mu.flatten(1).double().numpy() @ np.linalg.cholesky(precision), "skip48": standardised(skip48)}
+
+
+def slide_features(slides_dir: Path, slide: SlideResult, model: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The slide's patches (flat 96-px cells at level 0) and their ``descriptors``."""
+    image = tifffile.imread(slides_dir / f"{slide.slide_id}.tif", level=0)
+    patches = np.stack([image[y : y + 96, x : x + 96, :3] for x, y in slide.patches[["x", "y"]].to_numpy()])
+    return patches, descriptors(patches, model)
+
+
+def normal_bank(tiles_dir: Path, tiles: list[str], model: Path) -> np.ndarray:
+    """``skip48`` of the tumour-free crops (32-px grid) of the model's training tiles, each tile standardised over
+    its own normal crops, as a slide is over its mostly normal tissue."""
+    bank = []
+    for name in tiles:
+        image, mask = read_tile(tiles_dir, f"{name}.jpg", 96)
+        normal, _ = crop_corners(image, mask, 96, 32, 0.5)
+        if len(normal) >= 8:
+            bank.append(descriptors(np.stack([image[y : y + 96, x : x + 96] for y, x in normal]), model)["skip48"])
+    return np.concatenate(bank)
+
+
+def bank_knn(k: int, bank: np.ndarray, out: Path, fold: str) -> Scorer:
+    """Mean distance of a patch's ``skip48`` to its ``k`` nearest training normals: the same descriptor as the
+    slide-relative kNN without any within-slide density."""
+
+    def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
+        x = slide_features(out / fold / part, slide, model)[1]["skip48"]
+        return np.sort(np.sqrt(((x[:, None] - bank[None]) ** 2).sum(-1)), axis=1)[:, :k].mean(1)
+
+    return scores
 
 
 def shared_pixels(patches: np.ndarray, block: int = 16, tolerance: float = 4.0) -> np.ndarray:
@@ -103,6 +139,23 @@ def shared_pixels(patches: np.ndarray, block: int = 16, tolerance: float = 4.0) 
         difference = np.abs(blocks - patch[centre : centre + block, centre : centre + block].reshape(-1)).mean(1)
         shared[n, owner[difference < tolerance]] = True
     return shared | shared.T
+
+
+def pixel_sharing_report(folds: dict, out: Path) -> None:
+    """How many tumour and normal cells of the test slides share pixels with another cell of their slide."""
+    counts = {True: [], False: []}
+    for fold, (_, _, test) in folds.items():
+        for slide in test:
+            image = tifffile.imread(out / fold / "test" / f"{slide.slide_id}.tif", level=0)
+            cells = slide.patches[["x", "y"]].to_numpy()
+            shared = shared_pixels(np.stack([image[y : y + 96, x : x + 96, :3] for x, y in cells]).astype(np.float32))
+            partners = shared.sum(1) - 1  # each cell shares its pixels with itself
+            for label, count in zip(slide.patches["label"].to_numpy().astype(bool), partners, strict=True):
+                counts[label].append(count)
+    for label, name in ((False, "normal"), (True, "tumour")):
+        values = np.array(counts[label])
+        print(f"test-slide {name} cells sharing pixels with another cell of their slide: {(values > 0).mean():.0%} "
+              f"({values.mean():.1f} partners on average, {len(values)} cells)")  # fmt: skip
 
 
 def slide_knn(feature: str, k: int, radius: int, exclude_shared: bool, out: Path, fold: str) -> Scorer:
@@ -176,6 +229,7 @@ def main() -> None:
     cli.add_argument("--sigmas", type=float, nargs="+", default=[0.7, 1.0, 1.5], help="smoothing, in cells")
     cli.add_argument("--knn", type=int, nargs="+", default=[5], help="k of the slide-relative scores")
     cli.add_argument("--radii", type=int, nargs="+", default=[0], help="cells ignored around a patch")
+    cli.add_argument("--tiles_dir", type=Path, help="the tiles: adds skip48 kNN to each fold's training normals")
     args = cli.parse_args()
     models = {f"fold{k}": args.folds / f"fold{k}" / "model.pt" for k in range(3)} | {"demo": args.ckpt}
     folds = {
@@ -193,6 +247,18 @@ def main() -> None:
         }
         for feature in ("latent", "skip48") for k in args.knn for r in args.radii for shared in (False, True)
     }  # fmt: skip
+    if args.tiles_dir:
+        training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
+        fold_tiles = {f"fold{k}": [t for t in training if t not in held_out]
+                      for k, held_out in enumerate(tile_folds(training))} | {"demo": training}  # fmt: skip
+        banks = {fold: normal_bank(args.tiles_dir, fold_tiles[fold], model) for fold, model in models.items()}
+        variants |= {
+            (f"skip48 kNN to the training normals, k {k}", "mean_std", 0.0): {
+                f: bank_knn(k, banks[f], args.out, f) for f in models
+            }
+            for k in args.knn
+        }  # fmt: skip
+    pixel_sharing_report(folds, args.out)
     baseline = None
     print(f"{'variant':<50}{'mean IoU':>9}{'minus shipped [95% CI]':>30}{'oracle':>8}{'false reg.':>11}{'AUC':>7}")
     for (name, statistic, sigma), scorers in variants.items():
