@@ -13,7 +13,8 @@ patches are re-encoded with the fold's model; the slides are flat 96-px grids at
 the slide builder draws its normal cells from overlapping 16-px-grid crops of a few tiles, so most normal cells have
 an overlapping copy on their slide and tumour cells seldom do, which a within-slide density score rewards. With
 ``--tiles_dir`` the same 48-px descriptor is also scored against the tumour-free crops of the fold's training tiles
-(k nearest), which no within-slide density can touch.
+(k nearest), which no within-slide density can touch. One model-free row, the reversed std of optical density,
+shows what a one-number stain statistic does on the same slides.
 Threshold and minimum region size are then chosen on the fold's calibration slides with the bundle's own sweep and
 applied to its test slides, as ``run calibrate`` / ``run evaluate`` do. Prints per variant the mean IoU over the
 tumour-sparse test slides, its paired difference from the shipped score with the 95 % interval of resampled slides,
@@ -175,6 +176,20 @@ def slide_knn(feature: str, k: int, radius: int, exclude_shared: bool, out: Path
     return scores
 
 
+def reversed_od_std(out: Path, fold: str) -> Scorer:
+    """Minus the std over a patch of its pixels' optical density (mean over RGB): no model, the label-free baseline of
+    ``bench/detection_quality.py`` in the direction the tiles favour (tumour is less varied than lymphocyte-dense
+    normal tissue)."""
+
+    def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
+        image = tifffile.imread(out / fold / part / f"{slide.slide_id}.tif", level=0).astype(np.float64)
+        cells = slide.patches[["x", "y"]].to_numpy()
+        density = -np.log(np.clip(np.stack([image[y : y + 96, x : x + 96, :3] for x, y in cells]), 1, 255) / 255)
+        return -density.mean(-1).reshape(len(cells), -1).std(1)
+
+    return scores
+
+
 def rescored(slide: SlideResult, scores: np.ndarray, statistic: str, sigma: float) -> SlideResult:
     """``slide`` with the z-map of ``scores`` under ``statistic``, then Gaussian-smoothed over tissue cells (``sigma``
     in cells; off-tissue cells neither contribute nor receive a value)."""
@@ -247,6 +262,9 @@ def main() -> None:
         }
         for feature in ("latent", "skip48") for k in args.knn for r in args.radii for shared in (False, True)
     }  # fmt: skip
+    variants[("reversed std of optical density (no model)", "mean_std", 0.0)] = {
+        f: reversed_od_std(args.out, f) for f in models
+    }
     if args.tiles_dir:
         training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
         fold_tiles = {f"fold{k}": [t for t in training if t not in held_out]
