@@ -24,6 +24,7 @@ import torch
 from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from monai.bundle import ConfigParser
 
+from scripts.device_read import device_reader
 from scripts.inference import slide_dataset
 from scripts.wsi import make_reader, slide_patches
 
@@ -57,7 +58,7 @@ def stage_seconds(parser: ConfigParser, slide: str, batch_size: int) -> dict[str
     reader = make_reader(runner.wsi_reader)
     (samples, geometry, _), grid = timed(slide_patches, slide, reader, assume_mpp=runner.assume_mpp, **runner.grid_args)
     if runner.read_device != "cpu":
-        reader = runner._device_reader(reader, slide, geometry.level)
+        reader = device_reader(runner.read_device, reader, slide, geometry.level)
     dataset = slide_dataset(reader, samples, geometry, runner.read_block)
     prepare_batch, device = parser.get_parsed_content("prepare_batch"), parser.get_parsed_content("device")
     start = time.perf_counter()

@@ -11,8 +11,7 @@ from monai.data import CuCIMWSIReader
 from test_inference_cli import run_inference
 
 from conftest import write_slide
-from scripts.device_read import DeviceCuCIMWSIReader, check_gpu_decodable, check_read_device
-from scripts.inference import SlideInference
+from scripts.device_read import DeviceCuCIMWSIReader, check_gpu_decodable, check_read_device, device_reader
 from scripts.pyramid import write_pyramid
 from scripts.wsi import make_reader
 
@@ -64,9 +63,7 @@ def test_inference_with_read_device_cuda_on_a_cpu_machine_stops_before_any_slide
 
 def test_device_reader_is_used_only_for_what_cucim_read(tmp_path):
     slide = write_slide(tmp_path / "s.tif", 0.5)
-    runner = SlideInference.__new__(SlideInference)  # just the method under test, no evaluator
-    runner.read_device = "cuda"
     with pytest.raises(ValueError, match="cuCIM cannot read s.tif, so it cannot decode it on the GPU"):
-        runner._device_reader(make_reader("OpenSlide"), slide, 1)
-    reader = runner._device_reader(make_reader("cuCIM"), slide, 1)
+        device_reader("cuda", make_reader("OpenSlide"), slide, 1)
+    reader = device_reader("cuda", make_reader("cuCIM"), slide, 1)
     assert isinstance(reader, DeviceCuCIMWSIReader) and reader.decode_device == "cuda"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from monai.data import CuCIMWSIReader
+from monai.data import CuCIMWSIReader, WSIReader
 
 TURN_BACK = "use --read_device cpu"
 # TIFF compression codes that cuCIM decodes on the GPU: JPEG tiles (CAMELYON16 TIFFs, most Aperio SVS).
@@ -68,3 +68,12 @@ class DeviceCuCIMWSIReader(CuCIMWSIReader):
                 raise ValueError(f"cuCIM decoded this region on {region.device}, not on the GPU; {TURN_BACK}.")
             pixels = torch.as_tensor(region, device=self.decode_device)  # zero-copy view of cuCIM's device buffer
         return pixels[..., :3].permute(2, 0, 1).contiguous()
+
+
+def device_reader(read_device: str, probed_with: WSIReader, slide: str | Path, level: int) -> DeviceCuCIMWSIReader:
+    """The GPU-decoding reader for ``slide``, which ``probed_with`` read: it must be cuCIM (a slide that fell back
+    to OpenSlide cannot be decoded on the GPU), and the tiles of ``level`` must be JPEG."""
+    if probed_with.backend != "cucim":
+        raise ValueError(f"cuCIM cannot read {Path(slide).name}, so it cannot decode it on the GPU; {TURN_BACK}.")
+    check_gpu_decodable(slide, level)
+    return DeviceCuCIMWSIReader(decode_device=read_device)

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DataLoader, PatchWSIDataset, WSIReader
+from monai.data import DataLoader, PatchWSIDataset
 from monai.transforms import Compose, Resized
 from skimage import io
 
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
-from .device_read import TURN_BACK, DeviceCuCIMWSIReader, check_gpu_decodable, check_read_device
+from .device_read import check_read_device, device_reader
 from .heatmap import save_heatmap
 from .isolation import run_isolated
 from .model_files import checkpoint_digest, weights_digest
@@ -429,7 +429,7 @@ class SlideInference:
         )  # fmt: skip
         self.stain.fit_slide(fit_patches, slide)
         if self.read_device != "cpu":
-            reader = self._device_reader(reader, slide, geometry.level)
+            reader = device_reader(self.read_device, reader, slide, geometry.level)
         dataset = slide_dataset(reader, samples, geometry, self.read_block)
         blocks_per_batch = max(1, self.batch_size // self.read_block**2)
         self.evaluator.data_loader = DataLoader(
@@ -439,13 +439,6 @@ class SlideInference:
         self.postprocessor.begin(SlideJob(slide, samples, geometry, facts, settings))
         self.evaluator.run()
         return self.postprocessor.summary
-
-    def _device_reader(self, probed_with: WSIReader, slide: str, level: int) -> DeviceCuCIMWSIReader:
-        """The GPU-decoding reader for a slide that cuCIM read and whose tiles it can decode there."""
-        if probed_with.backend != "cucim":
-            raise ValueError(f"cuCIM cannot read {Path(slide).name}, so it cannot decode it on the GPU; {TURN_BACK}.")
-        check_gpu_decodable(slide, level)
-        return DeviceCuCIMWSIReader(decode_device=self.read_device)
 
     def settings(self) -> dict:
         """What a slide's outputs depend on; outputs made with other settings (or weights) are redone, not reused."""
