@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from scripts.stain import StainNormalizer
 from scripts.transforms import ChannelStats, PrepareSlideBatch
 
 MIN_REGION_TILES = (1, 2, 3, 5, 8)
+Corners = tuple[tuple[int, int], ...]  # a slide's cells as (x, y) level-0 corners, hashable for the caches
 Scorer = Callable[[SlideResult, str, Path], np.ndarray]  # (slide, part, model) -> raw score per patch
 
 
@@ -77,29 +79,64 @@ def standardised(features: np.ndarray) -> np.ndarray:
     return (features - median) / (1.4826 * np.median(np.abs(features - median), 0) + 1e-6)
 
 
+@functools.cache
+def model_parts(model: Path) -> tuple[torch.nn.Module, ChannelStats, np.ndarray]:
+    """The network, its channel statistics and the whitening matrix of its latent Gaussian, read once per model."""
+    precision = read_normal_stats(model)["latent_stats"]["precision"].double().numpy()
+    return load_network(Skip96VAE(), model, "cpu"), ChannelStats.from_checkpoint(model), np.linalg.cholesky(precision)
+
+
 def descriptors(patches: np.ndarray, model: Path) -> dict[str, np.ndarray]:
     """Two descriptors of each patch of one slide (or tile) from the model, as inference prepares patches (Macenko
     fitted on up to 64 of them, channel normalisation): ``latent``, the latent mean whitened by the training
     Gaussian's precision (distances are Mahalanobis), and ``skip48``, the channel means and stds of the encoder's
     48-px feature map, standardised over the patches given."""
+    network, norm_stats, whitening = model_parts(model)
     stain = StainNormalizer("slide")
     chosen = np.random.default_rng(0).choice(len(patches), min(64, len(patches)), replace=False)
     stain.fit_slide(list(patches[chosen]))
-    prepare = PrepareSlideBatch(stain, ChannelStats.from_checkpoint(model))
-    network = load_network(Skip96VAE(), model, "cpu")
     with torch.inference_mode():
-        inputs = prepare({"image": torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()}, "cpu")[0]
-        mu, _, skips = network.encode(inputs)
-    precision = read_normal_stats(model)["latent_stats"]["precision"].double().numpy()
+        batch = torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()
+        mu, _, skips = network.encode(PrepareSlideBatch(stain, norm_stats)({"image": batch}, "cpu")[0])
     skip48 = torch.cat([skips[1].mean((2, 3)), skips[1].std((2, 3))], 1).double().numpy()
-    return {"latent": mu.flatten(1).double().numpy() @ np.linalg.cholesky(precision), "skip48": standardised(skip48)}
+    return {"latent": mu.flatten(1).double().numpy() @ whitening, "skip48": standardised(skip48)}
 
 
-def slide_features(slides_dir: Path, slide: SlideResult, model: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The slide's patches (flat 96-px cells at level 0) and their ``descriptors``."""
-    image = tifffile.imread(slides_dir / f"{slide.slide_id}.tif", level=0)
-    patches = np.stack([image[y : y + 96, x : x + 96, :3] for x, y in slide.patches[["x", "y"]].to_numpy()])
-    return patches, descriptors(patches, model)
+def slide_file(out: Path, fold: str, part: str, slide: SlideResult) -> tuple[Path, Corners]:
+    """A sparse slide's file and its scored cells as hashable (x, y) level-0 corners: the key of the caches below."""
+    return out / fold / part / f"{slide.slide_id}.tif", tuple(map(tuple, slide.patches[["x", "y"]].to_numpy().tolist()))
+
+
+@functools.cache
+def cell_patches(path: Path, corners: Corners) -> np.ndarray:
+    """The 96-px cells at ``corners`` of a flat sparse slide (level 0), read once per slide."""
+    image = tifffile.imread(path, level=0)
+    return np.stack([image[y : y + 96, x : x + 96, :3] for x, y in corners])
+
+
+@functools.cache
+def slide_descriptors(path: Path, corners: Corners, model: Path) -> dict[str, np.ndarray]:
+    """``descriptors`` of a slide's cells, computed once per slide and model whichever variants ask."""
+    return descriptors(cell_patches(path, corners), model)
+
+
+@functools.cache
+def shared_pixels(path: Path, corners: Corners, block: int = 16, tolerance: float = 4.0) -> np.ndarray:
+    """Which cells of a slide share pixels: ``sparse_slides.py`` cuts its cells from the tiles on a 16-px grid, so two
+    overlapping crops of one tile hold the same 16-px blocks. Cell i's central block is looked up among every cell's
+    blocks at the offsets it can have in an overlapping crop (mean absolute difference below ``tolerance`` grey levels,
+    which the slide's JPEG leaves)."""
+    patches = cell_patches(path, corners).astype(np.float32)
+    size = patches.shape[1]
+    centre = (size - block) // 2
+    offsets = range(centre % block, size - block + 1, block)
+    blocks = np.stack([p[y : y + block, x : x + block].reshape(-1) for p in patches for y in offsets for x in offsets])
+    owner = np.repeat(np.arange(len(patches)), len(offsets) ** 2)
+    shared = np.zeros((len(patches), len(patches)), bool)
+    for n, patch in enumerate(patches):
+        difference = np.abs(blocks - patch[centre : centre + block, centre : centre + block].reshape(-1)).mean(1)
+        shared[n, owner[difference < tolerance]] = True
+    return shared | shared.T
 
 
 def normal_bank(tiles_dir: Path, tiles: list[str], model: Path) -> np.ndarray:
@@ -119,27 +156,10 @@ def bank_knn(k: int, bank: np.ndarray, out: Path, fold: str) -> Scorer:
     slide-relative kNN without any within-slide density."""
 
     def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
-        x = slide_features(out / fold / part, slide, model)[1]["skip48"]
+        x = slide_descriptors(*slide_file(out, fold, part, slide), model)["skip48"]
         return np.sort(np.sqrt(((x[:, None] - bank[None]) ** 2).sum(-1)), axis=1)[:, :k].mean(1)
 
     return scores
-
-
-def shared_pixels(patches: np.ndarray, block: int = 16, tolerance: float = 4.0) -> np.ndarray:
-    """Which cells of a slide share pixels: ``sparse_slides.py`` cuts its cells from the tiles on a 16-px grid, so two
-    overlapping crops of one tile hold the same 16-px blocks. Cell i's central block is looked up among every cell's
-    blocks at the offsets it can have in an overlapping crop (mean absolute difference below ``tolerance`` grey levels,
-    which the slide's JPEG leaves)."""
-    size = patches.shape[1]
-    centre = (size - block) // 2
-    offsets = range(centre % block, size - block + 1, block)
-    blocks = np.stack([p[y : y + block, x : x + block].reshape(-1) for p in patches for y in offsets for x in offsets])
-    owner = np.repeat(np.arange(len(patches)), len(offsets) ** 2)
-    shared = np.zeros((len(patches), len(patches)), bool)
-    for n, patch in enumerate(patches.astype(np.float32)):
-        difference = np.abs(blocks - patch[centre : centre + block, centre : centre + block].reshape(-1)).mean(1)
-        shared[n, owner[difference < tolerance]] = True
-    return shared | shared.T
 
 
 def pixel_sharing_report(folds: dict, out: Path) -> None:
@@ -147,10 +167,7 @@ def pixel_sharing_report(folds: dict, out: Path) -> None:
     counts = {True: [], False: []}
     for fold, (_, _, test) in folds.items():
         for slide in test:
-            image = tifffile.imread(out / fold / "test" / f"{slide.slide_id}.tif", level=0)
-            cells = slide.patches[["x", "y"]].to_numpy()
-            shared = shared_pixels(np.stack([image[y : y + 96, x : x + 96, :3] for x, y in cells]).astype(np.float32))
-            partners = shared.sum(1) - 1  # each cell shares its pixels with itself
+            partners = shared_pixels(*slide_file(out, fold, "test", slide)).sum(1) - 1  # a cell shares with itself
             for label, count in zip(slide.patches["label"].to_numpy().astype(bool), partners, strict=True):
                 counts[label].append(count)
     for label, name in ((False, "normal"), (True, "tumour")):
@@ -164,13 +181,13 @@ def slide_knn(feature: str, k: int, radius: int, exclude_shared: bool, out: Path
     ``radius`` cells and, with ``exclude_shared``, those sharing pixels with it."""
 
     def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
-        patches, features = slide_features(out / fold / part, slide, model)
-        x = features[feature]
+        key = slide_file(out, fold, part, slide)
+        x = slide_descriptors(*key, model)[feature]
         distances = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-        cells = np.stack(slide.cells, axis=1)
-        distances[np.abs(cells[:, None] - cells[None]).max(-1) <= radius] = np.inf  # itself, and its neighbours
+        grid = np.stack(slide.cells, axis=1)
+        distances[np.abs(grid[:, None] - grid[None]).max(-1) <= radius] = np.inf  # itself, and its neighbours
         if exclude_shared:
-            distances[shared_pixels(patches.astype(np.float32))] = np.inf
+            distances[shared_pixels(*key)] = np.inf
         return np.sort(distances, axis=1)[:, :k].mean(1)
 
     return scores
@@ -182,10 +199,9 @@ def reversed_od_std(out: Path, fold: str) -> Scorer:
     normal tissue)."""
 
     def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
-        image = tifffile.imread(out / fold / part / f"{slide.slide_id}.tif", level=0).astype(np.float64)
-        cells = slide.patches[["x", "y"]].to_numpy()
-        density = -np.log(np.clip(np.stack([image[y : y + 96, x : x + 96, :3] for x, y in cells]), 1, 255) / 255)
-        return -density.mean(-1).reshape(len(cells), -1).std(1)
+        patches = cell_patches(*slide_file(out, fold, part, slide)).astype(np.float64)
+        density = -np.log(np.clip(patches, 1, 255) / 255)
+        return -density.mean(-1).reshape(len(patches), -1).std(1)
 
     return scores
 
