@@ -13,14 +13,16 @@ patches are re-encoded with the fold's model; the slides are flat 96-px grids at
 the slide builder draws its normal cells from overlapping 16-px-grid crops of a few tiles, so most normal cells have
 an overlapping copy on their slide and tumour cells seldom do, which a within-slide density score rewards. With
 ``--tiles_dir`` the same 48-px descriptor is also scored against the tumour-free crops of the fold's training tiles
-(k nearest), which no within-slide density can touch. One model-free row, the reversed std of optical density,
-shows what a one-number stain statistic does on the same slides.
+(k nearest), which no within-slide density can touch, and the script counts the tumour-free crops the tiles hold
+without overlap (what a slide without repeated tissue could be built from). One model-free row, the reversed std of
+optical density, shows what a one-number stain statistic does on the same slides.
 Threshold and minimum region size are then chosen on the fold's calibration slides with the bundle's own sweep and
 applied to its test slides, as ``run calibrate`` / ``run evaluate`` do. Prints per variant the mean IoU over the
 tumour-sparse test slides, its paired difference from the shipped score with the 95 % interval of resampled slides,
 the oracle IoU (threshold chosen on each slide's own labels: the ceiling of a score), the false regions per
-tumour-free slide and the pooled patch AUC (mean over folds). A variant that wins here is then implemented and
-measured through the CLI.
+tumour-free slide and the pooled patch AUC (mean over folds). A second table gives the patch AUC on the tumour-sparse
+test slides reduced to cells that share no pixels. A variant that wins here is then implemented and measured through
+the CLI.
 """
 
 from __future__ import annotations
@@ -151,6 +153,20 @@ def normal_bank(tiles_dir: Path, tiles: list[str], model: Path) -> np.ndarray:
     return np.concatenate(bank)
 
 
+def disjoint_normal_crops(tiles_dir: Path, tiles: list[str], seed: int = 0) -> int:
+    """How many tumour-free 96-px crops of ``tiles`` (16-px grid, as ``sparse_slides.py`` cuts them) fit without
+    sharing pixels, packed greedily in a random order: the normal cells a slide could hold without repeating tissue."""
+    rng, count = np.random.default_rng(seed), 0
+    for name in tiles:
+        image, mask = read_tile(tiles_dir, f"{name}.jpg", 96)
+        used = np.zeros(image.shape[:2], bool)
+        for y, x in rng.permutation(np.array(crop_corners(image, mask, 96, 16, 0.5)[0]).reshape(-1, 2)):
+            if not used[y : y + 96, x : x + 96].any():
+                used[y : y + 96, x : x + 96] = True
+                count += 1
+    return count
+
+
 def bank_knn(k: int, bank: np.ndarray, out: Path, fold: str) -> Scorer:
     """Mean distance of a patch's ``skip48`` to its ``k`` nearest training normals: the same descriptor as the
     slide-relative kNN without any within-slide density."""
@@ -182,15 +198,74 @@ def slide_knn(feature: str, k: int, radius: int, exclude_shared: bool, out: Path
 
     def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
         key = slide_file(out, fold, part, slide)
-        x = slide_descriptors(*key, model)[feature]
-        distances = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-        grid = np.stack(slide.cells, axis=1)
-        distances[np.abs(grid[:, None] - grid[None]).max(-1) <= radius] = np.inf  # itself, and its neighbours
-        if exclude_shared:
-            distances[shared_pixels(*key)] = np.inf
-        return np.sort(distances, axis=1)[:, :k].mean(1)
+        ignored = shared_pixels(*key) if exclude_shared else None
+        return knn_distance(slide_descriptors(*key, model)[feature], np.stack(slide.cells, axis=1), k, radius, ignored)
 
     return scores
+
+
+def knn_distance(x: np.ndarray, grid: np.ndarray, k: int, radius: int, ignored: np.ndarray | None) -> np.ndarray:
+    """Mean distance of each row of ``x`` to its ``k`` nearest other rows, ignoring those within ``radius`` cells
+    (``grid``: each row's (row, col) cell) and the pairs marked in ``ignored``."""
+    distances = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    distances[np.abs(grid[:, None] - grid[None]).max(-1) <= radius] = np.inf  # itself, and its neighbours
+    if ignored is not None:
+        distances[ignored] = np.inf
+    return np.sort(distances, axis=1)[:, :k].mean(1)
+
+
+def pixel_disjoint(shared: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A maximal set of a slide's cells of which no two share pixels, taken greedily in a random order that does not
+    look at labels: the slide as it would be had its builder never repeated tissue."""
+    kept, blocked = np.zeros(len(shared), bool), np.zeros(len(shared), bool)
+    for cell in np.random.default_rng(seed).permutation(len(shared)):
+        if not blocked[cell]:
+            kept[cell] = True
+            blocked |= shared[cell]
+    return kept
+
+
+def disjoint_auc_table(folds: dict, out: Path, radii: list[int]) -> None:
+    """Patch AUC on the tumour-sparse test slides reduced to ``pixel_disjoint`` cells, where within-slide density
+    can no longer reward repeated crops: the shipped score, the reversed std of OD and the slide-relative kNN
+    (k 5 among the kept cells). Per fold (slides pooled, each z-scored over its kept cells), the mean over folds, and
+    the mean per-slide AUC difference from the shipped score with its 95 % interval of resampled slides."""
+    per_fold: dict[str, dict[str, list]] = {}
+    per_slide: dict[str, list[float]] = {}
+    kept_counts = []
+    for fold, (model, _, test) in folds.items():
+        for slide in test:
+            labels = slide.patches["label"].to_numpy().astype(bool)
+            if not labels.any():
+                continue
+            key = slide_file(out, fold, "test", slide)
+            kept = pixel_disjoint(shared_pixels(*key))
+            kept_counts.append(((kept & ~labels).sum(), (kept & labels).sum()))
+            grid = np.stack(slide.cells, axis=1)[kept]
+            scores = {
+                "shipped: training-referenced latent": saved_scores(slide, "test", model)[kept],
+                "reversed std of optical density (no model)": reversed_od_std(out, fold)(slide, "test", model)[kept],
+            }
+            for feature in ("latent", "skip48"):
+                x = slide_descriptors(*key, model)[feature][kept]
+                scores |= {f"{feature} kNN, k 5, radius {r}": knn_distance(x, grid, 5, r, None) for r in radii}
+            for name, score in scores.items():
+                z = (score - score.mean()) / score.std()
+                pooled = per_fold.setdefault(name, {}).setdefault(fold, [[], []])
+                pooled[0].append(z)
+                pooled[1].append(labels[kept])
+                per_slide.setdefault(name, []).append(roc_auc(z, labels[kept]))
+    normal, tumour = np.mean(kept_counts, axis=0)
+    print(f"\ntumour-sparse test slides reduced to cells sharing no pixels: {normal:.0f} normal and {tumour:.1f} "
+          "tumour cells kept per slide on average; patch AUC:")  # fmt: skip
+    print(f"{'variant':<50}" + "".join(f"{fold:>8}" for fold in folds) + f"{'mean':>8}{'minus shipped [95% CI]':>30}")
+    baseline = np.array(next(iter(per_slide.values())))
+    for name, pooled in per_fold.items():
+        aucs = [roc_auc(np.concatenate(z), np.concatenate(labels)) for z, labels in pooled.values()]
+        difference = np.array(per_slide[name]) - baseline
+        low, high = paired_interval(difference)
+        print(f"{name:<50}" + "".join(f"{auc:>8.3f}" for auc in aucs) + f"{np.mean(aucs):>8.3f}"
+              f"{f'{difference.mean():+.3f} [{low:+.3f}, {high:+.3f}]':>30}")  # fmt: skip
 
 
 def reversed_od_std(out: Path, fold: str) -> Scorer:
@@ -286,6 +361,12 @@ def main() -> None:
         fold_tiles = {f"fold{k}": [t for t in training if t not in held_out]
                       for k, held_out in enumerate(tile_folds(training))} | {"demo": training}  # fmt: skip
         banks = {fold: normal_bank(args.tiles_dir, fold_tiles[fold], model) for fold, model in models.items()}
+        test_tiles = {f"fold{k}": held_out for k, held_out in enumerate(tile_folds(training))}
+        test_tiles["demo"] = list(DEMO_TILES)
+        for fold in models:
+            print(f"{fold}: pixel-disjoint tumour-free crops, training tiles "
+                  f"{disjoint_normal_crops(args.tiles_dir, fold_tiles[fold])}, "
+                  f"test tiles {disjoint_normal_crops(args.tiles_dir, test_tiles[fold])}")  # fmt: skip
         variants |= {
             (f"skip48 kNN to the training normals, k {k}", "mean_std", 0.0): {
                 f: bank_knn(k, banks[f], args.out, f) for f in models
@@ -302,6 +383,7 @@ def main() -> None:
         difference = f"{result['iou'].mean() - baseline.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
         print(f"{name:<50}{result['iou'].mean():>9.3f}{difference:>30}{result['oracle'].mean():>8.3f}"
               f"{result['false_regions'].mean():>11.2f}{result['auc'].mean():>7.3f}")  # fmt: skip
+    disjoint_auc_table(folds, args.out, args.radii)
 
 
 if __name__ == "__main__":
