@@ -98,7 +98,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     annotations.mkdir()
     (annotations / "planted.xml").write_text(to_asap_xml(trace_regions(truth, None, pitch=1.0)))
 
-    def run(workflow: str, output, *extra: str) -> None:
+    def run(workflow: str, output, *extra: str, succeeds: bool = True) -> str:
         command = [
             sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file",
             json.dumps([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]),
@@ -109,7 +109,8 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stderr
 
     # the same slide stands in for the calibration and the test set: this checks the plumbing, not generalisation
     run("calibrate", tmp_path / "calibration")
@@ -118,6 +119,12 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     from scripts.model_files import checkpoint_digest
 
     assert calibration["weights"] == checkpoint_digest(tiny_checkpoint)  # inference refuses it for other weights
+    assert calibration["scoring"]["score"] == "l1" and calibration["scoring"]["z_statistics"] == "mean_std"
+    # ... and for another score: its z-scores are not the ones the threshold was chosen on
+    calibration_file = str(tmp_path / "calibration" / "calibration.json")
+    other_score = ("--calibration_file", calibration_file, "--score", "mse")
+    refusal = run("evaluate", tmp_path / "mse", *other_score, succeeds=False)
+    assert f"{calibration_file} was calibrated with other score settings (score 'l1', now 'mse')" in refusal
     output = tmp_path / "out"
     run("evaluate", output, "--calibration_file", str(tmp_path / "calibration" / "calibration.json"))
     metrics = json.loads((output / "metrics.json").read_text())

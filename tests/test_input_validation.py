@@ -18,7 +18,7 @@ from scripts.annotations import find_annotation, read_annotation, read_asap_xml,
 from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp_files
 from scripts.datasets import PCamNormals, TileNormals
 from scripts.evaluation import slide_annotation
-from scripts.inference import calibrated, read_summary, unique_slide_ids
+from scripts.inference import calibrated, calibration_applies, read_summary, unique_slide_ids
 from scripts.isolation import ReaderCrashError, run_isolated
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp, slide_patches
@@ -320,6 +320,39 @@ def test_a_calibration_file_made_for_other_weights_is_refused(tmp_path, tiny_che
     assert calibrated("z_threshold", 2.0, path, tiny_checkpoint) == 1.5
 
 
+SCORING = {"score": "latent", "tta": False, "z_statistics": "mean_std", "target_mpp": 0.972, "stride": 96}
+
+
+def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, tiny_checkpoint):
+    from scripts.model_files import checkpoint_digest
+
+    path = tmp_path / "calibration.json"
+    content = {"z_threshold": 1.5, "min_region_tiles": 3, "weights": checkpoint_digest(tiny_checkpoint)}
+    path.write_text(json.dumps(content | {"scoring": SCORING}))
+    now = SCORING | {"z_statistics": "median_mad", "tta": True}
+    with pytest.raises(ValueError, match="other score settings") as error:
+        calibrated("z_threshold", 2.0, path, tiny_checkpoint, now)
+    assert str(path) in str(error.value) and "tta False, now True; z_statistics 'mean_std', now 'median_mad'" in str(
+        error.value
+    )
+    assert not calibration_applies(path, tiny_checkpoint, now)
+    # the same settings, numbers written another way, and settings the file does not record: applied
+    same = SCORING | {"target_mpp": 0.9720000001, "stride": 96.0, "stain_mode": "slide"}
+    assert calibrated("z_threshold", 2.0, path, tiny_checkpoint, same) == 1.5
+    assert calibration_applies(path, tiny_checkpoint, same)
+
+
+def test_a_calibration_file_that_records_no_score_settings_is_applied_with_one_warning(
+    tmp_path, tiny_checkpoint, caplog
+):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"z_threshold": 1.5, "min_region_tiles": 3}))
+    assert calibrated("z_threshold", 2.0, path, tiny_checkpoint, SCORING) == 1.5
+    assert calibrated("min_region_tiles", 5, path, tiny_checkpoint, SCORING) == 3
+    warnings = [r.getMessage() for r in caplog.records if "records no score settings" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+
+
 def test_an_orphaned_probe_exits_instead_of_blocking_on_its_pipe(tmp_path):
     # the killed-run case: the parent dies while the child is sending a result larger than the pipe's buffer
     script = tmp_path / "orphan.py"
@@ -366,6 +399,19 @@ def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_model(tin
         pytest.skip("no shipped calibration in bundle/models")
     assert calibrated("z_threshold", 2.0, SHIPPED_CALIBRATION, tiny_checkpoint) == 2.0
     assert "shipped model's calibration" in caplog.text and "uncalibrated" in caplog.text
+
+
+def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_score(caplog):
+    from scripts.inference import SHIPPED_CALIBRATION
+
+    if not SHIPPED_CALIBRATION.is_file():
+        pytest.skip("no shipped calibration in bundle/models")
+    shipped = SHIPPED_CALIBRATION.parent / "model.pt"
+    content = json.loads(SHIPPED_CALIBRATION.read_text())
+    recorded = content["scoring"]
+    assert calibrated("z_threshold", 2.0, SHIPPED_CALIBRATION, shipped, recorded) == content["z_threshold"]
+    assert calibrated("z_threshold", 2.0, SHIPPED_CALIBRATION, shipped, recorded | {"score": "l1"}) == 2.0
+    assert "other score settings (score 'latent', now 'l1')" in caplog.text and "uncalibrated" in caplog.text
 
 
 def test_an_empty_slide_folder_is_named(tmp_path):

@@ -305,17 +305,18 @@ class Evaluation:
                 )  # fmt: skip
         return slides
 
-    def calibrate(self, weights: str | None = None) -> dict:
-        """Choose the threshold on these slides; ``weights`` (the model's ``weights_digest``) is recorded with it, so
-        that inference can refuse the file for another model."""
+    def calibrate(self, weights: str | None = None, scoring: dict | None = None) -> dict:
+        """Choose the threshold on these slides; ``weights`` (the model's ``weights_digest``) and the ``scoring``
+        settings the z-scores were made with are recorded with it, so that inference can refuse the file for another
+        model or another score."""
         with folder_lock(self.output_dir):
-            return self._calibrate(weights)
+            return self._calibrate(weights, scoring)
 
     def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
         with folder_lock(self.output_dir):
             return self._evaluate(z_threshold, min_region_tiles, calibrated)
 
-    def _calibrate(self, weights: str | None) -> dict:
+    def _calibrate(self, weights: str | None, scoring: dict | None) -> dict:
         slides = self.slides()
         if not any(s.patches["label"].any() for s in slides):
             raise ValueError(
@@ -331,6 +332,7 @@ class Evaluation:
             "calibration_slides": [s.slide_id for s in slides],
             "label_rule": self.label_rule,
             "weights": weights,
+            "scoring": scoring,
         }
         with atomic_path(self.output_dir / "calibration.json") as tmp:
             tmp.write_text(json.dumps(calibration, indent=4) + "\n")
