@@ -9,9 +9,10 @@ each fold slide a new z-map: from the saved raw patch scores (``patches.csv``) u
 smoothed, or from a slide-relative score: the mean distance of a patch's descriptor (its whitened latent mean, or
 the slide-standardised channel statistics of the encoder's 48-px feature map) to its ``k`` nearest other patches of
 the same slide, ignoring those within ``radius`` cells and, in a second row, those that share pixels with it (the
-patches are re-encoded with the fold's model; the slides are flat 96-px grids at level 0). The second row matters:
-the slide builder draws its normal cells from overlapping 16-px-grid crops of a few tiles, so most normal cells have
-an overlapping copy on their slide and tumour cells seldom do, which a within-slide density score rewards. With
+patches are re-encoded with the fold's model; the slides are flat 96-px grids at level 0). The second row matters
+on slides built before 0.9.0, which drew every cell from the overlapping crops of all the tiles, so most normal cells
+had an overlapping copy somewhere on their slide and tumour cells seldom did, which a within-slide density score
+rewards; since 0.9.0 copies lie within the same 4 x 4 block of cells (the script prints how many cells share). With
 ``--tiles_dir`` the same 48-px descriptor is also scored against the tumour-free crops of the fold's training tiles
 (k nearest), which no within-slide density can touch, and the script counts the tumour-free crops the tiles hold
 without overlap (what a slide without repeated tissue could be built from). One model-free row, the reversed std of
@@ -179,17 +180,24 @@ def bank_knn(k: int, bank: np.ndarray, out: Path, fold: str) -> Scorer:
 
 
 def pixel_sharing_report(folds: dict, out: Path) -> None:
-    """How many tumour and normal cells of the test slides share pixels with another cell of their slide."""
-    counts = {True: [], False: []}
+    """How many tumour and normal cells of the test slides share pixels with another cell of their slide, and with one
+    more than 3 cells away (what a within-slide score with a 4-cell exclusion would meet)."""
+    counts = {(label, far): [] for label in (True, False) for far in (False, True)}
     for fold, (_, _, test) in folds.items():
         for slide in test:
-            partners = shared_pixels(*slide_file(out, fold, "test", slide)).sum(1) - 1  # a cell shares with itself
-            for label, count in zip(slide.patches["label"].to_numpy().astype(bool), partners, strict=True):
-                counts[label].append(count)
+            shared = shared_pixels(*slide_file(out, fold, "test", slide)) & ~np.eye(len(slide.patches), dtype=bool)
+            grid = np.stack(slide.cells, axis=1)
+            far = np.abs(grid[:, None] - grid[None]).max(-1) > 3
+            for label, near_count, far_count in zip(
+                slide.patches["label"].to_numpy().astype(bool), shared.sum(1), (shared & far).sum(1), strict=True
+            ):
+                counts[label, False].append(near_count)
+                counts[label, True].append(far_count)
     for label, name in ((False, "normal"), (True, "tumour")):
-        values = np.array(counts[label])
-        print(f"test-slide {name} cells sharing pixels with another cell of their slide: {(values > 0).mean():.0%} "
-              f"({values.mean():.1f} partners on average, {len(values)} cells)")  # fmt: skip
+        for far, where in ((False, "another cell of their slide"), (True, "a cell more than 3 cells away")):
+            values = np.array(counts[label, far])
+            print(f"test-slide {name} cells sharing pixels with {where}: {(values > 0).mean():.0%} "
+                  f"({values.mean():.1f} partners on average, {len(values)} cells)")  # fmt: skip
 
 
 def slide_knn(feature: str, k: int, radius: int, exclude_shared: bool, out: Path, fold: str) -> Scorer:

@@ -15,7 +15,7 @@ import pytest
 import shapely
 import shapely.geometry
 
-from conftest import BUNDLE, REPO, TINY_NET, write_slide
+from conftest import BUNDLE, REPO, TINY_NET, tissue_like, write_slide
 from scripts.inference import PATCH_COLUMNS, SUMMARY_COLUMNS
 
 INFER_CONFIG = BUNDLE / "configs" / "inference.json"
@@ -207,3 +207,30 @@ def test_a_rerun_redoes_slides_whose_scoring_settings_changed(tmp_path, slide_02
     components = run_inference(tiny_checkpoint, data, output, "--tta", "False", "--latent_ignored_variance", "0.5")
     assert components.returncode == 0 and "skipped" not in components.stdout + components.stderr
     assert json.loads((output / "cam16" / "complete.json").read_text())["settings"]["latent_ignored_variance"] == 0.5
+
+
+def test_rarity_finds_a_planted_smooth_stretch_as_the_slide_s_most_unusual_tissue(tmp_path, tiny_checkpoint):
+    from scripts.pyramid import write_pyramid
+
+    rng = np.random.default_rng(3)
+    image = tissue_like(rng, (960, 1152))
+    smooth = np.array([150, 70, 170]) + rng.normal(0, 4, (384, 384, 3))  # 4 x 4 patches without the speckle
+    image[288:672, 384:768] = np.clip(smooth, 0, 255).astype(np.uint8)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_pyramid(data / "planted.tif", image, 0.972, levels=2)
+    output = tmp_path / "out"
+    result = run_inference(tiny_checkpoint, data, output, "--score", "rarity", "--calibration_file", "None")
+    assert result.returncode == 0, result.stderr[-3000:]
+    patches = pd.read_csv(output / "planted" / "patches.csv")
+    planted = patches["x"].between(384, 767) & patches["y"].between(288, 671)
+    assert planted.sum() == 16 and patches.loc[planted, "z"].min() > patches.loc[~planted, "z"].max()
+    assert json.loads((output / "planted" / "score_map.json").read_text())["score"] == "rarity"
+    settings = json.loads((output / "planted" / "complete.json").read_text())["settings"]
+    assert settings["rarity_neighbours"] == 5 and settings["rarity_exclusion"] == 4
+    # an exclusion wider than the slide leaves no patch to compare with: the slide fails with the reason and the fix
+    wide = run_inference(tiny_checkpoint, data, tmp_path / "wide", "--score", "rarity", "--rarity_exclusion", "12",
+                         "--calibration_file", "None")  # fmt: skip
+    summary = pd.read_csv(tmp_path / "wide" / "summary.csv")
+    assert wide.returncode != 0 and summary.loc[0, "status"] == "error"
+    assert "0 patches more than rarity_exclusion 12 cells away" in summary.loc[0, "error"]

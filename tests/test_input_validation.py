@@ -342,6 +342,15 @@ def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, 
     assert calibration_applies(path, tiny_checkpoint, same)
 
 
+def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():
+    from scripts.inference import scoring_settings
+
+    assert scoring_settings("latent", 5, 4, tta=False) == {"score": "latent", "tta": False}
+    assert scoring_settings("rarity", 5, 4, tta=False) == {
+        "score": "rarity", "tta": False, "rarity_neighbours": 5, "rarity_exclusion": 4
+    }  # fmt: skip
+
+
 def test_a_calibration_file_that_records_no_score_settings_is_applied_with_one_warning(
     tmp_path, tiny_checkpoint, caplog
 ):

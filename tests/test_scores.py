@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from scripts.model_files import load_network
-from scripts.scores import SCORES, AnomalyScoreInferer, minor_component_precision
+from scripts.scores import SCORES, AnomalyScoreInferer, SlideRarity, minor_component_precision
 from scripts.transforms import ChannelStats
 from tests_helpers import tiny_net
 
@@ -111,3 +112,38 @@ def test_checkpoint_that_does_not_match_network_def_is_named(tiny_checkpoint):
 
     with pytest.raises(ValueError, match="does not match network_def"):
         load_network(Skip96VAE(channels=(4, 4, 4, 4, 4, 4), latent_channels=4), tiny_checkpoint, "cpu")
+
+
+def test_rarity_hands_on_the_48px_feature_statistics_and_refuses_tta(tiny_checkpoint):
+    net = load_network(tiny_net(), tiny_checkpoint, "cpu")
+    x = torch.randn(4, 3, 96, 96) * 0.3
+    with torch.no_grad():
+        descriptors = AnomalyScoreInferer.from_checkpoint("rarity", tiny_checkpoint)(x, net)
+        features = net.encode(x)[2][1]
+    assert descriptors.shape == (4, 2 * features.shape[1])
+    assert torch.allclose(descriptors, torch.cat([features.mean((2, 3)), features.std((2, 3))], 1))
+    with pytest.raises(ValueError, match="tta applies to per-patch scores, not 'rarity'"):
+        AnomalyScoreInferer.from_checkpoint("rarity", tiny_checkpoint, tta=True)
+
+
+def test_slide_rarity_ranks_a_small_foreign_cluster_first_unless_it_may_vouch_for_itself():
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((12, 12))
+    grid = np.stack([rows.ravel(), cols.ravel()], 1)
+    descriptors = rng.normal(size=(144, 8))
+    foreign = (rows.ravel() // 2 == 2) & (cols.ravel() // 2 == 3)  # a 2 x 2 cluster of cells
+    descriptors[foreign] = 6.0 + 0.1 * rng.normal(size=(4, 8))  # alike each other, unlike everything else
+    rarity = SlideRarity(neighbours=3, exclusion=1)(descriptors, grid, "s")
+    assert set(np.argsort(rarity)[-4:]) == set(np.flatnonzero(foreign))
+    # with no exclusion the cluster's 3 other cells are its 3 nearest: it looks as ordinary as any normal cell
+    alone = SlideRarity(neighbours=3, exclusion=0)(descriptors, grid, "s")
+    assert alone[foreign].max() < np.median(alone[~foreign])
+    assert rarity[foreign].min() > 3 * np.median(rarity[~foreign])
+
+
+def test_slide_rarity_refuses_a_slide_too_small_for_its_exclusion():
+    grid = np.stack(np.indices((3, 3)).reshape(2, -1), 1)
+    with pytest.raises(ValueError, match="tiny.tif: a patch has 0 patches more than rarity_exclusion 4 cells away"):
+        SlideRarity(neighbours=5, exclusion=4)(np.random.default_rng(0).normal(size=(9, 4)), grid, "tiny.tif")
+    with pytest.raises(ValueError, match="--rarity_neighbours must be an integer >= 1"):
+        SlideRarity(neighbours=0)

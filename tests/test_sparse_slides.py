@@ -5,10 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import requires_shared
+from conftest import requires_shared, tissue_like
 from scripts.annotations import read_asap_xml
 from scripts.inference import slide_reference
-from scripts.sparse_slides import BURDENS, CELL, build, cluster_mask
+from scripts.sparse_slides import (
+    BLOCK,
+    BURDENS,
+    CELL,
+    MIN_REGION_CROPS,
+    TileTissue,
+    build,
+    cluster_mask,
+    disjoint_tumour,
+    normal_blocks,
+)
 from scripts.wsi import make_reader
 
 
@@ -23,8 +33,26 @@ def test_clusters_cover_the_burden_as_compact_separate_discs(burden, clusters):
     assert all(p.solidity > 0.8 for p in parts)  # discs, not scattered cells
 
 
-def test_builder_writes_slides_whose_annotation_is_the_tumour_cells(tiles_dir, tmp_path):
-    ids = build(tmp_path, tiles_dir, ["t0.png", "t1.png"], None, slides=3, grid=(10, 10), seed=1)
+@pytest.fixture(scope="module")
+def large_tiles(tmp_path_factory):
+    """Three 512-px tissue tiles, tumour in their top-left 288 x 288 px: 5 normal regions and 9 tumour crops
+    sharing no pixels per tile."""
+    from skimage import io
+
+    root = tmp_path_factory.mktemp("large_tiles")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(2)
+    for k in range(3):
+        mask = np.zeros((512, 512), np.uint8)
+        mask[:288, :288] = 255
+        io.imsave(root / "images" / f"t{k}.png", tissue_like(rng, (512, 512)), check_contrast=False)
+        io.imsave(root / "masks" / f"t{k}.png", mask, check_contrast=False)
+    return root
+
+
+def test_builder_writes_slides_whose_annotation_is_the_tumour_cells(large_tiles, tmp_path):
+    ids = build(tmp_path, large_tiles, ["t0.png", "t1.png", "t2.png"], None, slides=3, grid=(10, 10), seed=1)
     assert ids == ["sparse_00", "sparse_01", "sparse_02", "normal_00"]
     reader = make_reader("tifffile")
     for k, slide in enumerate(ids):
@@ -35,10 +63,37 @@ def test_builder_writes_slides_whose_annotation_is_the_tumour_cells(tiles_dir, t
         assert annotation.area_px() == expected * CELL**2
 
 
+def test_normal_tissue_repeats_only_within_a_block_of_cells():
+    # each region's crops are flat images of the region's number, so a cell shows where it was cut from
+    regions = [[np.full((CELL, CELL, 3), r, np.uint8) for _ in range(MIN_REGION_CROPS)] for r in range(20)]
+    image = normal_blocks((10, 10), regions, np.random.default_rng(0))
+    source = image[::CELL, ::CELL, 0]  # one value per cell
+    blocks = [np.unique(source[i : i + BLOCK, j : j + BLOCK]) for i in range(0, 10, BLOCK) for j in range(0, 10, BLOCK)]
+    assert all(len(b) == 1 for b in blocks)  # one region per block
+    assert len({int(b[0]) for b in blocks}) == len(blocks) == 9  # and no region in two blocks
+    with pytest.raises(ValueError, match="the tiles give 20 tissue regions .* needs 25 .* smaller --grid"):
+        normal_blocks((20, 20), regions, np.random.default_rng(0))
+
+
+def test_tumour_cells_of_a_slide_share_no_pixels():
+    corners = np.array([(0, 0, 0), (0, 0, 48), (0, 0, 96), (0, 96, 0), (1, 0, 0), (0, 48, 48)])
+    tissue = TileTissue([], [np.full((CELL, CELL, 3), k, np.uint8) for k in range(6)], corners)
+    for seed in range(20):
+        picked = [int(c[0, 0, 0]) for c in disjoint_tumour(tissue, 2, np.random.default_rng(seed))]
+        for a in picked:
+            for b in picked:
+                ta, ya, xa = corners[a]
+                tb, yb, xb = corners[b]
+                assert a == b or ta != tb or abs(ya - yb) >= CELL or abs(xa - xb) >= CELL
+    with pytest.raises(ValueError, match="tumour crops that share no pixels, a slide needs 5"):
+        disjoint_tumour(tissue, 5, np.random.default_rng(0))
+
+
 def test_real_sparse_slides_from_held_out_tiles_and_pcam_normals(tmp_path):
     tiles = requires_shared("camelyon16_tiles")
     normals = requires_shared("pcam_normals")
-    ids = build(tmp_path, tiles, ["10692", "10693"], normals, slides=3, grid=(12, 12), seed=0)
+    names = ["10692", "10693", "10694", "10695", "10696", "10697"]
+    ids = build(tmp_path, tiles, names, normals, slides=3, grid=(12, 12), seed=0)
     fractions = [read_asap_xml(tmp_path / f"{s}.xml").area_px() / (144 * CELL**2) for s in ids]
     assert fractions == pytest.approx([0.021, 0.049, 0.090, 0.0], abs=0.005)
 

@@ -29,6 +29,7 @@ from .heatmap import save_heatmap
 from .isolation import run_isolated
 from .model_files import checkpoint_digest, weights_digest
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
+from .scores import SLIDE_RELATIVE_SCORES, SlideRarity
 from .settings import require_number
 from .stain import StainNormalizer
 from .transforms import SplitBlockd
@@ -55,6 +56,13 @@ SUMMARY_COLUMNS = [
 
 CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
+
+
+def scoring_settings(score: str, rarity_neighbours: int, rarity_exclusion: int, **settings: object) -> dict:
+    """What a slide's z-scores depend on besides the weights, as a calibration records it: ``settings`` (tta, grid,
+    stain, per-slide statistic, ...) and the score, with the ``rarity`` knobs only for the score that uses them."""
+    rarity = {"rarity_neighbours": rarity_neighbours, "rarity_exclusion": rarity_exclusion}
+    return {"score": score, **settings, **(rarity if score in SLIDE_RELATIVE_SCORES else {})}
 
 
 def calibrated(
@@ -172,7 +180,7 @@ class SlideJob:
     geometry: PatchGeometry
     facts: dict
     settings: dict = field(default_factory=dict)
-    scores: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)  # the inferer's: scores, or descriptors for rarity
     fallbacks: list[torch.Tensor] = field(default_factory=list)
     indices: list[torch.Tensor] = field(default_factory=list)  # which sample each score is (blocks reorder them)
 
@@ -212,7 +220,11 @@ class SlidePostprocessor:
         z_threshold: float = 2.0,
         min_region_tiles: int = 5,
         z_statistics: str = "mean_std",
+        slide_scores: SlideRarity | None = None,
     ):
+        if score in SLIDE_RELATIVE_SCORES and slide_scores is None:
+            raise ValueError(f"score {score!r} needs slide_scores (scripts.scores.SlideRarity) to turn descriptors "
+                             "into scores.")  # fmt: skip
         if z_statistics not in Z_STATISTICS:
             raise ValueError(f"--z_statistics must be one of {list(Z_STATISTICS)}, got {z_statistics!r}.")
         require_number("z_threshold", z_threshold, -20, 20)
@@ -222,6 +234,7 @@ class SlidePostprocessor:
         self.score = score
         self.z_threshold = float(z_threshold)
         self.min_region_tiles = int(min_region_tiles)
+        self.slide_scores = slide_scores if score in SLIDE_RELATIVE_SCORES else None
         self.job: SlideJob | None = None
         self.summary: dict = {}
 
@@ -234,7 +247,7 @@ class SlidePostprocessor:
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def collect(self, engine: Engine) -> None:
-        self.job.scores.append(engine.state.output["pred"].detach().float().cpu())
+        self.job.outputs.append(engine.state.output["pred"].detach().float().cpu())
         self.job.fallbacks.append(torch.as_tensor(engine.state.batch["stain_fallback"]))
         self.job.indices.append(torch.as_tensor(engine.state.batch["index"]))
 
@@ -242,16 +255,17 @@ class SlidePostprocessor:
         job = self.job
         indices = torch.cat(job.indices)
         order = indices.argsort()
-        scores = torch.cat(job.scores)[order].numpy().astype(np.float64)
-        if len(scores) != len(job.samples) or not torch.equal(indices[order], torch.arange(len(order))):
-            raise RuntimeError(f"{job.slide}: {len(scores)} scores for {len(job.samples)} patches")
-        bad = int((~np.isfinite(scores)).sum())
+        outputs = torch.cat(job.outputs)[order].numpy().astype(np.float64)
+        if len(outputs) != len(job.samples) or not torch.equal(indices[order], torch.arange(len(order))):
+            raise RuntimeError(f"{job.slide}: {len(outputs)} scores for {len(job.samples)} patches")
+        bad = int((~np.isfinite(outputs)).reshape(len(outputs), -1).any(1).sum())
         if bad:
-            raise ValueError(f"{job.slide}: {bad} of {len(scores)} patch scores are NaN/inf; check the checkpoint.")
-        centre, spread = slide_reference(scores, self.z_statistics)
-        z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
+            raise ValueError(f"{job.slide}: {bad} of {len(outputs)} patch scores are NaN/inf; check the checkpoint.")
         geometry, facts = job.geometry, job.facts
         grid = np.array([s["grid"] for s in job.samples])
+        scores = self.slide_scores(outputs, grid, job.slide) if self.slide_scores else outputs
+        centre, spread = slide_reference(scores, self.z_statistics)
+        z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
         z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
         z_map[grid[:, 0], grid[:, 1]] = z
         tumour_map = clean_mask(z_map, self.z_threshold, self.min_region_tiles)
@@ -484,6 +498,7 @@ class SlideInference:
             **self.grid_args, "assume_mpp": self.assume_mpp, "read_device": self.read_device, "stain": self.stain.mode,
             "score": post.score,
             **inferer_settings(),
+            **(post.slide_scores.settings() if post.slide_scores else {}),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
             "min_region_tiles": post.min_region_tiles, "weights": weights_digest(self.evaluator.network.state_dict()),
         }  # fmt: skip

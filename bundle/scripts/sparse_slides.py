@@ -9,7 +9,14 @@ normal cells are tumour-free crops of the given tiles and tumour cells are crops
 masks (so both share the tiles' stains, as on one real slide), the tumour placed as one or two compact (disc-shaped)
 clusters covering 1-10 % of the cells. Burdens and cluster counts cycle through ``BURDENS`` x (1, 2 clusters). One
 more slide has no tumour: the PatchCamelyon normal patches of ``normals_dir`` that training holds out (hard negatives
-from many slides), where given, else the tiles' normal crops.
+from many slides, each used once), where given, else the tiles' normal tissue.
+
+The tiles hold far less distinct normal tissue than a slide needs, so normal cells must repeat tissue; they do so only
+nearby, as tissue continues on a real section: the normal tissue is laid out in ``BLOCK`` x ``BLOCK`` squares of cells,
+each filled with (overlapping) crops of one ``REGION``-px square of one tile, and no two squares of a slide come from
+the same region, so cells more than ``BLOCK`` - 1 cells apart never share pixels; no two tumour cells of a slide share
+pixels. A score that compares a patch with the rest of its slide beyond a neighbourhood of that size then never meets
+a copy of it.
 Each slide is written as ``<id>.tif`` (pyramidal) with its ``<id>.xml`` (ASAP, group Tumor; an empty file for the
 tumour-free slide, so evaluation reads it as declared tumour-free). Only the tiles named are used, so a fold's
 calibration slides can be built from its training tiles alone.
@@ -21,6 +28,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +51,37 @@ CELL = 96
 SLIDE_MPP = 0.972
 BURDENS = (0.02, 0.05, 0.09)  # tumour cells / all cells
 CROP_STRIDE = 16
+BLOCK = 4  # normal tissue comes in BLOCK x BLOCK squares of cells, each from one tile region
+REGION = CELL + 4 * CROP_STRIDE  # a region's side: 5 x 5 crop positions
+MIN_REGION_CROPS = 4  # fewer, and a block would be a few crops repeated
 logger = logging.getLogger(__name__)
 
 
-def tile_crops(tiles_dir: Path, names: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """96-px crops of the tiles on a 16-px grid: (tumour-free tissue crops, crops wholly inside tumour)."""
-    normal, tumour = [], []
-    for name in names:
+@dataclass
+class TileTissue:
+    """What the given tiles offer a slide: normal crops grouped by the tile region they lie in (regions never overlap,
+    so crops of different regions share no pixels), and tumour crops with their tile and top-left corner."""
+
+    regions: list[list[np.ndarray]]
+    tumour: list[np.ndarray]
+    tumour_corners: np.ndarray  # (tile index, y, x) per tumour crop
+
+
+def tile_tissue(tiles_dir: Path, names: Sequence[str]) -> TileTissue:
+    """96-px crops of the tiles on a 16-px grid: tumour-free ones by ``REGION``-px region (regions with at least
+    ``MIN_REGION_CROPS``), and those wholly inside the tumour."""
+    regions, tumour, corners = [], [], []
+    for k, name in enumerate(names):
         image, mask = read_tile(tiles_dir, name, CELL)
-        for target, corners in zip((normal, tumour), crop_corners(image, mask, CELL, CROP_STRIDE, 0.5), strict=True):
-            target.extend(image[y : y + CELL, x : x + CELL] for y, x in corners)
-    return normal, tumour
+        normal, inside = crop_corners(image, mask, CELL, CROP_STRIDE, 0.5)
+        by_region: dict[tuple[int, int], list[np.ndarray]] = {}
+        for y, x in normal:
+            if y % REGION + CELL <= REGION and x % REGION + CELL <= REGION:  # wholly inside one region
+                by_region.setdefault((y // REGION, x // REGION), []).append(image[y : y + CELL, x : x + CELL])
+        regions.extend(crops for crops in by_region.values() if len(crops) >= MIN_REGION_CROPS)
+        tumour.extend(image[y : y + CELL, x : x + CELL] for y, x in inside)
+        corners.extend((k, y, x) for y, x in inside)
+    return TileTissue(regions, tumour, np.array(corners).reshape(-1, 3))
 
 
 def cluster_mask(shape: tuple[int, int], burden: float, clusters: int, rng: np.random.Generator) -> np.ndarray:
@@ -73,17 +101,54 @@ def cluster_mask(shape: tuple[int, int], burden: float, clusters: int, rng: np.r
     return mask
 
 
-def write_sparse_slide(
-    out_dir: Path, slide_id: str, tumour_cells: np.ndarray, normal: list[np.ndarray], tumour: list[np.ndarray],
-    rng: np.random.Generator,
-) -> float:  # fmt: skip
-    """``out_dir/<slide_id>.tif`` and ``.xml``; returns the tumour fraction of the cells."""
-    rows, cols = tumour_cells.shape
-    image = np.empty((rows * CELL, cols * CELL, 3), np.uint8)
-    for i in range(rows):
-        for j in range(cols):
-            pool = tumour if tumour_cells[i, j] else normal
-            image[i * CELL : (i + 1) * CELL, j * CELL : (j + 1) * CELL] = pool[rng.integers(len(pool))]
+def each_once(items: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random indices into ``items`` things, none used twice before every one has been used."""
+    return np.concatenate([rng.permutation(items) for _ in range(-(-count // items))])[:count]
+
+
+def normal_blocks(shape: tuple[int, int], regions: list[list[np.ndarray]], rng: np.random.Generator) -> np.ndarray:
+    """Normal tissue for a grid of ``shape`` cells: each ``BLOCK`` x ``BLOCK`` square from its own region."""
+    blocks = (-(-shape[0] // BLOCK), -(-shape[1] // BLOCK))
+    if len(regions) < blocks[0] * blocks[1]:
+        raise ValueError(
+            f"the tiles give {len(regions)} tissue regions of {REGION} px, a {shape[0]} x {shape[1]} slide needs "
+            f"{blocks[0] * blocks[1]} (one per {BLOCK} x {BLOCK} cells): give more tiles or a smaller --grid."
+        )
+    image = np.empty((blocks[0] * BLOCK * CELL, blocks[1] * BLOCK * CELL, 3), np.uint8)
+    side = BLOCK * CELL
+    for block, region in enumerate(rng.choice(len(regions), blocks[0] * blocks[1], replace=False)):
+        top, left = divmod(block, blocks[1])
+        crops = regions[region]
+        cells = np.stack([crops[k] for k in each_once(len(crops), BLOCK * BLOCK, rng)])
+        image[top * side : (top + 1) * side, left * side : (left + 1) * side] = (
+            cells.reshape(BLOCK, BLOCK, CELL, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(side, side, 3)
+        )
+    return image[: shape[0] * CELL, : shape[1] * CELL]
+
+
+def disjoint_tumour(tissue: TileTissue, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` tumour crops of which no two share pixels, picked in a random order."""
+    chosen: list[int] = []
+    corners = tissue.tumour_corners
+    for k in rng.permutation(len(tissue.tumour)):
+        others = corners[chosen]
+        same_tile = others[:, 0] == corners[k, 0]
+        if not (same_tile & (np.abs(others[:, 1:] - corners[k, 1:]) < CELL).all(1)).any():
+            chosen.append(k)
+            if len(chosen) == count:
+                return [tissue.tumour[k] for k in chosen]
+    raise ValueError(
+        f"the tiles give {len(chosen)} tumour crops that share no pixels, a slide needs {count}: give more tiles."
+    )
+
+
+def write_sparse_slide(out_dir: Path, slide_id: str, tumour_cells: np.ndarray, normal: np.ndarray,
+                       tumour: list[np.ndarray]) -> float:  # fmt: skip
+    """``out_dir/<slide_id>.tif`` (the ``normal`` tissue image with ``tumour`` crops in the tumour cells, row by
+    row) and its ``.xml``; returns the tumour fraction of the cells."""
+    image = normal.copy()
+    for (i, j), crop in zip(np.argwhere(tumour_cells), tumour, strict=True):
+        image[i * CELL : (i + 1) * CELL, j * CELL : (j + 1) * CELL] = crop
     write_pyramid(out_dir / f"{slide_id}.tif", image, SLIDE_MPP, levels=2, compression="jpeg")
     with atomic_path(out_dir / f"{slide_id}.xml") as tmp:
         tmp.write_text(to_asap_xml(trace_regions(tumour_cells, None, pitch=CELL)))
@@ -97,10 +162,11 @@ def build(
     """Write ``slides`` tumour-sparse slides and one tumour-free slide; return their ids. The tumour-free slide takes
     only the ``normals_holdout`` part of ``normals_dir`` that training (same fraction) leaves out."""
     names = [t if Path(t).suffix else f"{t}.jpg" for t in tiles]
-    normal, tumour = tile_crops(tiles_dir, names)
-    if not tumour or not normal:
+    tissue = tile_tissue(tiles_dir, names)
+    if not tissue.tumour or not tissue.regions:
         raise ValueError(
-            f"{tiles_dir}: the tiles {list(tiles)} give {len(tumour)} tumour and {len(normal)} normal crops."
+            f"{tiles_dir}: the tiles {list(tiles)} give {len(tissue.tumour)} tumour crops and {len(tissue.regions)} "
+            "normal tissue regions."
         )
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,17 +174,28 @@ def build(
     for k in range(slides):
         burden, clusters = BURDENS[k % len(BURDENS)], 1 + (k // len(BURDENS)) % 2
         ids.append(f"sparse_{k:02d}")
-        fraction = write_sparse_slide(out_dir, ids[-1], cluster_mask(grid, burden, clusters, rng), normal, tumour, rng)
+        cells = cluster_mask(grid, burden, clusters, rng)
+        normal = normal_blocks(grid, tissue.regions, rng)
+        fraction = write_sparse_slide(out_dir, ids[-1], cells, normal, disjoint_tumour(tissue, int(cells.sum()), rng))
         logger.info(
             "%s: %d cluster(s), tumour %.1f %% of %d cells", ids[-1], clusters, 100 * fraction, grid[0] * grid[1]
         )
     ids.append("normal_00")
-    if normals_dir is not None:
+    if normals_dir is None:
+        normal = normal_blocks(grid, tissue.regions, rng)
+    else:
         held_out = PatchFolderNormals(held_out_normals(normal_patch_files(normals_dir), normals_holdout)[1], CELL)
-        normal = [np.moveaxis(patch, 0, -1) for patch in held_out.patches]
-    write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, tumour, rng)
+        normal = patch_grid(grid, [np.moveaxis(patch, 0, -1) for patch in held_out.patches], rng)
+    write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, [])
     logger.info("%s: tumour-free (%d cells)", ids[-1], grid[0] * grid[1])
     return ids
+
+
+def patch_grid(shape: tuple[int, int], patches: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A grid of ``shape`` cells from separate patches, each used once while there are enough."""
+    cells = np.stack([patches[k] for k in each_once(len(patches), shape[0] * shape[1], rng)])
+    cells = cells.reshape(*shape, CELL, CELL, 3)
+    return cells.transpose(0, 2, 1, 3, 4).reshape(shape[0] * CELL, shape[1] * CELL, 3)
 
 
 def main() -> None:
