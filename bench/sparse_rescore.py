@@ -39,7 +39,7 @@ import tifffile
 import torch
 from common import BUNDLE
 from detection_quality import tile_folds
-from scipy import ndimage
+from scipy import ndimage, stats
 from sparse_folds import DRAWS
 
 from scripts.datasets import DEMO_TILES, crop_corners, read_tile, tile_names
@@ -289,6 +289,16 @@ def reversed_od_std(out: Path, fold: str) -> Scorer:
     return scores
 
 
+def z_sum(*scorers: Scorer) -> Scorer:
+    """The sum of the scorers' per-slide z-scores (mean and std): scores that fail on different tissue, joined with
+    equal weights fixed beforehand."""
+
+    def scores(slide: SlideResult, part: str, model: Path) -> np.ndarray:
+        return sum(stats.zscore(scorer(slide, part, model)) for scorer in scorers)
+
+    return scores
+
+
 def rescored(slide: SlideResult, scores: np.ndarray, statistic: str, sigma: float) -> SlideResult:
     """``slide`` with the z-map of ``scores`` under ``statistic``, then Gaussian-smoothed over tissue cells (``sigma``
     in cells; off-tissue cells neither contribute nor receive a value)."""
@@ -364,6 +374,15 @@ def main() -> None:
     variants[("reversed std of optical density (no model)", "mean_std", 0.0)] = {
         f: reversed_od_std(args.out, f) for f in models
     }
+    parts = {
+        "latent": saved,
+        "rarity": {f: slide_knn("skip48", 5, 4, False, args.out, f) for f in models},  # the bundle's `rarity` score
+        "reversed std of OD": {f: reversed_od_std(args.out, f) for f in models},
+    }
+    for first, second in (("latent", "rarity"), ("latent", "reversed std of OD"), ("rarity", "reversed std of OD")):
+        variants[(f"{first} + {second} (sum of per-slide z)", "mean_std", 0.0)] = {
+            f: z_sum(parts[first][f], parts[second][f]) for f in models
+        }
     if args.tiles_dir:
         training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
         fold_tiles = {f"fold{k}": [t for t in training if t not in held_out]
