@@ -136,8 +136,8 @@ def test_slide_rarity_ranks_a_small_foreign_cluster_first_unless_it_may_vouch_fo
     rarity = SlideRarity(neighbours=3, exclusion=1)(descriptors, grid, "s")
     assert set(np.argsort(rarity)[-4:]) == set(np.flatnonzero(foreign))
     # with no exclusion the cluster's 3 other cells are its 3 nearest: it looks as ordinary as any normal cell
-    alone = SlideRarity(neighbours=3, exclusion=0)(descriptors, grid, "s")
-    assert alone[foreign].max() < np.median(alone[~foreign])
+    vouched = SlideRarity(neighbours=3, exclusion=0)(descriptors, grid, "s")
+    assert vouched[foreign].max() < np.median(vouched[~foreign])
     assert rarity[foreign].min() > 3 * np.median(rarity[~foreign])
 
 
