@@ -258,7 +258,7 @@ def disjoint_auc_table(folds: dict, out: Path, radii: list[int]) -> None:
                 x = slide_descriptors(*key, model)[feature][kept]
                 scores |= {f"{feature} kNN, k 5, radius {r}": knn_distance(x, grid, 5, r, None) for r in radii}
             for name, score in scores.items():
-                z = (score - score.mean()) / score.std()
+                z = stats.zscore(score)
                 pooled = per_fold.setdefault(name, {}).setdefault(fold, [[], []])
                 pooled[0].append(z)
                 pooled[1].append(labels[kept])
