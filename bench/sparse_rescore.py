@@ -47,6 +47,7 @@ from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_o
 from scripts.model_files import load_network, read_normal_stats
 from scripts.network import Skip96VAE
 from scripts.regions import clean_mask
+from scripts.sparse_slides import disjoint_crops
 from scripts.stain import StainNormalizer
 from scripts.transforms import ChannelStats, PrepareSlideBatch
 
@@ -159,12 +160,8 @@ def disjoint_normal_crops(tiles_dir: Path, tiles: list[str], seed: int = 0) -> i
     sharing pixels, packed greedily in a random order: the normal cells a slide could hold without repeating tissue."""
     rng, count = np.random.default_rng(seed), 0
     for name in tiles:
-        image, mask = read_tile(tiles_dir, f"{name}.jpg", 96)
-        used = np.zeros(image.shape[:2], bool)
-        for y, x in rng.permutation(np.array(crop_corners(image, mask, 96, 16, 0.5)[0]).reshape(-1, 2)):
-            if not used[y : y + 96, x : x + 96].any():
-                used[y : y + 96, x : x + 96] = True
-                count += 1
+        normal = crop_corners(*read_tile(tiles_dir, f"{name}.jpg", 96), 96, 16, 0.5)[0]
+        count += len(disjoint_crops(np.column_stack([np.zeros(len(normal), int), normal]), rng))
     return count
 
 

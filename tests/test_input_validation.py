@@ -344,9 +344,10 @@ def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, 
 
 def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():
     from scripts.inference import scoring_settings
+    from scripts.scores import SlideRarity
 
-    assert scoring_settings("latent", 5, 4, tta=False) == {"score": "latent", "tta": False}
-    assert scoring_settings("rarity", 5, 4, tta=False) == {
+    assert scoring_settings("latent", SlideRarity(5, 4), tta=False) == {"score": "latent", "tta": False}
+    assert scoring_settings("rarity", SlideRarity(5, 4), tta=False) == {
         "score": "rarity", "tta": False, "rarity_neighbours": 5, "rarity_exclusion": 4
     }  # fmt: skip
 

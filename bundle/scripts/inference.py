@@ -58,11 +58,10 @@ CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_00
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
 
-def scoring_settings(score: str, rarity_neighbours: int, rarity_exclusion: int, **settings: object) -> dict:
+def scoring_settings(score: str, rarity: SlideRarity, **settings: object) -> dict:
     """What a slide's z-scores depend on besides the weights, as a calibration records it: ``settings`` (tta, grid,
     stain, per-slide statistic, ...) and the score, with the ``rarity`` knobs only for the score that uses them."""
-    rarity = {"rarity_neighbours": rarity_neighbours, "rarity_exclusion": rarity_exclusion}
-    return {"score": score, **settings, **(rarity if score in SLIDE_RELATIVE_SCORES else {})}
+    return {"score": score, **settings, **(rarity.settings() if score in SLIDE_RELATIVE_SCORES else {})}
 
 
 def calibrated(

@@ -120,26 +120,37 @@ def normal_blocks(shape: tuple[int, int], regions: list[list[np.ndarray]], rng: 
         top, left = divmod(block, blocks[1])
         crops = regions[region]
         cells = np.stack([crops[k] for k in each_once(len(crops), BLOCK * BLOCK, rng)])
-        image[top * side : (top + 1) * side, left * side : (left + 1) * side] = (
-            cells.reshape(BLOCK, BLOCK, CELL, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(side, side, 3)
-        )
+        image[top * side : (top + 1) * side, left * side : (left + 1) * side] = cells_image(cells, BLOCK, BLOCK)
     return image[: shape[0] * CELL, : shape[1] * CELL]
 
 
-def disjoint_tumour(tissue: TileTissue, count: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``count`` tumour crops of which no two share pixels, picked in a random order."""
+def disjoint_crops(corners: np.ndarray, rng: np.random.Generator, count: int | None = None) -> list[int]:
+    """Indices of up to ``count`` ``CELL``-px crops (rows of (tile, y, x) top-left corners) of which no two share
+    pixels, taken greedily in a random order."""
     chosen: list[int] = []
-    corners = tissue.tumour_corners
-    for k in rng.permutation(len(tissue.tumour)):
+    for k in rng.permutation(len(corners)):
         others = corners[chosen]
         same_tile = others[:, 0] == corners[k, 0]
         if not (same_tile & (np.abs(others[:, 1:] - corners[k, 1:]) < CELL).all(1)).any():
             chosen.append(k)
             if len(chosen) == count:
-                return [tissue.tumour[k] for k in chosen]
-    raise ValueError(
-        f"the tiles give {len(chosen)} tumour crops that share no pixels, a slide needs {count}: give more tiles."
-    )
+                break
+    return chosen
+
+
+def disjoint_tumour(tissue: TileTissue, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` tumour crops of which no two share pixels, picked in a random order."""
+    chosen = disjoint_crops(tissue.tumour_corners, rng, count)
+    if len(chosen) < count:
+        raise ValueError(
+            f"the tiles give {len(chosen)} tumour crops that share no pixels, a slide needs {count}: give more tiles."
+        )
+    return [tissue.tumour[k] for k in chosen]
+
+
+def cells_image(cells: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``rows`` x ``cols`` cells (given row by row, each ``CELL`` x ``CELL`` x 3) as one image."""
+    return cells.reshape(rows, cols, CELL, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(rows * CELL, cols * CELL, 3)
 
 
 def write_sparse_slide(out_dir: Path, slide_id: str, tumour_cells: np.ndarray, normal: np.ndarray,
@@ -193,9 +204,7 @@ def build(
 
 def patch_grid(shape: tuple[int, int], patches: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """A grid of ``shape`` cells from separate patches, each used once while there are enough."""
-    cells = np.stack([patches[k] for k in each_once(len(patches), shape[0] * shape[1], rng)])
-    cells = cells.reshape(*shape, CELL, CELL, 3)
-    return cells.transpose(0, 2, 1, 3, 4).reshape(shape[0] * CELL, shape[1] * CELL, 3)
+    return cells_image(np.stack([patches[k] for k in each_once(len(patches), shape[0] * shape[1], rng)]), *shape)
 
 
 def main() -> None:
