@@ -45,8 +45,8 @@ def test_real_svs_gives_the_same_grid_with_cucim_and_openslide():
     svs = requires_shared("slides", "CMU-1-Small-Region.svs")
     grids = {}
     for backend in ("cuCIM", "OpenSlide"):
-        samples, geometry, _ = slide_patches(svs, make_reader(backend), 0.972, 96, 96, 0.5)
-        grids[backend] = ([s["location"] for s in samples], geometry)
+        patches, geometry, _ = slide_patches(svs, make_reader(backend), 0.972, 96, 96, 0.5)
+        grids[backend] = (patches.corners.tolist(), geometry)
     assert grids["cuCIM"] == grids["OpenSlide"]
     locations, geometry = grids["cuCIM"]
     assert geometry.mpp0 == pytest.approx(0.499)
@@ -55,24 +55,32 @@ def test_real_svs_gives_the_same_grid_with_cucim_and_openslide():
 
 @pytest.mark.parametrize("backend", ["cuCIM", "OpenSlide"])
 @pytest.mark.parametrize(("slide", "stride"), [("slide_0243", 96), ("slide_0243", 64), ("slide_05", 96)])
-def test_block_reads_give_the_patches_of_per_patch_reads(request, backend, slide, stride):
-    """Blocks (3 x 3, so some are partial) cut into patches equal reading each patch alone (then resizing it)."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_block_reads_give_monais_per_patch_reads_byte_for_byte(request, backend, slide, stride, workers):
+    """Blocks (3 x 3, so some are partial) read by DataLoader workers, cut into patches and batched, equal reading each
+    patch alone through MONAI's ``PatchWSIDataset`` (then resizing it), byte for byte, each under its own index."""
     import numpy as np
     from monai.data import PatchWSIDataset
     from monai.transforms import Resize
 
-    from scripts.inference import slide_dataset
+    from scripts.patch_stream import patch_loader
 
     path = request.getfixturevalue(slide)
     reader = make_reader(backend)
-    samples, geometry, _ = slide_patches(path, reader, 0.972, 96, stride, 0.5)
-    single = PatchWSIDataset(samples, reader=reader, center_location=False, include_label=False)
-    expected = [np.asarray(item["image"]) for item in single]
-    blocks = slide_dataset(reader, samples, geometry, read_block=3)
-    assert len(blocks) < len(samples)
-    patches = {item["index"]: np.asarray(item["image"]) for block in blocks for item in block}
-    assert sorted(patches) == list(range(len(samples)))
+    patches, geometry, _ = slide_patches(path, reader, 0.972, 96, stride, 0.5)
+    single = PatchWSIDataset(patches.samples(path, geometry), reader=reader, center_location=False, include_label=False)
     resize = Resize((96, 96), mode="area")
-    for index, patch in patches.items():
-        assert patch.shape == (3, 96, 96)
-        np.testing.assert_allclose(patch, np.asarray(resize(expected[index][:3])), atol=1e-4)
+    expected = [
+        np.asarray(resize(item["image"][:3]) if geometry.read_size != 96 else item["image"][:3]) for item in single
+    ]
+    loader = patch_loader(reader, path, patches, geometry, read_block=3, batch_size=7, num_workers=workers)
+    assert len(loader.dataset.blocks) < len(patches)
+    batches = list(loader)
+    assert len(batches) == loader.dataset.batches(7, workers)
+    assert all(len(batch["index"]) == 7 for batch in batches[: -max(1, workers)])  # only each worker's last is short
+    indices = np.concatenate([batch["index"].numpy() for batch in batches])
+    assert sorted(indices) == list(range(len(patches)))
+    images = np.concatenate([batch["image"].numpy() for batch in batches])
+    assert images.dtype == expected[0].dtype
+    for index, image in zip(indices, images, strict=True):
+        assert image.tobytes() == expected[index].tobytes()

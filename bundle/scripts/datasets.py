@@ -251,10 +251,11 @@ def wsi_normal_patches(
     reader = make_reader(wsi_reader)
     datasets: list[PatchWSIDataset] = []
     for slide in slides:
-        samples, geometry, _ = slide_patches(slide, reader, target_mpp, patch_size, stride, min_tissue)
+        patches, geometry, _ = slide_patches(slide, reader, target_mpp, patch_size, stride, min_tissue)
         logger.info(
-            "%s: %d tissue patches at level %d (%.3f µm/px)", slide, len(samples), geometry.level, geometry.level_mpp
+            "%s: %d tissue patches at level %d (%.3f µm/px)", slide, len(patches), geometry.level, geometry.level_mpp
         )
+        samples = patches.samples(slide, geometry)
         resize = None
         if geometry.read_size != patch_size:
             resize = Resized(keys="image", spatial_size=(patch_size, patch_size), mode="area")

@@ -185,7 +185,7 @@ def load_slide(
     else:
         patches["label"] = patch_labels(annotation, patches, rule, min_fraction)
         truth = annotation.rasterise(tissue.shape, grid["thumbnail_downsample"])
-    thumbnail = io.imread(folder / "thumbnail.png")
+    thumbnail = io.imread(folder / "thumbnail.jpg")
     return SlideResult(slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, thumbnail, annotation)
 
 

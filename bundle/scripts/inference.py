@@ -1,7 +1,8 @@
-"""Cohort inference: one evaluator run per slide, with a post-processing handler writing each slide's outputs.
+"""Cohort inference: one evaluator run per slide, with a post-processing handler turning its scores into outputs.
 
-Slides are processed one at a time so that memory is bounded by one slide, the stain fit of a slide is done before
-its patches stream, and a slide that fails is recorded in ``summary.csv`` without costing the others.
+Slides are scored one at a time, so memory is bounded by a slide or two; the next slide's grid and stain fit are
+prepared, and the previous slide's outputs written, while a slide is scored; a slide that fails is recorded in
+``summary.csv`` without costing the others.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,25 +21,21 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DataLoader, PatchWSIDataset
-from monai.transforms import Compose, Resized
-from skimage import io
 
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
-from .device_read import check_read_device, device_reader
-from .heatmap import save_heatmap
-from .isolation import run_isolated
+from .heatmap import save_heatmap, save_image
+from .isolation import run_isolated, yield_cores
 from .model_files import checkpoint_digest, weights_digest
+from .patch_stream import patch_loader
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
 from .scores import SLIDE_RELATIVE_SCORES, SlideRarity
 from .settings import require_number
 from .stain import StainNormalizer
-from .transforms import SplitBlockd
 from .wsi import (
     MPP_RANGE,
     PatchGeometry,
     SlideUnusableError,
-    block_samples,
+    TissueGrid,
     check_slide_file,
     make_reader,
     slide_id,
@@ -156,26 +154,12 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     )  # fmt: skip
 
 
-def slide_dataset(reader, samples: list[dict], geometry: PatchGeometry, read_block: int) -> PatchWSIDataset:
-    """MONAI's ``PatchWSIDataset`` over blocks of ``read_block`` x ``read_block`` patches, each cut into its patches
-    (and resized where the level's pixel size is off). Items are lists of ``{"image", "index"}``; MONAI's
-    ``DataLoader`` flattens them into batches. The loaders only read: stain and intensity normalisation run per batch
-    in the evaluator's ``prepare_batch``."""
-    transforms = [SplitBlockd(geometry.read_size)]
-    if geometry.read_size != geometry.patch_size:
-        transforms.append(Resized(keys="image", spatial_size=(geometry.patch_size,) * 2, mode="area"))
-    return PatchWSIDataset(
-        block_samples(samples, geometry, read_block), reader=reader, center_location=False, include_label=False,
-        additional_meta_keys=["members"], transform=Compose(transforms),
-    )  # fmt: skip
-
-
 @dataclass
 class SlideJob:
     """What the post-processing handler needs to know about the slide the evaluator is scoring."""
 
     slide: str
-    samples: list[dict]
+    patches: TissueGrid
     geometry: PatchGeometry
     facts: dict
     settings: dict = field(default_factory=dict)
@@ -208,7 +192,7 @@ class SlidePostprocessor:
     """Ignite handler: collect one slide's patch scores, then z-score, threshold, clean, trace and write outputs.
 
     Outputs in ``output_dir/<slide_id>/``: ``patches.csv``, ``score_map.npy`` + ``score_map.json``, ``heatmap.png``,
-    ``regions.geojson`` and ``regions.xml``, and the ``thumbnail.png`` and ``tissue_mask.png`` that evaluation draws
+    ``regions.geojson`` and ``regions.xml``, and the ``thumbnail.jpg`` and ``tissue_mask.png`` that evaluation draws
     on (at ``thumbnail_downsample``); every file is written atomically. ``summary`` holds the slide's row.
     """
 
@@ -236,10 +220,12 @@ class SlidePostprocessor:
         self.slide_scores = slide_scores if score in SLIDE_RELATIVE_SCORES else None
         self.job: SlideJob | None = None
         self.summary: dict = {}
+        self.outputs: Callable[[], None] | None = None  # writes the slide's files once ``finish`` has run
 
     def begin(self, job: SlideJob) -> None:
         self.job = job
         self.summary = {}
+        self.outputs = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
@@ -255,13 +241,13 @@ class SlidePostprocessor:
         indices = torch.cat(job.indices)
         order = indices.argsort()
         outputs = torch.cat(job.outputs)[order].numpy().astype(np.float64)
-        if len(outputs) != len(job.samples) or not torch.equal(indices[order], torch.arange(len(order))):
-            raise RuntimeError(f"{job.slide}: {len(outputs)} scores for {len(job.samples)} patches")
+        if len(outputs) != len(job.patches) or not torch.equal(indices[order], torch.arange(len(order))):
+            raise RuntimeError(f"{job.slide}: {len(outputs)} scores for {len(job.patches)} patches")
         bad = int((~np.isfinite(outputs)).reshape(len(outputs), -1).any(1).sum())
         if bad:
             raise ValueError(f"{job.slide}: {bad} of {len(outputs)} patch scores are NaN/inf; check the checkpoint.")
         geometry, facts = job.geometry, job.facts
-        grid = np.array([s["grid"] for s in job.samples])
+        grid = job.patches.cells
         scores = self.slide_scores(outputs, grid, job.slide) if self.slide_scores else outputs
         centre, spread = slide_reference(scores, self.z_statistics)
         z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
@@ -270,25 +256,20 @@ class SlidePostprocessor:
         tumour_map = clean_mask(z_map, self.z_threshold, self.min_region_tiles)
         regions = trace_regions(tumour_map, z_map, geometry.stride0)
 
-        out = self.output_dir / job.slide_id
         patches = pd.DataFrame(
             {
-                "x": [s["location"][1] for s in job.samples],
-                "y": [s["location"][0] for s in job.samples],
+                "x": job.patches.corners[:, 1],
+                "y": job.patches.corners[:, 0],
                 "size0": geometry.size0,
                 "level": geometry.level,
                 "score": scores,
                 "z": z,
-                "tissue_fraction": [round(s["tissue_fraction"], 4) for s in job.samples],
+                "tissue_fraction": [round(float(f), 4) for f in job.patches.tissue_fraction],
                 "stain_fallback": torch.cat(job.fallbacks)[order].numpy().astype(int),
                 "tumour": tumour_map[grid[:, 0], grid[:, 1]].astype(int),
             },
             columns=PATCH_COLUMNS,
         )
-        with atomic_path(out / "patches.csv") as tmp:
-            patches.to_csv(tmp, index=False)
-        with atomic_path(out / "score_map.npy") as tmp:
-            np.save(tmp, z_map)
         grid_info = {
             "origin": [0, 0],
             "stride": geometry.stride0,
@@ -307,20 +288,6 @@ class SlidePostprocessor:
             "min_region_tiles": self.min_region_tiles,
             "thumbnail_downsample": facts["mask_downsample"],
         }
-        with atomic_path(out / "score_map.json") as tmp:
-            tmp.write_text(json.dumps(grid_info, indent=2))
-        with atomic_path(out / "regions.geojson") as tmp:
-            tmp.write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
-        with atomic_path(out / "regions.xml") as tmp:
-            tmp.write_text(to_asap_xml(regions))
-        with atomic_path(out / "thumbnail.png") as tmp:
-            io.imsave(tmp, facts["thumbnail"], check_contrast=False)
-        with atomic_path(out / "tissue_mask.png") as tmp:
-            io.imsave(tmp, (facts["mask"] * 255).astype(np.uint8), check_contrast=False)
-        save_heatmap(
-            out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry, self.z_threshold,
-            f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
-        )  # fmt: skip
         mm2_per_mask_px = (facts["mask_downsample"] * geometry.mpp0) ** 2 / 1e6
         self.summary = {
             "n_patches": len(scores),
@@ -330,14 +297,39 @@ class SlidePostprocessor:
             "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
         }
-        with atomic_path(out / COMPLETE_MARKER) as tmp:  # written last: its presence means every output is whole
-            marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": self.summary}
-            tmp.write_text(json.dumps(marker))
+        self.outputs = functools.partial(self.write, job, patches, z_map, grid_info, regions, dict(self.summary))
         # an empty region file is a result too: say how close the slide came to the threshold
         logger.info(
             "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f)",
             job.slide_id, len(regions), self.summary["tumour_mm2"], self.z_threshold, self.min_region_tiles, z.max(),
         )  # fmt: skip
+
+    def write(
+        self, job: SlideJob, patches: pd.DataFrame, z_map: np.ndarray, grid_info: dict, regions: list, summary: dict
+    ) -> None:
+        """Write one slide's outputs, each file atomically, ``complete.json`` last: its presence means every output
+        is whole. Called after ``finish``, off the scoring's critical path (``SlideInference`` runs it in a thread
+        while the next slide is scored)."""
+        out, facts, geometry = self.output_dir / job.slide_id, job.facts, job.geometry
+        with atomic_path(out / "patches.csv") as tmp:
+            patches.to_csv(tmp, index=False)
+        with atomic_path(out / "score_map.npy") as tmp:
+            np.save(tmp, z_map)
+        with atomic_path(out / "score_map.json") as tmp:
+            tmp.write_text(json.dumps(grid_info, indent=2))
+        with atomic_path(out / "regions.geojson") as tmp:
+            tmp.write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
+        with atomic_path(out / "regions.xml") as tmp:
+            tmp.write_text(to_asap_xml(regions))
+        save_image(out / "thumbnail.jpg", facts["thumbnail"])
+        save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
+        save_heatmap(
+            out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry, self.z_threshold,
+            f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
+        )  # fmt: skip
+        with atomic_path(out / COMPLETE_MARKER) as tmp:
+            marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": summary}
+            tmp.write_text(json.dumps(marker))
 
 
 def unique_slide_ids(slides: Sequence[str]) -> list[str]:
@@ -408,11 +400,12 @@ class SlideInference:
         if assume_mpp is not None:
             require_number("assume_mpp", assume_mpp, *MPP_RANGE)
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
-        self.read_device = check_read_device(read_device, wsi_reader)
-        if self.read_device != "cpu" and (num_workers or pin_memory):
-            logger.info("read_device %s: patches are decoded in the main process (num_workers 0, no pinned memory)",
-                        self.read_device)  # fmt: skip
-            num_workers, pin_memory = 0, False
+        if read_device != "cpu":
+            raise ValueError(
+                f"read_device {read_device!r} is not offered: cuCIM's GPU decoding read 11-16 patches/s on an H200, "
+                "about 100x slower than decoding on its CPU (bench/README.md); use --read_device cpu."
+            )
+        self.read_device = read_device
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
@@ -439,54 +432,52 @@ class SlideInference:
         self.strict = strict
 
     def _probe(self, slide: str, backend: str) -> tuple:
-        """The slide's grid and its stain-fit patches, read with ``backend`` (runs in a child process)."""
+        """The slide's tissue grid and its stain fit, read with ``backend`` (runs in a child process)."""
         reader = make_reader(backend)
-        samples, geometry, facts = slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args)
+        patches, geometry, facts = slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args)
+        if not len(patches) or self.stain.mode != "slide":
+            return patches, geometry, facts, None
         rng = np.random.default_rng(self.seed)
-        chosen = rng.choice(len(samples), size=min(self.stain_fit_patches, len(samples)), replace=False)
+        chosen = rng.choice(len(patches), size=min(self.stain_fit_patches, len(patches)), replace=False)
         wsi = reader.read(slide)
         fit_patches = []
-        for i in chosen:
-            patch, _ = reader.get_data(wsi, location=samples[i]["location"], size=samples[i]["size"],
-                                       level=samples[i]["level"])  # fmt: skip
+        for corner in patches.corners[chosen]:
+            patch, _ = reader.get_data(wsi, location=corner.tolist(), size=(geometry.read_size,) * 2,
+                                       level=geometry.level)  # fmt: skip
             fit_patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
-        return samples, geometry, facts, fit_patches
+        return patches, geometry, facts, self.stain.fit_slide(fit_patches, slide)
 
-    def _open(self, slide: str):
-        """Check the file, then read its grid and stain-fit patches in a child process, so that a reader crashing
+    def _open(self, slide: str) -> tuple:
+        """Check the file, then read its grid and fit its stains in a child process, so that a reader crashing
         natively on a bad file costs this slide only; a cuCIM failure falls back to OpenSlide once."""
         check_slide_file(slide)
         try:
-            return (make_reader(self.wsi_reader), *run_isolated(self._probe, slide, self.wsi_reader))
+            return (make_reader(self.wsi_reader), *run_isolated(self._probe, slide, self.wsi_reader, background=True))
         except Exception as error:
             if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
                 raise  # the file's resolution or levels are the problem, whatever the reader
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
-            return (make_reader("OpenSlide"), *run_isolated(self._probe, slide, "OpenSlide"))
+            return (make_reader("OpenSlide"), *run_isolated(self._probe, slide, "OpenSlide", background=True))
 
-    def _score(self, slide: str, settings: dict) -> dict:
-        reader, samples, geometry, facts, fit_patches = self._open(slide)
+    def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
+        reader, patches, geometry, facts, fit = opened
         if 0 in facts["shape"]:
             raise ValueError(f"smaller than one patch ({facts['size0']} level-0 px, a patch is {geometry.size0})")
-        if not samples:
+        if not len(patches):
             raise ValueError(
                 f"no tissue: no {geometry.size0}-px patch has tissue fraction >= {self.grid_args['min_tissue']} "
                 "(lower --min_tissue if the slide is pale)"
             )
         logger.info(
             "%s: %d tissue patches at level %d (%.3f µm/px, %d px read, %d level-0 px)",
-            slide, len(samples), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
+            slide, len(patches), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
         )  # fmt: skip
-        self.stain.fit_slide(fit_patches, slide)
-        if self.read_device != "cpu":
-            reader = device_reader(self.read_device, reader, slide, geometry.level)
-        dataset = slide_dataset(reader, samples, geometry, self.read_block)
-        blocks_per_batch = max(1, self.batch_size // self.read_block**2)
-        self.evaluator.data_loader = DataLoader(
-            dataset, batch_size=blocks_per_batch, num_workers=self.num_workers, pin_memory=self.pin_memory
-        )
-        self.evaluator.state.epoch_length = len(self.evaluator.data_loader)
-        self.postprocessor.begin(SlideJob(slide, samples, geometry, facts, settings))
+        self.stain.fit = fit
+        loader = patch_loader(reader, slide, patches, geometry, self.read_block, self.batch_size, self.num_workers,
+                              self.pin_memory)  # fmt: skip
+        self.evaluator.data_loader = loader
+        self.evaluator.state.epoch_length = loader.dataset.batches(self.batch_size, self.num_workers)
+        self.postprocessor.begin(SlideJob(slide, patches, geometry, facts, settings))
         self.evaluator.run()
         return self.postprocessor.summary
 
@@ -516,6 +507,20 @@ class SlideInference:
         same_file = done.get("slide") == str(Path(slide).resolve())
         return done["summary"] if same_file and done.get("settings") == settings else None
 
+    @staticmethod
+    def _fail(row: dict, slide: str, error: BaseException) -> None:
+        message = f"{slide}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        logger.error("%s", message)
+        logger.debug("traceback for %s", slide, exc_info=error)
+        row.update(status="error", error=message)
+
+    def _written(self, rows: dict[str, dict], slide: str, writing: Future) -> None:
+        """Wait for a slide's outputs; a failure to write them fails that slide alone."""
+        try:
+            writing.result()
+        except Exception as error:
+            self._fail(rows[slide], slide, error)
+
     def _shard_suffix(self, index: int) -> str:
         """What a shard adds to the names of its own files; nothing when the cohort is not sharded."""
         return "" if self.num_shards == 1 else f".shard-{index}-of-{self.num_shards}"
@@ -538,26 +543,42 @@ class SlideInference:
             log_file.close()
 
     def _run_all(self) -> pd.DataFrame:
-        rows = []
+        """The cohort as one stream: while a slide is scored, the next one's grid and stain fit are prepared (in a
+        child process) and the previous one's outputs are written (in a thread), so a slide costs about what its
+        patches cost. At most one slide's outputs wait to be written, so memory stays that of two slides."""
         settings = self.settings()
+        rows: dict[str, dict] = {}
+        todo = []
         for k, slide in enumerate(self.slides, 1):
-            start = time.perf_counter()
-            row = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
+            rows[slide] = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
             done = self._completed(slide, settings)
-            if done is not None:
-                logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
-                rows.append({**row, **done, "seconds": 0.0})
+            if done is None:
+                todo.append(slide)
                 continue
-            logger.info("[%d/%d] %s", k, len(self.slides), slide)
-            try:
-                row.update(self._score(slide, settings))
-            except Exception as error:  # one bad slide must not lose the others
-                message = f"{slide}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                logger.error("%s", message)
-                logger.debug("traceback for %s", slide, exc_info=True)
-                row.update(status="error", error=message)
-            row["seconds"] = round(time.perf_counter() - start, 2)
-            rows.append(row)
+            logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
+            rows[slide].update(done, seconds=0.0)
+        writing: tuple[str, Future] | None = None
+        with (
+            ThreadPoolExecutor(1, "skip96-open") as opener,
+            ThreadPoolExecutor(1, "skip96-write", yield_cores) as writer,
+        ):
+            opening = opener.submit(self._open, todo[0]) if todo else None
+            for k, slide in enumerate(todo):
+                start = time.perf_counter()
+                opened, opening = opening, opener.submit(self._open, todo[k + 1]) if k + 1 < len(todo) else None
+                logger.info("[%d/%d] %s", self.slides.index(slide) + 1, len(self.slides), slide)
+                try:
+                    rows[slide].update(self._score(slide, opened.result(), settings))
+                except Exception as error:  # one bad slide must not lose the others
+                    self._fail(rows[slide], slide, error)
+                if writing is not None:
+                    self._written(rows, *writing)
+                outputs = self.postprocessor.outputs if rows[slide]["status"] == "ok" else None
+                writing = (slide, writer.submit(outputs)) if outputs else None
+                rows[slide]["seconds"] = round(time.perf_counter() - start, 2)
+            if writing is not None:
+                self._written(rows, *writing)
+        rows = [rows[slide] for slide in self.slides]
         summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
         with atomic_path(self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv") as tmp:
             summary.to_csv(tmp, index=False)

@@ -1,0 +1,72 @@
+"""Reading a slide's tissue patches: blocks of neighbouring patches through MONAI's ``PatchWSIDataset``, cut apart
+and streamed so that every batch holds exactly ``batch_size`` patches.
+
+A slide is stored in compressed tiles and a reader decodes every tile a region touches, so one read per block of
+``read_block`` x ``read_block`` patches decodes each tile about once, where patch-by-patch reads decoded it once per
+patch on it (``bench/README.md``: 14x the CPU time with cuCIM's own multi-location read). Blocks hold up to
+``read_block``² patches (fewer at the tissue's edge), so batching whole blocks gave batches of uneven size; the
+stream hands the DataLoader single patches instead, and it batches them as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from monai.data import DataLoader, PatchWSIDataset, WSIReader
+from monai.transforms import Compose, Resized
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .transforms import SplitBlockd
+from .wsi import PatchGeometry, TissueGrid, block_samples
+
+
+def block_dataset(
+    reader: WSIReader, path: str | Path, patches: TissueGrid, geometry: PatchGeometry, read_block: int
+) -> PatchWSIDataset:
+    """MONAI's ``PatchWSIDataset`` over blocks of up to ``read_block`` x ``read_block`` patches, each cut into its
+    patches (and resized where the level's pixel size is off). Items are lists of ``{"image", "index"}``, ``index``
+    being the patch's place in ``patches``. Only reading happens here: stain and intensity normalisation run per batch
+    next to the model (``scripts.transforms.PrepareSlideBatch``)."""
+    transforms = [SplitBlockd(geometry.read_size)]
+    if geometry.read_size != geometry.patch_size:
+        transforms.append(Resized(keys="image", spatial_size=(geometry.patch_size,) * 2, mode="area"))
+    return PatchWSIDataset(
+        block_samples(path, patches, geometry, read_block), reader=reader, center_location=False, include_label=False,
+        additional_meta_keys=["members"], transform=Compose(transforms),
+    )  # fmt: skip
+
+
+class PatchStream(IterableDataset):
+    """The patches of ``blocks``, one by one; each DataLoader worker reads every ``num_workers``-th block."""
+
+    def __init__(self, blocks: PatchWSIDataset) -> None:
+        self.blocks = blocks
+
+    def batches(self, batch_size: int, num_workers: int) -> int:
+        """How many batches a DataLoader makes of the stream: each worker batches the patches of its own blocks."""
+        sizes = [len(block["members"]) for block in self.blocks.data]
+        workers = max(1, num_workers)
+        return sum(-(-sum(sizes[w::workers]) // batch_size) for w in range(workers))
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker else (0, 1)
+        for k in range(first, len(self.blocks), step):
+            yield from self.blocks[k]
+
+
+def patch_loader(
+    reader: WSIReader,
+    path: str | Path,
+    patches: TissueGrid,
+    geometry: PatchGeometry,
+    read_block: int,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches of ``batch_size`` uint8 patches (``image``, B x 3 x H x W) and their ``index`` in ``patches``; the
+    last batch of each worker may be short."""
+    stream = PatchStream(block_dataset(reader, path, patches, geometry, read_block))
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
