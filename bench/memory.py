@@ -111,7 +111,7 @@ def tree_rss(pid: int) -> tuple[int, int]:
 
 def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, int, float, str]:
     """Peak resident bytes of the inference process alone and with its workers, seconds, and its patch count."""
-    command = [sys.executable, "-m", "scripts", "run", "inference", "--config_file",
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
                str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(slide_dir),
                "--output_dir", str(output_dir), "--overwrite", "True"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(BUNDLE)}

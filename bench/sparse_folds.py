@@ -36,8 +36,8 @@ DRAWS = 1000
 
 
 def bundle_run(workflow: str, log: Path, *args: str) -> None:
-    """``python -m scripts run <workflow>`` from the repository root, as the docs write it; output to ``log``."""
-    command = [sys.executable, "-m", "scripts", "run", workflow, "--config_file", CONFIGS, *args]
+    """``python -m monai.bundle run <workflow>`` from the repository root, as the docs write it; output to ``log``."""
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", CONFIGS, *args]
     with open(log, "w") as handle:
         subprocess.run(
             command, cwd=BUNDLE.parent, env={**os.environ, "PYTHONPATH": "bundle"}, stdout=handle, stderr=handle,
