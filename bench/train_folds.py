@@ -40,7 +40,8 @@ def main() -> None:
         fold_dir = args.out / f"fold{k}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         print(f"fold {k}: holds out {' '.join(held_out)}; log in {fold_dir / 'train.log'}", flush=True)
-        command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.json"]
+        command = [sys.executable, "-m", "monai.bundle", "run", "training"]
+        command += ["--config_file", "bundle/configs/train.json"]
         command += ["--data_source", "tiles", "--dataset_dir", str(args.tiles_dir.resolve())]
         command += ["--exclude", str([*DEMO_TILES, *held_out]), "--ckpt_dir", str(fold_dir.resolve()), *RECIPE]
         command += ["--seed", str(args.seed)]
