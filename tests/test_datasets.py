@@ -144,3 +144,20 @@ def test_real_pcam_normals_folder():
     train, held_out = held_out_normals(files, 0.2)
     assert (len(files), len(train), len(held_out)) == (1967, 1574, 393)
     assert len(PatchFolderNormals(train[:50])) == 50
+
+
+def test_patches_in_memory_hold_every_patch_of_the_source(pcam_dir, monkeypatch):
+    import os
+
+    import torch
+
+    from scripts.datasets import PatchesInMemory
+
+    source = PCamNormals(pcam_dir)
+    memory = PatchesInMemory(source, num_workers=2)
+    assert len(memory) == len(source) and memory.images.dtype == torch.uint8
+    for i in range(len(source)):
+        assert np.array_equal(memory[i]["image"].numpy(), source[i]["image"])
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else 4096)
+    with pytest.raises(MemoryError, match="pass --preload False"):
+        PatchesInMemory(source)

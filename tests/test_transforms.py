@@ -72,3 +72,17 @@ def test_training_batch_adds_noise_to_the_input_only_and_repeats_under_the_seed(
     torch.manual_seed(3)
     again = prepare({"image": images})
     assert torch.equal(again[0], inputs) and torch.equal(again[1], targets)
+
+
+def test_batched_flips_and_turns_give_each_patch_one_of_its_eight_orientations_evenly():
+    from scripts.transforms import random_flip_rotate
+
+    torch.manual_seed(0)
+    patch = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(1, 3, 4, 4)
+    views = [torch.rot90(view, k, (2, 3)) for view in (patch, patch.flip(2)) for k in range(4)]
+    out = random_flip_rotate(patch.expand(4000, -1, -1, -1).clone())
+    counts = [int((out == view).flatten(1).all(1).sum()) for view in views]
+    assert sum(counts) == 4000  # every patch is one of the 8 orientations, whole
+    assert min(counts) > 400 and max(counts) < 600  # 500 each expected
+    torch.manual_seed(0)
+    assert torch.equal(random_flip_rotate(patch.expand(4000, -1, -1, -1).clone()), out)  # the seed decides
