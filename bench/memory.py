@@ -1,94 +1,25 @@
-"""Peak memory of whole-slide inference on synthetic CAMELYON16-sized slides of two sizes.
+"""Peak memory of whole-slide inference on synthetic CAMELYON16-like slides of several sizes.
 
-    python bench/memory.py [--work_dir DIR] [--sizes 50000x25000 100000x50000]
+    python bench/memory.py [--work_dir DIR] [--sizes 50000x25000 100000x50000 200000x100000] [--tiles_dir DIR]
 
-Each slide is a pyramidal JPEG TIFF at 0.243 µm/px with tissue in a few discs, written tile by tile from a generator
-(the full image never exists in memory). ``run inference`` then scores it in a child process (2 DataLoader workers,
-as inference.json sets), and the resident memory of that process and all its workers together is sampled every
-0.2 s (and the main process's alone: the workers only read). Peak memory must not grow with slide size.
+Each slide is a pyramidal JPEG TIFF at 0.243 µm/px (``synthetic_slide.py``). ``run inference`` then scores it in a
+child process, as inference.json configures it, and the resident memory of that process and all its children
+together is sampled every 0.2 s (and the main process's alone). Peak memory must not grow with slide size.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import tifffile
 from common import BUNDLE, machine
-from PIL import Image
-
-TILE = 512
-MPP = 0.243
-# tissue discs as (centre y, centre x, radius), in fractions of the slide height
-DISCS = ((0.3, 0.4, 0.15), (0.6, 1.1, 0.2), (0.5, 1.6, 0.1))
-
-
-def tissue_tiles(height: int, width: int, tissue: np.ndarray, glass: np.ndarray) -> Iterator[np.ndarray]:
-    """Tiles of one level in row-major order, tissue inside the discs and glass outside, decided per pixel in
-    coordinates relative to the slide height, so that every pyramid level shows the same discs (a tile on a disc's
-    edge is cut along it)."""
-    offsets = np.arange(TILE) + 0.5
-    for y in range(0, height, TILE):
-        for x in range(0, width, TILE):
-            top, left, bottom, right = y / height, x / height, (y + TILE) / height, (x + TILE) / height
-            nearest = [np.hypot(np.clip(dy, top, bottom) - dy, np.clip(dx, left, right) - dx) for dy, dx, _ in DISCS]
-            farthest = [np.hypot(max(dy - top, bottom - dy), max(dx - left, right - dx)) for dy, dx, _ in DISCS]
-            if all(d >= r for d, (_, _, r) in zip(nearest, DISCS, strict=True)):
-                yield glass
-            elif any(d < r for d, (_, _, r) in zip(farthest, DISCS, strict=True)):
-                yield tissue
-            else:  # on a disc's edge
-                cy, cx = (y + offsets[:, None]) / height, (x + offsets[None, :]) / height
-                inside = np.any([(cy - dy) ** 2 + (cx - dx) ** 2 < r**2 for dy, dx, r in DISCS], axis=0)
-                yield np.where(inside[..., None], tissue, glass)
-
-
-def pillow_jpeg(data: np.ndarray, level: int | None = None, **_: object) -> bytes:
-    """A baseline JPEG of one tile (YCbCr 4:2:0, as Aperio and CAMELYON16 scanners store them) from Pillow."""
-    buffer = io.BytesIO()
-    Image.fromarray(data).save(buffer, "JPEG", quality=level or 90, subsampling="4:2:0")
-    return buffer.getvalue()
-
-
-def encode_jpeg_without_imagecodecs() -> None:
-    """tifffile encodes JPEG tiles with imagecodecs; where that is missing (the GPU machine's image lacks it, and its
-    wheel would not fit the carried tree), Pillow encodes them, through tifffile's table of encoders."""
-    try:
-        import imagecodecs  # noqa: F401
-    except ImportError:
-        tifffile.TIFF.COMPRESSORS._codecs[tifffile.COMPRESSION.JPEG] = pillow_jpeg
-
-
-def write_slide(path: Path, height: int, width: int) -> Path:
-    """H&E-like tissue: each pixel mixes a haematoxylin and an eosin absorbance with random concentrations, so the
-    slide's Macenko fit sees two stains, as on a real slide."""
-    rng = np.random.default_rng(0)
-    concentrations = rng.gamma(2.0, 0.4, size=(2, TILE * TILE))
-    rgb = 240 * np.exp(-np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]]) @ concentrations)
-    tissue = rgb.T.reshape(TILE, TILE, 3).clip(0, 255).astype(np.uint8)
-    glass = np.full((TILE, TILE, 3), 245, np.uint8)
-    encode_jpeg_without_imagecodecs()
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        level = 0
-        while max(height, width) >> level >= 2048:
-            h, w = height >> level, width >> level
-            px_per_cm = 1e4 / (MPP * 2**level)
-            tif.write(
-                tissue_tiles(h, w, tissue, glass), shape=(h, w, 3), dtype=np.uint8, tile=(TILE, TILE),
-                photometric="ycbcr", subsampling=(2, 2), compression="jpeg", subfiletype=0 if level == 0 else 1,
-                resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
-            )  # fmt: skip
-            level += 1
-    return path
+from synthetic_slide import write_slide
 
 
 def tree_rss(pid: int) -> tuple[int, int]:
@@ -131,7 +62,9 @@ def peak_inference_rss(slide_dir: Path, output_dir: Path) -> tuple[int, int, flo
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--work_dir", type=Path, default=None)
-    cli.add_argument("--sizes", nargs="+", default=["50000x25000", "100000x50000"], help="WIDTHxHEIGHT at level 0")
+    cli.add_argument("--sizes", nargs="+", default=["50000x25000", "100000x50000", "200000x100000"],
+                     help="WIDTHxHEIGHT at level 0")  # fmt: skip
+    cli.add_argument("--tiles_dir", type=Path, default=None, help="real ~1 µm/px tiles (images/*.jpg) as tissue")
     args = cli.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="skip96_memory_"))
     rows = []
@@ -142,7 +75,7 @@ def main() -> None:
         slide = slide_dir / "synthetic.tif"
         start = time.perf_counter()
         if not slide.is_file():
-            write_slide(slide, height, width)
+            write_slide(slide, height, width, args.tiles_dir)
         written = time.perf_counter() - start
         peak_main, peak, seconds, n_patches = peak_inference_rss(slide_dir, work / f"out_{size}")
         rows.append((size, slide.stat().st_size, written, n_patches, seconds, peak_main, peak))

@@ -84,3 +84,16 @@ def test_streamed_block_reads_give_monais_per_patch_reads_byte_for_byte(request,
     assert images.dtype == expected[0].dtype
     for index, image in zip(indices, images, strict=True):
         assert image.tobytes() == expected[index].tobytes()
+
+
+def test_a_reader_that_is_not_installed_names_the_install_and_the_other_reader(monkeypatch):
+    from monai.utils import OptionalImportError
+
+    import scripts.wsi
+
+    def missing(backend):
+        raise OptionalImportError("required package `cucim` is not installed")
+
+    monkeypatch.setattr(scripts.wsi, "WSIReader", missing)
+    with pytest.raises(ImportError, match="pip install --no-deps cucim-cu12, or pass --wsi_reader OpenSlide"):
+        make_reader("cuCIM")

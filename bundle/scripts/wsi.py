@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 from monai.data import WSIReader
+from monai.utils import OptionalImportError
 from tifffile.tifffile import svs_description_metadata
 
 from .tissue import tissue_mask
@@ -148,7 +149,11 @@ def make_reader(backend: str) -> WSIReader:
     """A MONAI ``WSIReader`` for one of ``READERS`` (case-insensitive)."""
     if backend.lower() not in {name.lower() for name in READERS}:
         raise ValueError(f"wsi_reader must be one of {list(READERS)}, got {backend!r}.")
-    return WSIReader(backend=backend.lower())
+    try:
+        return WSIReader(backend=backend.lower())
+    except OptionalImportError:
+        fix = "pip install --no-deps cucim-cu12" if backend.lower() == "cucim" else f"pip install {backend.lower()}"
+        raise ImportError(f"wsi_reader {backend} is not installed: {fix}, or pass --wsi_reader OpenSlide.") from None
 
 
 def _resolution_tag_is_set(path: str | Path) -> bool:
