@@ -406,6 +406,10 @@ class SlideInference:
                 "about 100x slower than decoding on its CPU (bench/README.md); use --read_device cpu."
             )
         self.read_device = read_device
+        # Beside a model on the CPU, the work done alongside it (the next slide's probe, the last slide's outputs, any
+        # DataLoader workers) runs at the lowest priority, or it takes the model's cores (bench/README.md); not with
+        # several shards on one machine, where another shard's model would starve it.
+        self.yield_cores = torch.device(evaluator.state.device or "cpu").type == "cpu" and num_shards == 1
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
@@ -452,12 +456,18 @@ class SlideInference:
         natively on a bad file costs this slide only; a cuCIM failure falls back to OpenSlide once."""
         check_slide_file(slide)
         try:
-            return (make_reader(self.wsi_reader), *run_isolated(self._probe, slide, self.wsi_reader, background=True))
+            return (
+                make_reader(self.wsi_reader),
+                *run_isolated(self._probe, slide, self.wsi_reader, background=self.yield_cores),
+            )
         except Exception as error:
             if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
                 raise  # the file's resolution or levels are the problem, whatever the reader
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
-            return (make_reader("OpenSlide"), *run_isolated(self._probe, slide, "OpenSlide", background=True))
+            return (
+                make_reader("OpenSlide"),
+                *run_isolated(self._probe, slide, "OpenSlide", background=self.yield_cores),
+            )
 
     def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
         reader, patches, geometry, facts, fit = opened
@@ -474,7 +484,7 @@ class SlideInference:
         )  # fmt: skip
         self.stain.fit = fit
         loader = patch_loader(reader, slide, patches, geometry, self.read_block, self.batch_size, self.num_workers,
-                              self.pin_memory)  # fmt: skip
+                              self.pin_memory, self.yield_cores)  # fmt: skip
         self.evaluator.data_loader = loader
         self.evaluator.state.epoch_length = loader.dataset.batches(self.batch_size, self.num_workers)
         self.postprocessor.begin(SlideJob(slide, patches, geometry, facts, settings))
@@ -560,7 +570,7 @@ class SlideInference:
         writing: tuple[str, Future] | None = None
         with (
             ThreadPoolExecutor(1, "skip96-open") as opener,
-            ThreadPoolExecutor(1, "skip96-write", yield_cores) as writer,
+            ThreadPoolExecutor(1, "skip96-write", yield_cores if self.yield_cores else None) as writer,
         ):
             opening = opener.submit(self._open, todo[0]) if todo else None
             for k, slide in enumerate(todo):
