@@ -153,9 +153,11 @@ def main() -> None:
     print(f"{'bare step (forward+backward+AdamW, in memory)':<44}{bare:>12.1f}")
     print(f"{'training workflow (train.json, ' + str(args.num_workers) + ' workers)':<44}{workflow:>12.1f}")
     print(f"preload {parser.get_parsed_content('preload')}: {patches} training patches ready in {preload:.1f} s")
-    if args.pcam_from:
-        epoch = preload * PCAM_NORMALS["train"] / patches + PCAM_NORMALS["train"] / workflow
-        print(f"an epoch over PCam's {sum(PCAM_NORMALS.values()):,} normal patches (estimate): {epoch:.0f} s")
+    if args.pcam_from:  # train.json pools both splits' normals and validates on val_fraction of them
+        trained = round(sum(PCAM_NORMALS.values()) * (1 - parser.get_parsed_content("val_fraction")))
+        epoch = preload * trained / patches + trained / workflow
+        print(f"an epoch over PCam's normals ({trained:,} trained on), estimate: {epoch:.0f} s, of which preload "
+              f"{preload * trained / patches:.0f} s once")  # fmt: skip
 
 
 if __name__ == "__main__":
