@@ -33,7 +33,7 @@ step() {
   local start=$SECONDS
   timeout "$limit" "$@" 2>&1 | tr '\r' '\n' | grep -v -E "patches\[|patches: |train\[|train: |^\s*$" > "$out/$name.txt"
   echo "   rc ${PIPESTATUS[0]} in $((SECONDS - start)) s"
-  grep -v -i -E "warn|INFO|^ +|Traceback" "$out/$name.txt" | tail -24
+  grep -v -E "Warning|warnings.warn| - INFO - |^Traceback" "$out/$name.txt" | tail -24
 }
 slide=/tmp/skip96_gpu_check/synthetic_${slide_size}.tif
 mkdir -p /tmp/skip96_gpu_check
