@@ -94,7 +94,7 @@ def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
     """Each stage alone on this slide, in the order the pipeline runs them; stain and intensity normalisation is timed
     on the first ``SAMPLE_PATCHES`` patches and extrapolated, so that no stage holds the slide in memory."""
     runner = parser.get_parsed_content("runner")
-    (reader, patches, geometry, facts, fit), probe = timed(runner._open, slide)
+    (reader, patches, geometry, facts, fit), probe = timed(runner.prepare, slide)
     loader = patch_loader(reader, slide, patches, geometry, runner.read_block, runner.batch_size, runner.num_workers)
     kept = []
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from ignite.engine import Engine, Events
 
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
 from .heatmap import save_heatmap, save_image
-from .isolation import run_isolated, yield_cores
+from .isolation import run_isolated
 from .model_files import checkpoint_digest, weights_digest
 from .patch_stream import patch_loader
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
@@ -406,10 +406,10 @@ class SlideInference:
                 "about 100x slower than decoding on its CPU (bench/README.md); use --read_device cpu."
             )
         self.read_device = read_device
-        # Beside a model on the CPU, the work done alongside it (the next slide's probe, the last slide's outputs, any
-        # DataLoader workers) runs at the lowest priority, or it takes the model's cores (bench/README.md); not with
-        # several shards on one machine, where another shard's model would starve it.
-        self.yield_cores = torch.device(evaluator.state.device or "cpu").type == "cpu" and num_shards == 1
+        # Beside a model on a GPU the next slide is prepared, and the last one written, while a slide is scored; beside
+        # a model on the CPU in turn: there the overlap took the model's cores and made each slide slower, and at the
+        # lowest priority it starved behind any other busy process (bench/README.md).
+        self.overlap = torch.device(evaluator.state.device or "cpu").type == "cuda"
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
@@ -451,14 +451,15 @@ class SlideInference:
             fit_patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
         return patches, geometry, facts, self.stain.fit_slide(fit_patches, slide)
 
-    def _open(self, slide: str) -> tuple:
-        """Check the file, then read its grid and fit its stains in a child process, so that a reader crashing
-        natively on a bad file costs this slide only; a cuCIM failure falls back to OpenSlide once."""
+    def prepare(self, slide: str) -> tuple:
+        """The slide's reader, tissue grid, geometry, grid facts and stain fit: the file is checked, then read in a
+        child process, so that a reader crashing natively on a bad file costs this slide only; a cuCIM failure falls
+        back to OpenSlide once."""
         check_slide_file(slide)
         try:
             return (
                 make_reader(self.wsi_reader),
-                *run_isolated(self._probe, slide, self.wsi_reader, background=self.yield_cores),
+                *run_isolated(self._probe, slide, self.wsi_reader),
             )
         except Exception as error:
             if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
@@ -466,7 +467,7 @@ class SlideInference:
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
             return (
                 make_reader("OpenSlide"),
-                *run_isolated(self._probe, slide, "OpenSlide", background=self.yield_cores),
+                *run_isolated(self._probe, slide, "OpenSlide"),
             )
 
     def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
@@ -484,7 +485,7 @@ class SlideInference:
         )  # fmt: skip
         self.stain.fit = fit
         loader = patch_loader(reader, slide, patches, geometry, self.read_block, self.batch_size, self.num_workers,
-                              self.pin_memory, self.yield_cores)  # fmt: skip
+                              self.pin_memory)  # fmt: skip
         self.evaluator.data_loader = loader
         self.evaluator.state.epoch_length = loader.dataset.batches(self.batch_size, self.num_workers)
         self.postprocessor.begin(SlideJob(slide, patches, geometry, facts, settings))
@@ -553,30 +554,31 @@ class SlideInference:
             log_file.close()
 
     def _run_all(self) -> pd.DataFrame:
-        """The cohort as one stream: while a slide is scored, the next one's grid and stain fit are prepared (in a
-        child process) and the previous one's outputs are written (in a thread), so a slide costs about what its
-        patches cost. At most one slide's outputs wait to be written, so memory stays that of two slides."""
+        """The cohort as one stream: beside a model on a GPU, while a slide is scored, the next one's grid and stain fit
+        are prepared (in a child process) and the previous one's outputs are written (in a thread), so a slide costs
+        about what its patches cost; at most one slide's outputs wait, so memory stays that of two slides."""
         settings = self.settings()
         rows: dict[str, dict] = {}
-        todo = []
+        todo = []  # (place in the cohort, slide) of the slides to score
         for k, slide in enumerate(self.slides, 1):
             rows[slide] = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
             done = self._completed(slide, settings)
             if done is None:
-                todo.append(slide)
+                todo.append((k, slide))
                 continue
             logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
             rows[slide].update(done, seconds=0.0)
         writing: tuple[str, Future] | None = None
         with (
             ThreadPoolExecutor(1, "skip96-open") as opener,
-            ThreadPoolExecutor(1, "skip96-write", yield_cores if self.yield_cores else None) as writer,
+            ThreadPoolExecutor(1, "skip96-write") as writer,
         ):
-            opening = opener.submit(self._open, todo[0]) if todo else None
-            for k, slide in enumerate(todo):
+            opening = None
+            for n, (k, slide) in enumerate(todo, 1):
                 start = time.perf_counter()
-                opened, opening = opening, opener.submit(self._open, todo[k + 1]) if k + 1 < len(todo) else None
-                logger.info("[%d/%d] %s", self.slides.index(slide) + 1, len(self.slides), slide)
+                opened = opening or opener.submit(self.prepare, slide)
+                opening = opener.submit(self.prepare, todo[n][1]) if self.overlap and n < len(todo) else None
+                logger.info("[%d/%d] %s", k, len(self.slides), slide)
                 try:
                     rows[slide].update(self._score(slide, opened.result(), settings))
                 except Exception as error:  # one bad slide must not lose the others
@@ -585,11 +587,13 @@ class SlideInference:
                     self._written(rows, *writing)
                 outputs = self.postprocessor.outputs if rows[slide]["status"] == "ok" else None
                 writing = (slide, writer.submit(outputs)) if outputs else None
+                if writing is not None and not self.overlap:
+                    self._written(rows, *writing)
+                    writing = None
                 rows[slide]["seconds"] = round(time.perf_counter() - start, 2)
             if writing is not None:
                 self._written(rows, *writing)
-        rows = [rows[slide] for slide in self.slides]
-        summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+        summary = pd.DataFrame([rows[slide] for slide in self.slides]).reindex(columns=SUMMARY_COLUMNS)
         with atomic_path(self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv") as tmp:
             summary.to_csv(tmp, index=False)
         failed = int((summary["status"] != "ok").sum())

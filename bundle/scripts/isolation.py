@@ -8,13 +8,9 @@ through a pipe, and its death by a signal becomes an ordinary exception here.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
-import os
 import signal
-import sys
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,20 +26,9 @@ class ReaderCrashError(RuntimeError):
     """The child process died without answering (a native crash, or killed)."""
 
 
-def yield_cores() -> None:
-    """Lower the calling thread's scheduling priority to nice 19, for work done beside the model (the next slide's
-    probe, the last slide's outputs): it then runs on what the model leaves idle instead of taking the model's cores.
-    At normal priority on 2 cores it made each demo slide of a cohort 0.25 s slower than doing it all in turn."""
-    if sys.platform == "linux":  # elsewhere setpriority would lower the whole process, not one thread
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _child(receiver, sender, function: Callable[..., Any], args: tuple, background: bool) -> None:
+def _child(receiver, sender, function: Callable[..., Any], args: tuple) -> None:
     # the child's copy of the read end must go: if the parent dies, a write then fails instead of blocking forever
     receiver.close()
-    if background:
-        yield_cores()
     try:
         result = (True, function(*args))
     except Exception as error:  # everything goes back to the parent, which decides
@@ -56,14 +41,11 @@ def _child(receiver, sender, function: Callable[..., Any], args: tuple, backgrou
         sender.close()
 
 
-def run_isolated(
-    function: Callable[..., T], *args: Any, timeout: float = ANSWER_TIMEOUT_S, background: bool = False
-) -> T:
-    """``function(*args)`` in a forked child: its return value, or its exception raised here, or ReaderCrashError.
-    ``background``: the child runs at the lowest priority (``yield_cores``)."""
+def run_isolated(function: Callable[..., T], *args: Any, timeout: float = ANSWER_TIMEOUT_S) -> T:
+    """``function(*args)`` in a forked child: its return value, or its exception raised here, or ReaderCrashError."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(receiver, sender, function, args, background), daemon=True)
+    process = context.Process(target=_child, args=(receiver, sender, function, args), daemon=True)
     process.start()
     sender.close()
     try:

@@ -19,7 +19,6 @@ from monai.data import DataLoader, PatchWSIDataset, WSIReader
 from monai.transforms import Compose, Resized
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .isolation import yield_cores
 from .transforms import SplitBlockd
 from .wsi import PatchGeometry, TissueGrid, block_samples
 
@@ -68,23 +67,18 @@ def patch_loader(
     batch_size: int,
     num_workers: int,
     pin_memory: bool = False,
-    lowest_priority: bool = False,
 ) -> DataLoader:
     """Batches of ``batch_size`` uint8 patches (``image``, B x 3 x H x W) and their ``index`` in ``patches``; the
-    last batch of each worker may be short. ``lowest_priority``: the workers decode at nice 19 (``yield_cores``), so
-    that beside a model on the CPU they read in the gaps it leaves instead of taking its cores: one worker at normal
-    priority beside the model's two threads on 2 cores made a CAMELYON16-sized slide take 87 s, at nice 19 64 s."""
+    last batch of each worker may be short."""
     stream = PatchStream(block_dataset(reader, path, patches, geometry, read_block))
-    return DataLoader(
-        stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-        worker_init_fn=(lambda worker_id: yield_cores()) if lowest_priority else None,
-    )  # fmt: skip
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def default_workers(device: str | torch.device) -> int:
     """DataLoader workers for a slide, by device and cores: beside a GPU half the cores (up to 8), since there the
-    model waits for decoding; one beside a model on the CPU, so that a reader crashing natively on a corrupt tile
-    costs that slide only (reading in the main process was 10 % faster on 2 cores: ``--num_workers 0``)."""
+    model waits for decoding; none beside a model on the CPU, where a worker took the model's cores (a
+    CAMELYON16-sized slide on 2 cores: 58 s without, 87 s with one). ``--num_workers 1`` keeps a reader crashing
+    natively on a corrupt tile out of the main process."""
     if torch.device(device).type != "cuda":
-        return 1
+        return 0
     return min(8, max(1, (os.cpu_count() or 2) // 2))
