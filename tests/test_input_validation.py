@@ -6,6 +6,7 @@ import faulthandler
 import json
 import os
 import signal
+import threading
 import time
 
 import h5py
@@ -19,7 +20,7 @@ from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp
 from scripts.datasets import PCamNormals, TileNormals
 from scripts.evaluation import slide_annotation
 from scripts.inference import calibrated, calibration_applies, read_summary, unique_slide_ids
-from scripts.isolation import ReaderCrashError, run_isolated
+from scripts.isolation import IsolatedWorker, ReaderCrashError, run_isolated
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp, slide_patches
 from tests_helpers import write_flat_tiff
@@ -165,6 +166,39 @@ def test_a_native_crash_in_the_reader_is_an_exception_not_the_end_of_the_run():
     assert run_isolated(sum, [1, 2]) == 3
     with pytest.raises(ReaderCrashError, match="did not answer within 0.5 s"):
         run_isolated(time.sleep, 30, timeout=0.5)
+
+
+def _pid_or_crash(crash: bool) -> int:
+    if crash:
+        _segfault()
+    return os.getpid()
+
+
+def test_the_kept_reader_child_serves_a_cohort_and_is_replaced_after_a_crash():
+    with IsolatedWorker(_pid_or_crash) as worker:
+        first = worker(False)
+        assert first != os.getpid() and worker(False) == first  # one child for many slides, not one each
+        with pytest.raises(ReaderCrashError, match="signal SIGSEGV"):
+            worker(True)
+        assert worker(False) not in (first, os.getpid())  # the next slide gets a new child
+    assert worker.close() is None  # closed on leaving the block
+
+
+def test_closing_the_kept_child_does_not_wait_on_a_pipe_a_later_fork_holds_open():
+    worker = IsolatedWorker(os.getpid)
+    worker()
+    holder = os.fork()  # e.g. a DataLoader worker: it inherits the write end, so the child never reads EOF
+    if holder == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        closing = threading.Thread(target=worker.close, daemon=True)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close() waits for an EOF that never comes"
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
 
 
 # --- slide files and datalists ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ignite.engine import Engine, Events
 
 from .atomic import atomic_path, folder_lock, remove_stale_temp_files
 from .heatmap import save_heatmap, save_image
-from .isolation import run_isolated
+from .isolation import IsolatedWorker
 from .model_files import checkpoint_digest, weights_digest
 from .patch_stream import patch_loader
 from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
@@ -407,8 +407,8 @@ class SlideInference:
             )
         self.read_device = read_device
         # Beside a model on a GPU the next slide is prepared, and the last one written, while a slide is scored; beside
-        # a model on the CPU in turn: there the overlap took the model's cores and made each slide slower, and at the
-        # lowest priority it starved behind any other busy process (bench/README.md).
+        # a model on the CPU only the two of them overlap, between slides: beside the model they took its cores and
+        # made each slide slower, and at the lowest priority starved behind any other busy process (bench/README.md).
         self.overlap = torch.device(evaluator.state.device or "cpu").type == "cuda"
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
@@ -434,6 +434,7 @@ class SlideInference:
         self.seed = seed
         self.overwrite = overwrite
         self.strict = strict
+        self._prober = IsolatedWorker(self._probe)  # one child for the cohort, forked at the first slide
 
     def _probe(self, slide: str, backend: str) -> tuple:
         """The slide's tissue grid and its stain fit, read with ``backend`` (runs in a child process)."""
@@ -453,13 +454,13 @@ class SlideInference:
 
     def prepare(self, slide: str) -> tuple:
         """The slide's reader, tissue grid, geometry, grid facts and stain fit: the file is checked, then read in a
-        child process, so that a reader crashing natively on a bad file costs this slide only; a cuCIM failure falls
-        back to OpenSlide once."""
+        child process (kept for the next slide), so that a reader crashing natively on a bad file costs this slide
+        only; a cuCIM failure falls back to OpenSlide once."""
         check_slide_file(slide)
         try:
             return (
                 make_reader(self.wsi_reader),
-                *run_isolated(self._probe, slide, self.wsi_reader),
+                *self._prober(slide, self.wsi_reader),
             )
         except Exception as error:
             if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
@@ -467,7 +468,7 @@ class SlideInference:
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
             return (
                 make_reader("OpenSlide"),
-                *run_isolated(self._probe, slide, "OpenSlide"),
+                *self._prober(slide, "OpenSlide"),
             )
 
     def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
@@ -550,13 +551,15 @@ class SlideInference:
             with folder_lock(self.output_dir, f".skip96{self._shard_suffix(self.shard_index)}.lock"):
                 return self._run_all()
         finally:
+            self._prober.close()
             package_logger.removeHandler(log_file)
             log_file.close()
 
     def _run_all(self) -> pd.DataFrame:
-        """The cohort as one stream: beside a model on a GPU, while a slide is scored, the next one's grid and stain fit
-        are prepared (in a child process) and the previous one's outputs are written (in a thread), so a slide costs
-        about what its patches cost; at most one slide's outputs wait, so memory stays that of two slides."""
+        """The cohort as one stream: the next slide's grid and stain fit are prepared (in a child process) while the
+        previous one's outputs are written (in a thread), and beside a model on a GPU both go on while a slide is
+        scored, so a slide costs about what its patches cost; at most one slide's outputs wait, so memory stays that of
+        two slides."""
         settings = self.settings()
         rows: dict[str, dict] = {}
         todo = []  # (place in the cohort, slide) of the slides to score
@@ -577,7 +580,8 @@ class SlideInference:
             for n, (k, slide) in enumerate(todo, 1):
                 start = time.perf_counter()
                 opened = opening or opener.submit(self.prepare, slide)
-                opening = opener.submit(self.prepare, todo[n][1]) if self.overlap and n < len(todo) else None
+                following = todo[n][1] if n < len(todo) else None
+                opening = opener.submit(self.prepare, following) if self.overlap and following else None
                 logger.info("[%d/%d] %s", k, len(self.slides), slide)
                 try:
                     rows[slide].update(self._score(slide, opened.result(), settings))
@@ -587,6 +591,8 @@ class SlideInference:
                     self._written(rows, *writing)
                 outputs = self.postprocessor.outputs if rows[slide]["status"] == "ok" else None
                 writing = (slide, writer.submit(outputs)) if outputs else None
+                if not self.overlap and following:
+                    opening = opener.submit(self.prepare, following)
                 if writing is not None and not self.overlap:
                     self._written(rows, *writing)
                     writing = None

@@ -140,26 +140,28 @@ class StainNormalizer:
         return torch.from_numpy(np.moveaxis(normalized, -1, 0).astype(np.float32)).to(rgb.device)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised RGB (float32, 0-255, same device) and a bool per patch: whether Reinhard stood in."""
-        rgb = images[:, :3].float()
-        fallback = torch.zeros(rgb.shape[0], dtype=torch.bool, device=rgb.device)
+        """Normalised RGB (a new float32 tensor, 0-255, same device) and a bool per patch: whether Reinhard stood
+        in."""
+        channels = images[:, :3]
+        fallback = torch.zeros(channels.shape[0], dtype=torch.bool, device=channels.device)
         if self.mode == "none":
-            return rgb, fallback
-        od = optical_density(rgb)
+            return channels.to(torch.float32, copy=True), fallback
+        od = optical_density(channels)
         fallback |= degenerate_patches(od)
         if self.mode == "slide" and self.fit is None:
             fallback[:] = True
-        out = self.fit.apply(od) if self.mode == "slide" and self.fit is not None else rgb.clone()
+        fitted = self.mode == "slide" and self.fit is not None
+        out = self.fit.apply(od) if fitted else channels.to(torch.float32, copy=True)
         if self.mode == "per_patch":
             # one BLAS thread: between torch's operations OpenBLAS's threads and torch's own contend for the same
             # cores, which made these small per-patch fits 4x slower (bench/stain.py)
             with threadpool_limits(limits=1, user_api="blas"):
                 for i in (~fallback).nonzero().flatten().tolist():
                     try:
-                        out[i] = self._per_patch(rgb[i])
+                        out[i] = self._per_patch(channels[i].float())
                     except (RuntimeError, IndexError, ValueError, np.linalg.LinAlgError):
                         fallback[i] = True
         if fallback.any():
-            patches = rgb[fallback].permute(0, 2, 3, 1).cpu().round().to(torch.uint8).numpy()
+            patches = channels[fallback].float().permute(0, 2, 3, 1).cpu().round().to(torch.uint8).numpy()
             out[fallback] = torch.from_numpy(reinhard(patches)).permute(0, 3, 1, 2).to(out)
         return out, fallback
