@@ -87,4 +87,55 @@ def test_mask_tiff_rasterises_like_the_polygon(tmp_path):
         shape = (int(512 / downsample), int(768 / downsample))
         a, b = from_tiff.rasterise(shape, downsample), polygon.rasterise(shape, downsample)
         assert a.sum() * downsample**2 == 256 * 384  # the mask's own pixels, exactly
-        assert (a & b).sum() / (a | b).sum() > 0.94  # the polygon fill adds its boundary pixels at coarse levels
+        assert np.array_equal(a, b)  # both follow the pixel-centre rule
+
+
+def test_a_square_covers_exactly_the_pixels_whose_centres_it_holds():
+    from scripts.annotations import LesionAnnotation
+
+    square = np.array([[0, 0], [96, 0], [96, 96], [0, 96]], float)
+    placements = ((square, 1.0, (0, 0)), (square[::-1] + 10, 1.0, (10, 10)), (square * 4, 4.0, (0, 0)))
+    for xy, downsample, origin in placements:
+        mask = LesionAnnotation(tumour=[xy]).rasterise((128, 128), downsample, origin)
+        assert mask.sum() == 96 * 96 and mask[:96, :96].all()
+    # a triangle: exactly the pixels whose centre matplotlib's point-in-polygon test puts inside
+    from matplotlib.path import Path
+
+    triangle = np.array([[3.2, 1.7], [80.9, 10.3], [30.4, 70.8]])
+    cols, rows = np.meshgrid(np.arange(100) + 0.5, np.arange(100) + 0.5)
+    inside = Path(triangle).contains_points(np.c_[cols.ravel(), rows.ravel()]).reshape(100, 100)
+    assert np.array_equal(LesionAnnotation(tumour=[triangle]).rasterise((100, 100), 1.0), inside)
+
+
+def asap_annotation(name: str, group: str, xy: list) -> str:
+    points = "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>' for k, (x, y) in enumerate(xy))
+    return f'<Annotation Name="{name}" PartOfGroup="{group}"><Coordinates>{points}</Coordinates></Annotation>'
+
+
+def test_group_names_as_users_write_them_and_what_is_left_out_is_named(tmp_path, caplog):
+    square = [(0, 0), (96, 0), (96, 96), (0, 96)]
+    groups = {"a": "tumor", "b": "TUMOR", "c": "_1", "d": "Metastases", "e": "exclusion", "f": "_2", "g": "Stroma"}
+    xml = "".join(asap_annotation(name, group, square) for name, group in groups.items())
+    xml += asap_annotation("line", "Tumor", [(0, 0), (50, 50)]) + asap_annotation("dot", "_0", [(5, 5)] * 3)
+    path = tmp_path / "hostile.xml"
+    path.write_text(f"<ASAP_Annotations><Annotations>{xml}</Annotations></ASAP_Annotations>")
+    with caplog.at_level("WARNING"):
+        annotation = read_asap_xml(path)
+    assert (len(annotation.tumour), len(annotation.exclusion)) == (4, 2)
+    assert f"{path}: group(s) 'Stroma' (1 polygon) are neither tumour" in caplog.text
+    assert "2 polygon(s) with fewer than 3 distinct vertices" in caplog.text and "'line'" in caplog.text
+
+    def feature(classification: str | None, ring: list) -> dict:
+        properties = {"classification": {"name": classification}} if classification else {}
+        return {"type": "Feature", "properties": properties, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    ring = [list(p) for p in square] + [[0, 0]]
+    features = [feature(None, ring), feature("tumor", ring), feature("Ignore*", ring), feature("Necrosis", ring),
+                feature("Tumor", [[0, 0], [9, 9], [0, 0]])]  # fmt: skip
+    path = tmp_path / "hostile.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        annotation = read_geojson(path)
+    assert (len(annotation.tumour), len(annotation.exclusion)) == (2, 1)
+    assert "'Necrosis' (1 polygon)" in caplog.text and "feature 4, ring 0" in caplog.text

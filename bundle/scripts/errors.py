@@ -3,7 +3,8 @@
 ``monai.bundle run`` wraps an exception raised inside a config expression in several ``RuntimeError("Failed to
 evaluate ...")`` layers, so "--stride must be an integer >= 1" would sit under 60 lines of traceback. When the
 innermost cause was raised by this bundle's own code (a deliberate message naming the file or key and the fix),
-only that message is printed; anything else (a bug) keeps its full traceback. ``SKIP96_TRACEBACK=1`` shows it always.
+only that message is printed, as is a full disk or a read-only folder wherever it is met; anything else (a bug)
+keeps its full traceback. ``SKIP96_TRACEBACK=1`` shows it always.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
+
+from .atomic import WRITE_FIXES, write_failure
 
 SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 
@@ -32,10 +35,15 @@ def raised_here(error: BaseException) -> bool:
 
 def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     cause = innermost_cause(error)
-    if os.environ.get("SKIP96_TRACEBACK") or not raised_here(cause) or not isinstance(cause, Exception):
+    machine_fault = isinstance(cause, OSError) and cause.errno in WRITE_FIXES  # a full disk, a read-only folder
+    ours = raised_here(cause) and isinstance(cause, Exception)
+    if os.environ.get("SKIP96_TRACEBACK") or not (ours or machine_fault):
         sys.__excepthook__(kind, error, tb)
         return
-    print(f"ERROR: {type(cause).__name__}: {cause}", file=sys.stderr)
+    if machine_fault and not ours:
+        print(f"ERROR: {cause.filename or 'writing outputs'}: {write_failure(cause)}", file=sys.stderr)
+    else:
+        print(f"ERROR: {type(cause).__name__}: {cause}", file=sys.stderr)
     print("(SKIP96_TRACEBACK=1 shows the full traceback)", file=sys.stderr)
 
 

@@ -275,6 +275,7 @@ class Evaluation:
         if isinstance(tumour_free_slides, str):
             tumour_free_slides = [tumour_free_slides]
         self.tumour_free_slides = [str(p) for p in tumour_free_slides]
+        self.failed: list[str] = []  # slides of the cohort whose inference failed, left out of the numbers
 
     def is_tumour_free(self, slide_id: str) -> bool:
         """Whether ``slide_id`` matches an id or shell pattern (``normal_*``) of ``tumour_free_slides``."""
@@ -286,9 +287,12 @@ class Evaluation:
         ok = summary.loc[summary["status"] == "ok", "slide"].tolist()
         if not ok:
             raise RuntimeError(f"no scored slide in {self.output_dir / 'summary.csv'} to evaluate.")
+        self.failed = summary.loc[summary["status"] != "ok", "slide"].tolist()
+        for slide, error in summary.loc[summary["status"] != "ok", ["slide", "error"]].itertuples(index=False):
+            logger.error("slide %s is left out of the metrics: its inference failed (%s).", slide, error)
         annotations = {s: slide_annotation(s, self.annotation_dir, self.is_tumour_free(s)) for s in ok}
         if self.annotation_dir:
-            matched = {n.casefold() for s in ok for n in annotation_names(s)}
+            matched = {n.casefold() for s in ok + self.failed for n in annotation_names(s)}
             unused = sorted(
                 p.name for p in self.annotation_dir.iterdir()
                 if p.name.casefold().endswith(ANNOTATION_SUFFIXES) and p.name.casefold() not in matched
@@ -310,11 +314,25 @@ class Evaluation:
         settings the z-scores were made with are recorded with it, so that inference can refuse the file for another
         model or another score."""
         with folder_lock(self.output_dir):
-            return self._calibrate(weights, scoring)
+            calibration = self._calibrate(weights, scoring)
+        self._refuse_partial_cohort("calibration.json")
+        return calibration
 
     def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
         with folder_lock(self.output_dir):
-            return self._evaluate(z_threshold, min_region_tiles, calibrated)
+            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated)
+        self._refuse_partial_cohort("metrics.json")
+        return metrics
+
+    def _refuse_partial_cohort(self, written: str) -> None:
+        """Fail the command (after writing) when slides of the cohort are missing from it: numbers over part of a
+        cohort must not pass for the cohort's."""
+        if self.failed:
+            raise RuntimeError(
+                f"{written} covers only the slides scored in {self.output_dir / 'summary.csv'}: {len(self.failed)} "
+                f"failed inference ({', '.join(self.failed[:5])}{', ...' if len(self.failed) > 5 else ''}); fix them "
+                "and rerun inference (finished slides are skipped), or score the cohort without them."
+            )
 
     def _calibrate(self, weights: str | None, scoring: dict | None) -> dict:
         slides = self.slides()
@@ -330,6 +348,7 @@ class Evaluation:
             "min_region_tiles": int(best["min_region_tiles"]),
             "mean_iou": float(best["mean_iou"]),
             "calibration_slides": [s.slide_id for s in slides],
+            "slides_failed_inference": list(self.failed),
             "label_rule": self.label_rule,
             "weights": weights,
             "scoring": scoring,
@@ -402,6 +421,7 @@ class Evaluation:
             "threshold": {"z_threshold": z_threshold, "min_region_tiles": min_region_tiles, "calibrated": calibrated},
             "label_rule": self.label_rule,
             "n_slides": len(slides),
+            "slides_failed_inference": list(self.failed),
             "pooled": {
                 "auc": roc_auc(z, labels),
                 "pr_auc": pr_auc(z, labels),

@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import math
+import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +24,16 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from .atomic import atomic_path, folder_lock, remove_stale_temp_files
+from .atomic import (
+    OutputWriteError,
+    atomic_folder,
+    atomic_path,
+    folder_lock,
+    recover_folder,
+    remove_stale_temp_files,
+    require_output_folder,
+    write_failure,
+)
 from .heatmap import save_heatmap, save_image
 from .isolation import IsolatedWorker
 from .model_files import checkpoint_digest, weights_digest
@@ -307,29 +318,50 @@ class SlidePostprocessor:
     def write(
         self, job: SlideJob, patches: pd.DataFrame, z_map: np.ndarray, grid_info: dict, regions: list, summary: dict
     ) -> None:
-        """Write one slide's outputs, each file atomically, ``complete.json`` last: its presence means every output
-        is whole. Called after ``finish``, off the scoring's critical path (``SlideInference`` runs it in a thread
-        while the next slide is scored)."""
-        out, facts, geometry = self.output_dir / job.slide_id, job.facts, job.geometry
-        with atomic_path(out / "patches.csv") as tmp:
-            patches.to_csv(tmp, index=False)
-        with atomic_path(out / "score_map.npy") as tmp:
-            np.save(tmp, z_map)
-        with atomic_path(out / "score_map.json") as tmp:
-            tmp.write_text(json.dumps(grid_info, indent=2))
-        with atomic_path(out / "regions.geojson") as tmp:
-            tmp.write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
-        with atomic_path(out / "regions.xml") as tmp:
-            tmp.write_text(to_asap_xml(regions))
-        save_image(out / "thumbnail.jpg", facts["thumbnail"])
-        save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
-        save_heatmap(
-            out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry, self.z_threshold,
-            f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
-        )  # fmt: skip
-        with atomic_path(out / COMPLETE_MARKER) as tmp:
-            marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": summary}
-            tmp.write_text(json.dumps(marker))
+        """Write one slide's outputs as one unit (``complete.json`` last), replacing an earlier run's only once all
+        are written, so a kill leaves the old set or the new one. Called after ``finish``, off the scoring's critical
+        path (``SlideInference`` runs it in a thread while the next slide is scored)."""
+        folder, facts, geometry = self.output_dir / job.slide_id, job.facts, job.geometry
+        try:
+            with atomic_folder(folder) as out:
+                patches.to_csv(out / "patches.csv", index=False)
+                np.save(out / "score_map.npy", z_map)
+                (out / "score_map.json").write_text(json.dumps(grid_info, indent=2))
+                (out / "regions.geojson").write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
+                (out / "regions.xml").write_text(to_asap_xml(regions))
+                save_image(out / "thumbnail.jpg", facts["thumbnail"])
+                save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
+                save_heatmap(
+                    out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry,
+                    self.z_threshold, f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
+                )  # fmt: skip
+                marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": summary}
+                (out / COMPLETE_MARKER).write_text(json.dumps(marker))
+        except OSError as error:
+            raise OutputWriteError(f"cannot write its outputs to {folder}: {write_failure(error)}") from error
+
+
+# The files a run writes beside the slide folders (inference, its shards, evaluation, calibration).
+RUN_FILES = re.compile(
+    r"(summary|inference)(\.shard-\d+-of-\d+)?\.(csv|log)|metrics\.json|calibration\.json|heatmap_summary\.csv|"
+    r"(roc|pr)\.png",
+    re.IGNORECASE,
+)
+
+
+def unusable_id(slide: str) -> str:
+    """Why a slide's id cannot name its output folder ('' when it can): the folder would be ``--output_dir`` itself
+    or its parent (``..tif``, ``...tif``), hidden among the run's own dot files, or one of the run's files."""
+    name = slide_id(slide)
+    if name.startswith(".") or not name.strip():
+        problem = f"its id {name!r} (the file name without its suffix) is empty or starts with a dot"
+    elif any(separator in name for separator in ("/", "\\", "\0")):
+        problem = f"its id {name!r} holds a path separator"
+    elif RUN_FILES.fullmatch(name):
+        problem = f"its id {name!r} is the name of a file the run writes in --output_dir"
+    else:
+        return ""
+    return f"{problem}, so it cannot name an output folder; rename the file."
 
 
 def unique_slide_ids(slides: Sequence[str]) -> list[str]:
@@ -347,6 +379,25 @@ def unique_slide_ids(slides: Sequence[str]) -> list[str]:
             )
         seen[key] = slide
     return [slide_id(s) for s in slides]
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file, which says once on the console that it cannot be written (a full disk) and then stays
+    quiet: logging's own handler prints a traceback for every record it fails to write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
+        self.failed = True
+        error = sys.exc_info()[1]
+        reason = write_failure(error) if isinstance(error, OSError) else str(error)
+        sys.stderr.write(f"WARNING: cannot write the log file {self.baseFilename}: {reason} It is no longer written.\n")
 
 
 class SlideInference:
@@ -417,7 +468,7 @@ class SlideInference:
         self.evaluator = evaluator
         self.postprocessor = postprocessor
         self.stain = stain
-        self.output_dir = Path(output_dir)
+        self.output_dir = require_output_folder(output_dir)
         self.wsi_reader = wsi_reader
         self.grid_args = {
             "target_mpp": target_mpp,
@@ -508,16 +559,23 @@ class SlideInference:
     def _completed(self, slide: str, settings: dict) -> dict | None:
         """The summary of this slide file that an earlier run with the same settings finished, or None.
 
-        Temp files left by a run killed mid-write are removed here, before the slide is redone.
+        A swap of the slide's folder that a kill interrupted is completed first, and temp files are removed; a
+        ``complete.json`` that cannot be read (truncated, edited) means the slide is redone, never a stopped cohort.
         """
         folder = self.output_dir / slide_id(slide)
+        recover_folder(folder)
         remove_stale_temp_files(folder)
         marker = folder / COMPLETE_MARKER
         if self.overwrite or not marker.is_file():
             return None
-        done = json.loads(marker.read_text())
-        same_file = done.get("slide") == str(Path(slide).resolve())
-        return done["summary"] if same_file and done.get("settings") == settings else None
+        try:
+            done = json.loads(marker.read_text())
+            same_file = done["slide"] == str(Path(slide).resolve())
+            summary = done["summary"] if same_file and done["settings"] == settings else None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning("%s cannot be read (%s); %s is scored again.", marker, error, slide)
+            return None
+        return summary if isinstance(summary, dict) else None
 
     @staticmethod
     def _fail(row: dict, slide: str, error: BaseException) -> None:
@@ -541,7 +599,7 @@ class SlideInference:
         """Score every slide; slides finished by an earlier run of the same command are skipped (``overwrite``
         redoes them). Full tracebacks of failed slides go to ``output_dir/inference.log``."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(self.output_dir / f"inference{self._shard_suffix(self.shard_index)}.log")
+        log_file = RunLogFile(self.output_dir / f"inference{self._shard_suffix(self.shard_index)}.log")
         log_file.setLevel(logging.DEBUG)
         log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
         package_logger = logging.getLogger(__package__)
@@ -565,12 +623,19 @@ class SlideInference:
         todo = []  # (place in the cohort, slide) of the slides to score
         for k, slide in enumerate(self.slides, 1):
             rows[slide] = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
+            if problem := unusable_id(slide):
+                self._fail(rows[slide], slide, ValueError(problem))
+                continue
             done = self._completed(slide, settings)
             if done is None:
                 todo.append((k, slide))
                 continue
             logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
             rows[slide].update(done, seconds=0.0)
+        summary_file = self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv"
+        if todo:  # a summary describes the slide folders: it goes before any of them changes, and returns at the end
+            for stale in {summary_file, self.output_dir / "summary.csv"}:
+                stale.unlink(missing_ok=True)
         writing: tuple[str, Future] | None = None
         with (
             ThreadPoolExecutor(1, "skip96-open") as opener,
@@ -600,8 +665,11 @@ class SlideInference:
             if writing is not None:
                 self._written(rows, *writing)
         summary = pd.DataFrame([rows[slide] for slide in self.slides]).reindex(columns=SUMMARY_COLUMNS)
-        with atomic_path(self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv") as tmp:
-            summary.to_csv(tmp, index=False)
+        try:
+            with atomic_path(summary_file) as tmp:
+                summary.to_csv(tmp, index=False)
+        except OSError as error:
+            raise OutputWriteError(f"cannot write {summary_file}: {write_failure(error)}") from error
         failed = int((summary["status"] != "ok").sum())
         logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
         # all failed is judged on the whole cohort: a shard whose few slides failed must not stop the other ranks

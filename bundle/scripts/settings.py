@@ -52,7 +52,9 @@ def require_number(
             bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum}")
         if maximum is not None:
             bounds.append(f"<= {maximum}")
-        raise ValueError(f"--{name} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}.")
+        # Fire reads a value that starts with '-' but is no plain number (-inf, -1e) as a flag of its own: True
+        got = f"no value (write --{name}=VALUE for a value starting with '-')" if value is True else repr(value)
+        raise ValueError(f"--{name} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, got {got}.")
 
 
 def override_keys(argv: Sequence[str]) -> list[str]:

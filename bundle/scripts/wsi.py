@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pandas as pd
 import tifffile
 from monai.data import WSIReader
 from monai.utils import OptionalImportError
+from skimage.transform import resize
 from tifffile.tifffile import svs_description_metadata
 
 from .tissue import tissue_mask
@@ -25,6 +29,11 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif")  # formats st
 MPP_TOLERANCE = 0.1
 MPP_RANGE = (0.05, 50.0)  # plausible µm per pixel of a slide level: 0 (a missing tag), negatives or 1,000 are not
 MASK_MAX_SIDE = 4096
+# A read level and level 0 averaged down to it correlate at > 0.9 on tissue (JPEG noise aside); a blank or flipped
+# level at ~0. Where level 0 is flat, mean grey levels (0-255) must agree instead.
+LEVEL_MIN_CORRELATION = 0.5
+LEVEL_FLAT_STD = 2.0
+LEVEL_MAX_MEAN_DIFFERENCE = 30.0
 # The thumbnail is one read of a whole level; a slide whose coarsest level is bigger than this has no usable pyramid
 # (a flat 20k x 20k TIFF needed 10.8 GB to read and crashed cuCIM).
 THUMBNAIL_MAX_PIXELS = 8192 * 8192
@@ -101,7 +110,11 @@ def read_datalist(path: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"datalist {path} not found.")
     paths = _datalist_items(path) if path.suffix.lower() == ".json" else _csv_items(path)
-    return [str(p if Path(p).is_absolute() else path.parent / p) for p in paths]
+    slides = [str(p if Path(p).is_absolute() else path.parent / p) for p in paths]
+    for entry, slide in zip(paths, slides, strict=True):
+        if entry != entry.strip() and not Path(slide).exists():
+            raise ValueError(f"datalist {path}: the path {entry!r} has leading or trailing spaces; remove them.")
+    return slides
 
 
 def check_slide_file(path: str | Path) -> None:
@@ -111,6 +124,13 @@ def check_slide_file(path: str | Path) -> None:
     renamed, a text file) get their own cause.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a slide file; list the slide file itself.")
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path}: a symbolic link to {os.readlink(path)} that leads to no file (its target is missing, or the link "
+            "loops); fix or remove the link."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file.")
     if path.stat().st_size == 0:
@@ -124,11 +144,32 @@ def check_slide_file(path: str | Path) -> None:
         return
     kind = next((name for magic, name in FILE_SIGNATURES.items() if head.startswith(magic)), None)
     if kind in ("TIFF", "BigTIFF"):
+        _check_tiff_complete(path)
         return
     if kind is None:
         printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) / len(head)
         kind = "a text file" if printable > 0.95 else "of unknown type"
     raise ValueError(f"{path}: not a slide: a {path.suffix} file must be a TIFF, but this one is {kind}.")
+
+
+def _check_tiff_complete(path: Path) -> None:
+    """Refuse a TIFF whose structure or image data stops short: a copy or download cut off (readers only say
+    "unsupported or missing image file")."""
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            end = max(
+                (int(offset) + int(count) for page in tif.pages for offset, count in
+                 zip(page.dataoffsets, page.databytecounts, strict=False)),
+                default=0,
+            )  # fmt: skip
+    except (tifffile.TiffFileError, ValueError, IndexError, struct.error) as error:
+        raise ValueError(f"{path}: the TIFF is truncated or damaged ({error}); copy the file again.") from None
+    if end > size:
+        raise ValueError(
+            f"{path}: truncated: its image data runs to byte {end:,} but the file ends at byte {size:,}; copy the "
+            "file again."
+        )
 
 
 def find_slides(dataset_dir: str | Path | None, datalist: str | Path | None = None) -> list[str]:
@@ -189,13 +230,23 @@ def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None
     if mpp is not None and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
         return mpp
     recorded = "no resolution" if mpp is None else f"no usable resolution ({mpp:g} µm/px recorded)"
+    if mpp is None and (written := _decimal_comma_mpp(path)):
+        recorded = f"MPP = {written} with a decimal comma, which readers cannot parse,"
+        fix = f"--assume_mpp {written.replace(',', '.')}"
+    else:
+        fix = f"--assume_mpp <µm per level-0 pixel, {MPP_RANGE[0]} to {MPP_RANGE[1]}>"
     if assume_mpp is not None:
         logger.warning("%s records %s; using assume_mpp=%s µm/px.", path, recorded, assume_mpp)
         return float(assume_mpp)
-    raise SlideUnusableError(
-        f"{path}: {recorded} in the file; pass --assume_mpp <µm per level-0 pixel, {MPP_RANGE[0]} to {MPP_RANGE[1]}> "
-        "to read it."
-    )
+    raise SlideUnusableError(f"{path}: {recorded} in the file; pass {fix} to read it.")
+
+
+def _decimal_comma_mpp(path: str | Path) -> str | None:
+    """An Aperio ``MPP = 0,4990`` (a scanner set to a decimal-comma locale) as written, or None."""
+    with contextlib.suppress(tifffile.TiffFileError, OSError, IndexError), tifffile.TiffFile(path) as tif:
+        found = re.search(r"\|\s*MPP\s*=\s*(\d+,\d+)\s*(\||$)", tif.pages[0].description or "")
+        return found.group(1) if found else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -327,6 +378,41 @@ class TissueGrid:
         ]
 
 
+def check_read_level(reader: WSIReader, wsi, path: str | Path, geometry: PatchGeometry, patches: TissueGrid) -> None:
+    """Refuse a slide whose read level does not show what level 0 shows: a level written blank, shifted or upside
+    down by a broken converter would be scored as if it were the tissue.
+
+    One region around the tissue-richest patch is read at the read level and at level 0; level 0, averaged down to
+    the read level, must correlate with it (grey levels; by mean brightness where level 0 is flat there). Costs one
+    read of two patches' area, on slides not read at level 0 only.
+    """
+    if geometry.level == 0 or not len(patches):
+        return
+    height0, width0 = (int(v) for v in reader.get_size(wsi, 0))
+    side = min(2 * geometry.read_size, int(min(height0, width0) / geometry.downsample))
+    side0 = round(side * geometry.downsample)
+    row0, col0 = patches.corners[int(np.argmax(patches.tissue_fraction))]
+    row0, col0 = int(max(0, min(row0, height0 - side0))), int(max(0, min(col0, width0 - side0)))
+    coarse, _ = reader.get_data(wsi, location=(row0, col0), size=(side, side), level=geometry.level)
+    fine, _ = reader.get_data(wsi, location=(row0, col0), size=(side0, side0), level=0)
+    coarse = np.asarray(coarse, dtype=np.float32)[:3].mean(0)
+    fine = resize(np.asarray(fine, dtype=np.float32)[:3].mean(0), coarse.shape, anti_aliasing=True)
+    if fine.std() < LEVEL_FLAT_STD:
+        agree = abs(float(fine.mean() - coarse.mean())) <= LEVEL_MAX_MEAN_DIFFERENCE
+        found = f"mean grey {coarse.mean():.0f} where level 0 has {fine.mean():.0f}"
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):  # a blank level has no spread: correlation 0
+            correlation = float(np.nan_to_num(np.corrcoef(fine.ravel(), coarse.ravel())[0, 1]))
+        agree = correlation >= LEVEL_MIN_CORRELATION
+        found = f"correlation {correlation:.2f} with level 0"
+    if not agree:
+        raise SlideUnusableError(
+            f"{path}: pyramid level {geometry.level} does not show what level 0 shows at level-0 (x {col0}, y {row0}) "
+            f"({found}: a blank, shifted or flipped level); re-export the slide's pyramid (e.g. vips tiffsave --tile "
+            "--pyramid)."
+        )
+
+
 def slide_patches(
     path: str | Path,
     reader: WSIReader,
@@ -345,6 +431,7 @@ def slide_patches(
     size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
     grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
     patches = TissueGrid(grid[:, :2].astype(np.int64), grid[:, 2:4].astype(np.int64), grid[:, 4])
+    check_read_level(reader, wsi, path, geometry, patches)
     facts = {
         "shape": (
             max(0, (size0[0] - geometry.size0) // geometry.stride0 + 1),
