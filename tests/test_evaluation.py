@@ -110,7 +110,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
         assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-3000:]
-        return result.stderr
+        return result.stdout + result.stderr
 
     # the same slide stands in for the calibration and the test set: this checks the plumbing, not generalisation
     run("calibrate", tmp_path / "calibration")
@@ -139,3 +139,23 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     assert metrics["froc"]["n_lesions"] == 1 and 0.0 <= metrics["froc"]["score"] <= 1.0
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000
+
+    # a slide whose inference failed: the metrics are written for the others, and the command says it and fails;
+    # the annotation as a hand would write it: "tumor" in lower case, a group of other tissue, a 2-point polygon
+    xml = (annotations / "planted.xml").read_text().replace('PartOfGroup="Tumor"', 'PartOfGroup="tumor"')
+
+    def drawn(name: str, group: str, xy: list) -> str:
+        points = "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>' for k, (x, y) in enumerate(xy))
+        return f'<Annotation Name="{name}" PartOfGroup="{group}"><Coordinates>{points}</Coordinates></Annotation>'
+
+    others = drawn("fat", "Stroma", [(0, 0), (90, 0), (90, 90)]) + drawn("line", "tumor", [(0, 0), (90, 90)])
+    xml = xml.replace("</Annotations>", others + "</Annotations>")
+    (annotations / "planted.xml").write_text(xml)
+    (slides / "broken.tif").write_bytes(b"")
+    refusal = run("evaluate", output, "--calibration_file", calibration_file, succeeds=False)
+    assert "metrics.json covers only the slides scored" in refusal and "1 failed inference (broken)" in refusal
+    assert "group(s) 'Stroma' (1 polygon) are neither tumour" in refusal and "fewer than 3 distinct" in refusal
+    assert "Traceback" not in refusal
+    hand_written = json.loads((output / "metrics.json").read_text())
+    assert hand_written["slides_failed_inference"] == ["broken"]
+    assert hand_written["pooled"]["auc"] == metrics["pooled"]["auc"]  # the lower-case group is the same tumour

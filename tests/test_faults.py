@@ -120,6 +120,16 @@ def test_a_full_disk_fails_its_slide_alone_and_the_summary_is_written(tmp_path, 
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_summary_that_cannot_be_written_is_one_line_and_the_slides_are_kept(tmp_path, three_slides, tiny_checkpoint):
+    output = tmp_path / "out"
+    steps = [{"do": "run", "settings": "default", "output_dir": str(output), "no_space_in": "summary.csv"}]
+    result = run_faulty(tiny_checkpoint, three_slides, steps, default={})
+    assert result.returncode != 0
+    assert f"cannot write {output / 'summary.csv'}: No space left on device; free space" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert all((output / name / COMPLETE_MARKER).is_file() for name in ("a", "b", "c"))
+
+
 def test_an_output_folder_taken_by_a_file_fails_that_slide_alone(tmp_path, three_slides, tiny_checkpoint):
     output = tmp_path / "out"
     output.mkdir()
@@ -275,3 +285,38 @@ def test_command_line_mistakes_get_one_line(tmp_path, slide_0243, tiny_checkpoin
                            *arguments)  # fmt: skip
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_only_bugs_print_a_traceback(tmp_path, capsys, monkeypatch):
+    from scripts.atomic import require_output_folder
+    from scripts.errors import one_line_excepthook
+
+    monkeypatch.delenv("SKIP96_TRACEBACK", raising=False)
+    (tmp_path / "taken").write_text("")
+
+    def raised(make) -> BaseException:
+        try:
+            make()
+        except Exception as error:  # noqa: BLE001  (whatever it is, it is the case under test)
+            return error
+        raise AssertionError("nothing raised")
+
+    def wrapped_by_monai():
+        try:
+            require_output_folder(tmp_path / "taken")
+        except OSError as error:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from error
+
+    def library_full_disk():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/a.csv")
+
+    cases = {
+        wrapped_by_monai: f"ERROR: NotADirectoryError: --output_dir {tmp_path / 'taken'} is a file, not a folder",
+        library_full_disk: "ERROR: /data/out/a.csv: No space left on device; free space on that disk",
+        lambda: json.loads("{"): "Traceback",  # a bug, not the user's: the whole story
+    }
+    for make, expected in cases.items():
+        error = raised(make)
+        one_line_excepthook(type(error), error, error.__traceback__)
+        err = capsys.readouterr().err
+        assert expected in err and (expected == "Traceback") == ("Traceback" in err), err

@@ -1,10 +1,10 @@
 """Errors this bundle raises on bad input reach the user as one line, not as MONAI's chain of wrapping tracebacks.
 
 ``monai.bundle run`` wraps an exception raised inside a config expression in several ``RuntimeError("Failed to
-evaluate ...")`` layers, so "--stride must be an integer >= 1" would sit under 60 lines of traceback. When the
-innermost cause was raised by this bundle's own code (a deliberate message naming the file or key and the fix),
-only that message is printed, as is a full disk or a read-only folder wherever it is met; anything else (a bug)
-keeps its full traceback. ``SKIP96_TRACEBACK=1`` shows it always.
+evaluate ...")`` layers, so "--stride must be an integer >= 1" would sit under 60 lines of traceback. When an
+error of the chain was raised by this bundle's own code (a deliberate message naming the file or key and the fix),
+only the innermost such message is printed, as is a full disk or a read-only folder wherever it is met; anything
+else (a bug) keeps its full traceback. ``SKIP96_TRACEBACK=1`` shows it always.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from .atomic import WRITE_FIXES, write_failure
 SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 
 
-def innermost_cause(error: BaseException) -> BaseException:
+def causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what it was raised from or during, outermost first."""
+    chain = [error]
     while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
         error = error.__cause__ or error.__context__
-    return error
+        chain.append(error)
+    return chain
 
 
 def raised_here(error: BaseException) -> bool:
@@ -34,16 +37,16 @@ def raised_here(error: BaseException) -> bool:
 
 
 def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-    cause = innermost_cause(error)
-    machine_fault = isinstance(cause, OSError) and cause.errno in WRITE_FIXES  # a full disk, a read-only folder
-    ours = raised_here(cause) and isinstance(cause, Exception)
+    chain = causes(error)
+    ours = [e for e in chain if isinstance(e, Exception) and raised_here(e)]
+    machine_fault = isinstance(chain[-1], OSError) and chain[-1].errno in WRITE_FIXES  # a full disk, a read-only folder
     if os.environ.get("SKIP96_TRACEBACK") or not (ours or machine_fault):
         sys.__excepthook__(kind, error, tb)
         return
-    if machine_fault and not ours:
-        print(f"ERROR: {cause.filename or 'writing outputs'}: {write_failure(cause)}", file=sys.stderr)
+    if ours:
+        print(f"ERROR: {type(ours[-1]).__name__}: {ours[-1]}", file=sys.stderr)
     else:
-        print(f"ERROR: {type(cause).__name__}: {cause}", file=sys.stderr)
+        print(f"ERROR: {chain[-1].filename or 'writing outputs'}: {write_failure(chain[-1])}", file=sys.stderr)
     print("(SKIP96_TRACEBACK=1 shows the full traceback)", file=sys.stderr)
 
 
