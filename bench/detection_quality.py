@@ -37,7 +37,7 @@ from monai.bundle import ConfigParser
 from skimage import io
 
 from scripts.datasets import DEMO_TILES, read_tumour_mask
-from scripts.evaluation import overlap, pr_auc, roc_auc
+from scripts.metrics import overlap, pr_auc, roc_auc
 from scripts.model_files import load_network, read_normal_stats
 from scripts.scores import SCORES, AnomalyScoreInferer
 from scripts.stain import StainNormalizer, optical_density

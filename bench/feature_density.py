@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 from skimage import io
 
 from scripts.datasets import DEMO_TILES, read_tumour_mask
-from scripts.evaluation import roc_auc
+from scripts.metrics import roc_auc
 from scripts.model_files import load_network
 from scripts.stain import StainNormalizer
 from scripts.tissue import tissue_mask, window_fraction

@@ -43,7 +43,8 @@ from scipy import ndimage, stats
 from sparse_folds import DRAWS
 
 from scripts.datasets import DEMO_TILES, crop_corners, read_tile, tile_names
-from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_of, overlap, roc_auc, sweep
+from scripts.evaluation import SWEEP_THRESHOLDS, Evaluation, SlideResult, best_of, sweep
+from scripts.metrics import overlap, roc_auc
 from scripts.model_files import load_network, read_normal_stats
 from scripts.network import Skip96VAE
 from scripts.regions import clean_mask

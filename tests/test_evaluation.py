@@ -14,7 +14,8 @@ from sklearn.metrics import average_precision_score, f1_score, jaccard_score, ro
 
 from conftest import BUNDLE, REPO, TINY_NET, tissue_like
 from scripts.annotations import LesionAnnotation
-from scripts.evaluation import SUMMARY_COLUMNS, SlideResult, best_of, overlap, patch_labels, pr_auc, roc_auc, sweep
+from scripts.evaluation import SUMMARY_COLUMNS, SlideResult, best_of, patch_labels, sweep
+from scripts.metrics import overlap, pr_auc, roc_auc
 from scripts.pyramid import write_pyramid
 from scripts.regions import to_asap_xml, trace_regions
 
@@ -137,6 +138,10 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9 and metrics["pooled"]["pixel_auc_tissue"] > 0.9
     assert metrics["pooled"]["iou"] == pytest.approx(calibration["mean_iou"])
     assert metrics["froc"]["n_lesions"] == 1 and 0.0 <= metrics["froc"]["score"] <= 1.0
+    lesion = pd.read_csv(output / "lesions.csv").iloc[0]  # 384 px at 0.972 µm/px: a 0.43 mm micro-metastasis
+    assert lesion["size"] == "micro" and 400 < lesion["diameter_um"] < 460
+    assert metrics["lesion_detection"]["lesion_sensitivity"] == float(lesion["found"])
+    assert metrics["slide_level"]["n_tumour"] == 1 and metrics["slide_level"]["auc"] is None  # no normal slide
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000
 

@@ -464,3 +464,24 @@ def test_an_empty_slide_folder_is_named(tmp_path):
     (tmp_path / "notes.txt").write_text("no slides here")
     with pytest.raises(FileNotFoundError, match=f"dataset_dir {tmp_path} holds no slide file"):
         find_slides(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("configs", "listed"),
+    [
+        (["inference.json"], ("--ckpt_path", "--calibration_file", "--z_threshold", "--datalist", "--wsi_reader")),
+        (["inference.json", "evaluate.json"], ("--annotation_dir", "--tumour_free_slides", "--ckpt_path")),
+        (["train.json"], ("--max_epochs", "--data_source", "--exclude", "--learning_rate")),
+    ],
+)
+def test_help_lists_a_workflows_settings_with_their_defaults(configs, listed, capsys):
+    from conftest import BUNDLE
+
+    files = str([str(BUNDLE / "configs" / c) for c in configs])
+    with pytest.raises(SystemExit) as stop:
+        reject_unknown_overrides(["--config_file", files, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    settings = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
+    assert set(listed) <= set(settings) and "--imports" not in settings and "--run" not in settings
+    assert "  --batch_size" in out and ("64" in out or "128" in out)

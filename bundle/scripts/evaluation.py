@@ -20,19 +20,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from monai.apps.pathology.utils import (  # noqa: E402
-    PathologyProbNMS,
-    compute_isolated_tumor_cells,
-    compute_multi_instance_mask,
-)
-from monai.metrics import (  # noqa: E402
-    compute_average_precision,
-    compute_fp_tp_probs,
-    compute_froc_curve_data,
-    compute_froc_score,
-    compute_roc_auc,
-)
 from skimage import io  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
@@ -46,47 +33,18 @@ from .annotations import (  # noqa: E402
 )
 from .atomic import atomic_path, folder_lock  # noqa: E402
 from .inference import read_summary  # noqa: E402
+from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level  # noqa: E402
+from .metrics import overlap, pr_auc, roc_auc  # noqa: E402
 from .regions import clean_mask  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 LABEL_RULES = ("centre", "fraction")
 SWEEP_THRESHOLDS = tuple(np.linspace(-3, 5, 100))
-BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02), "small (<0.5%)": (0.0, 0.005)}
 SUMMARY_COLUMNS = [
     "slide", "tumour_fraction", "n_patches", "auc", "pr_auc", "iou", "oracle_iou", "threshold", "tp", "fp", "fn",
+    "slide_score", "slide_label", "false_regions",
 ]  # fmt: skip
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(compute_roc_auc(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)))
-
-
-def pr_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision (area under the precision-recall curve); NaN without positives."""
-    if labels.max() == 0:
-        return float("nan")
-    return float(compute_average_precision(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)))
-
-
-def overlap(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """TP / FP / FN and IoU, Dice, precision, recall. IoU and Dice are 1 when both sets are empty (a tumour-free
-    slide with no false alarm is perfect); precision and recall are NaN when undefined."""
-    predicted, labels = predicted.astype(bool), labels.astype(bool)
-    tp, fp, fn = int((predicted & labels).sum()), int((predicted & ~labels).sum()), int((~predicted & labels).sum())
-    union = tp + fp + fn
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "iou": tp / union if union else 1.0,
-        "dice": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
-        "precision": tp / (tp + fp) if tp + fp else float("nan"),
-        "recall": tp / (tp + fn) if tp + fn else float("nan"),
-    }
 
 
 @dataclass
@@ -189,49 +147,6 @@ def load_slide(
     return SlideResult(slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, thumbnail, annotation)
 
 
-def lesion_froc(
-    slides: Sequence[SlideResult], grow_distance: float = 75, itc_diameter: float = 200, raster_px: int = 12
-) -> dict:
-    """CAMELYON16 FROC (mean sensitivity at 1/4 ... 8 false positives per slide) from MONAI's LesionFROC parts.
-
-    LesionFROC itself reads 0/1 mask TIFFs and probability maps from files at one power-of-two level; here the same
-    steps run on the annotation rasterised at level ``L = log2(size0 / raster_px)`` and a detection map
-    ``sigmoid(z)`` sampled on that level's pixels (0 off tissue): NMS keeps local maxima above the slide mean
-    (z > 0), lesions are grown by ``grow_distance`` µm and isolated tumour cells (< ``itc_diameter`` µm) are
-    excluded, as in the challenge.
-    """
-    fp_probs, tp_probs, num_targets = [], [], 0
-    for s in slides:
-        level = max(0, round(np.log2(s.grid["size"] / raster_px)))
-        scale = 2**level
-        shape = tuple(int(np.ceil(n * s.grid["stride"] / scale)) for n in s.z_map.shape)
-        rows = np.minimum((np.arange(shape[0]) * scale) // s.grid["stride"], s.z_map.shape[0] - 1)
-        cols = np.minimum((np.arange(shape[1]) * scale) // s.grid["stride"], s.z_map.shape[1] - 1)
-        z = s.z_map[np.ix_(rows, cols)].astype(np.float64)
-        probability = np.where(np.isfinite(z), 1 / (1 + np.exp(-np.nan_to_num(z))), 0.0)
-        detections = PathologyProbNMS(sigma=0.0, prob_threshold=0.5, box_size=48)(probability, resolution_level=level)
-        probs, y_coord, x_coord = (
-            (np.array(v) for v in zip(*detections, strict=True)) if detections else (np.zeros(0),) * 3
-        )
-        truth = s.annotation.rasterise(shape, scale) if s.annotation is not None else np.zeros(shape, bool)
-        spacing = s.grid["mpp0"] * scale
-        instances = compute_multi_instance_mask(truth.astype(np.uint8), grow_distance / (spacing * 2))
-        itc = compute_isolated_tumor_cells(instances, (itc_diameter + grow_distance) / spacing)
-        fp, tp, targets = compute_fp_tp_probs(probs, y_coord, x_coord, instances, itc, resolution_level=level)
-        fp_probs.extend(fp)
-        tp_probs.extend(tp)
-        num_targets += targets
-    if num_targets == 0:
-        return {"score": None, "note": "no lesion larger than an isolated tumour cell in the evaluated slides"}
-    fps, sensitivity = compute_froc_curve_data(np.array(fp_probs), np.array(tp_probs), num_targets, len(slides))
-    thresholds = (0.25, 0.5, 1, 2, 4, 8)
-    return {
-        "score": float(compute_froc_score(fps, sensitivity, thresholds)),
-        "fp_per_slide_thresholds": list(thresholds),
-        "n_lesions": int(num_targets),
-    }
-
-
 def sweep(slides: Sequence[SlideResult], thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> pd.DataFrame:
     """Mean and per-slide IoU for every (z_threshold, min_region_tiles) pair."""
     rows = []
@@ -261,6 +176,7 @@ class Evaluation:
         thresholds: Sequence[float] = SWEEP_THRESHOLDS,
         min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
         tumour_free_slides: Sequence[str] = (),
+        reference_csv: str | Path | None = None,
     ) -> None:
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
@@ -275,6 +191,7 @@ class Evaluation:
         if isinstance(tumour_free_slides, str):
             tumour_free_slides = [tumour_free_slides]
         self.tumour_free_slides = [str(p) for p in tumour_free_slides]
+        self.reference_csv = reference_csv
         self.failed: list[str] = []  # slides of the cohort whose inference failed, left out of the numbers
 
     def is_tumour_free(self, slide_id: str) -> bool:
@@ -389,10 +306,24 @@ class Evaluation:
                 "pixel_auc_all_pixels": self._pixel_auc([s], tissue_only=False),
             }
             self._save_errors(s, z_threshold, min_region_tiles)
-        table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        rasters = [lesion_raster(s) for s in slides]
+        slide_task, slide_table = slide_level(slides, rasters, self.reference_csv)
+        lesion_task, lesion_table = lesion_detection(slides, rasters, z_threshold, min_region_tiles)
+        table = pd.DataFrame(rows).assign(
+            slide_score=slide_table["score"].to_numpy(),
+            slide_label=slide_table["tumour"].to_numpy(),
+            false_regions=[lesion_task["false_regions"][s.slide_id] for s in slides],
+        )[SUMMARY_COLUMNS]
         metrics = self._pooled(slides, table, per_slide, z_threshold, min_region_tiles, calibrated)
+        burden = lesion_table["slide"].map(dict(zip(table["slide"], table["tumour_fraction"], strict=True)))
+        for name, (low, high) in BURDEN_STRATA.items():
+            found = lesion_table.loc[(burden > low) & (burden <= high), "found"]
+            metrics["strata"][name]["lesion_sensitivity"] = float(found.mean()) if len(found) else None
+        metrics |= {"slide_level": slide_task, "lesion_detection": lesion_task, "froc": lesion_froc(slides, rasters)}
         with atomic_path(self.output_dir / "heatmap_summary.csv") as tmp:
             table.to_csv(tmp, index=False)
+        with atomic_path(self.output_dir / "lesions.csv") as tmp:
+            lesion_table.to_csv(tmp, index=False)
         with atomic_path(self.output_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2, default=float))
         self._save_curves(slides)
@@ -437,7 +368,6 @@ class Evaluation:
                 "mean_iou": float(table["oracle_iou"].mean()),
                 "mean_f1": float(np.mean([v["oracle_f1"] for v in per_slide.values()])),
             },
-            "froc": lesion_froc(slides),
             "per_slide": per_slide,
         }
 

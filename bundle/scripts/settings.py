@@ -82,6 +82,35 @@ def _config_ids(content: object, prefix: str = "") -> list[str]:
     return ids
 
 
+# Top-level entries that build the pipeline rather than set it (the configs' flat knobs are everything else).
+NOT_SETTINGS = ("imports", "bundle_root", "network", "dataset", "run", "initialize", "finalize")
+
+
+def is_setting(key: str, value: object) -> bool:
+    """A top-level config entry a user sets (a number, a path, a flag, a list of them), not a component or a step
+    (a list of expressions)."""
+    if key in NOT_SETTINGS:
+        return False
+    if isinstance(value, list):
+        return not any(isinstance(v, dict | list) or str(v).startswith("$") for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def settings_help(config: dict, files: Sequence[str | Path]) -> str:
+    """The workflow's settings with their defaults as the configs write them (``@x`` is setting ``x``, ``$`` marks a
+    Python expression), for ``--help``: ``monai.bundle run`` has none of its own."""
+    settings = {key: value for key, value in config.items() if is_setting(key, value)}
+    width = max(map(len, settings))
+    lines = [
+        f"Settings of {', '.join(Path(f).name for f in files)}: pass any as --name VALUE (True/False capitalised, "
+        "lists as JSON, a value starting with '-' as --name=VALUE). Defaults as the configs write them:",
+        *(f"  --{key:<{width}}  {value if isinstance(value, str) else repr(value)}" for key, value in settings.items()),
+        "The pipeline's components (network_def, inferer, postprocessor, ...) can be replaced by name too: see "
+        "bundle/docs/README.md.",
+    ]
+    return "\n".join(lines)
+
+
 def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
     """Raise a one-line error for a command-line key that no loaded config defines, listing close matches.
 
@@ -101,7 +130,11 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
     if isinstance(config_file, str) and config_file.strip().startswith("["):
         config_file = ast.literal_eval(config_file)
     files = [config_file] if isinstance(config_file, str | Path) else list(config_file)
-    known = _config_ids(ConfigParser.load_config_files(files))
+    config = ConfigParser.load_config_files(files)
+    if "help" in overrides:
+        print(settings_help(config, files))  # noqa: T201  (the answer to --help, not a log record)
+        raise SystemExit(0)
+    known = _config_ids(config)
     for key in overrides:
         if key.replace("::", "#") not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)

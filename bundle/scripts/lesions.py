@@ -1,0 +1,250 @@
+"""CAMELYON16's own evaluation of a cohort: Task 1, is there tumour on the slide (a slide score and its ROC AUC), and
+Task 2, where is it (lesion FROC as the challenge computes it, with plain lesion sensitivity and false regions per
+slide at the called regions beside it, so that a slide with two large lesions found among many false calls no longer
+reads as perfect), each split by lesion size (macro- / micro-metastases) and by tumour burden.
+
+Slide labels come from the challenge's ``reference.csv`` when given (``test_001,Tumor,Macro``; ``Normal`` rows have
+no size), else from the annotations (a slide with drawn tumour is a tumour slide).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from monai.apps.pathology.utils import PathologyProbNMS, compute_isolated_tumor_cells, compute_multi_instance_mask
+from monai.metrics import compute_fp_tp_probs, compute_froc_curve_data, compute_froc_score
+from scipy import ndimage
+from skimage import measure
+
+from .metrics import roc_auc
+from .regions import clean_mask
+
+if TYPE_CHECKING:
+    from .evaluation import SlideResult
+
+logger = logging.getLogger(__name__)
+
+# CAMELYON16/17: a macro-metastasis is larger than 2 mm, a micro-metastasis larger than 0.2 mm; smaller clusters are
+# isolated tumour cells (ITC), which the challenge's FROC neither rewards nor counts as false positives.
+MACRO_MIN_UM = 2000.0
+ITC_MAX_UM = 200.0
+GROW_UM = 75.0  # the challenge grows each lesion by 75 µm (5 tumour cells) before matching detections
+FROC_FP_RATES = (0.25, 0.5, 1, 2, 4, 8)
+REFERENCE_CLASSES = {"tumor": 1, "tumour": 1, "normal": 0}
+REFERENCE_SIZES = {"macro": "macro", "micro": "micro", "itc": "itc", "": "", "none": "", "nan": ""}
+BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02), "small (<0.5%)": (0.0, 0.005)}
+SLIDE_SCORE_WINDOW = 3  # patches: a slide's score is its highest mean z over a window of this side
+
+
+@dataclass
+class LesionRaster:
+    """One slide on the raster the lesion metrics use (level ``L = log2(size0 / raster_px)``, as the challenge works
+    at one power-of-two level): z-scores, lesions grown and labelled, which labels are ITC, and the µm per pixel."""
+
+    level: int
+    z: np.ndarray
+    rows: np.ndarray  # the grid row of each raster row
+    cols: np.ndarray
+    instances: np.ndarray  # 0 background, k lesion k (grown by GROW_UM)
+    itc: list[int]
+    diameters_um: dict[int, float]  # longest axis of each lesion's own (ungrown) tumour pixels
+    spacing: float
+
+
+def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
+    level = max(0, round(np.log2(s.grid["size"] / raster_px)))
+    scale = 2**level
+    shape = tuple(int(np.ceil(n * s.grid["stride"] / scale)) for n in s.z_map.shape)
+    rows = np.minimum((np.arange(shape[0]) * scale) // s.grid["stride"], s.z_map.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * scale) // s.grid["stride"], s.z_map.shape[1] - 1)
+    truth = s.annotation.rasterise(shape, scale) if s.annotation is not None else np.zeros(shape, bool)
+    spacing = s.grid["mpp0"] * scale
+    instances = compute_multi_instance_mask(truth.astype(np.uint8), GROW_UM / (spacing * 2))
+    itc = compute_isolated_tumor_cells(instances, (ITC_MAX_UM + GROW_UM) / spacing)
+    diameters = {
+        region.label: region.axis_major_length * spacing
+        for region in measure.regionprops(np.where(truth, instances, 0).astype(np.int32))
+    }
+    z = s.z_map[np.ix_(rows, cols)].astype(np.float64)
+    return LesionRaster(level, z, rows, cols, instances, list(itc), diameters, spacing)
+
+
+def size_class(diameter_um: float) -> str:
+    return "macro" if diameter_um > MACRO_MIN_UM else "micro" if diameter_um > ITC_MAX_UM else "itc"
+
+
+def lesion_froc(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) -> dict:
+    """CAMELYON16 FROC (mean sensitivity at 1/4 ... 8 false positives per slide) from MONAI's LesionFROC parts.
+
+    LesionFROC itself reads 0/1 mask TIFFs and probability maps from files; here the same steps run on the
+    annotation rasterised at the lesion raster's level and a detection map ``sigmoid(z)`` on its pixels (0 off
+    tissue): NMS keeps local maxima above the slide mean (z > 0), lesions are grown by 75 µm and isolated tumour cells
+    are excluded, as in the challenge.
+    """
+    fp_probs, tp_probs, num_targets = [], [], 0
+    for raster in rasters:
+        probability = np.where(np.isfinite(raster.z), 1 / (1 + np.exp(-np.nan_to_num(raster.z))), 0.0)
+        nms = PathologyProbNMS(sigma=0.0, prob_threshold=0.5, box_size=48)
+        detections = nms(probability, resolution_level=raster.level)
+        probs, y_coord, x_coord = (
+            (np.array(v) for v in zip(*detections, strict=True)) if detections else (np.zeros(0),) * 3
+        )
+        fp, tp, targets = compute_fp_tp_probs(
+            probs, y_coord, x_coord, raster.instances, raster.itc, resolution_level=raster.level
+        )
+        fp_probs.extend(fp)
+        tp_probs.extend(tp)
+        num_targets += targets
+    if num_targets == 0:
+        return {"score": None, "note": "no lesion larger than an isolated tumour cell in the evaluated slides"}
+    fps, sensitivity = compute_froc_curve_data(np.array(fp_probs), np.array(tp_probs), num_targets, len(slides))
+    return {
+        "score": float(compute_froc_score(fps, sensitivity, FROC_FP_RATES)),
+        "fp_per_slide_thresholds": list(FROC_FP_RATES),
+        "n_lesions": int(num_targets),
+    }
+
+
+def lesion_detection(
+    slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], z_threshold: float, min_region_tiles: int
+) -> tuple[dict, pd.DataFrame]:
+    """What the called regions find: each lesion (ITC aside) is found when a called region touches it (grown by
+    75 µm, as the FROC matches), and each called region touching no lesion is a false one.
+
+    Returns the totals (lesion sensitivity by size class, false regions per slide, overall and on tumour-free slides)
+    and one row per lesion.
+    """
+    lesions, false_regions = [], {}
+    for s, raster in zip(slides, rasters, strict=True):
+        called_grid = clean_mask(s.z_map, z_threshold, min_region_tiles)
+        regions, n_regions = ndimage.label(called_grid, structure=np.ones((3, 3)))
+        called = regions[np.ix_(raster.rows, raster.cols)]
+        touched = set(np.unique(called[raster.instances > 0]).tolist()) - {0}
+        false_regions[s.slide_id] = n_regions - len(touched)
+        for label, diameter in sorted(raster.diameters_um.items()):
+            if label in raster.itc:
+                continue
+            found = bool((called[raster.instances == label] > 0).any())
+            lesions.append({"slide": s.slide_id, "lesion": label, "diameter_um": round(diameter, 1),
+                            "size": size_class(diameter), "found": found})  # fmt: skip
+    table = pd.DataFrame(lesions, columns=["slide", "lesion", "diameter_um", "size", "found"])
+    tumour_free = [k for k, s in enumerate(slides) if not rasters[k].diameters_um]
+    totals = {
+        "note": "at the calibrated threshold and minimum region size; ITC (< 0.2 mm) neither found nor missed",
+        "n_lesions": len(table),
+        "lesion_sensitivity": float(table["found"].mean()) if len(table) else None,
+        "by_size": {
+            size: {
+                "n_lesions": int((table["size"] == size).sum()),
+                "sensitivity": float(table.loc[table["size"] == size, "found"].mean())
+                if (table["size"] == size).any()
+                else None,
+            }
+            for size in ("macro", "micro")
+        },  # fmt: skip
+        "false_regions_per_slide": float(np.mean(list(false_regions.values()))),
+        "false_regions_per_tumour_free_slide": (
+            float(np.mean([false_regions[slides[k].slide_id] for k in tumour_free])) if tumour_free else None
+        ),
+        "false_regions": false_regions,
+    }
+    return totals, table
+
+
+def slide_score(s: SlideResult) -> float:
+    """Task 1's score: the slide's highest mean z over any ``SLIDE_SCORE_WINDOW``² window of tissue patches, so one
+    unusual patch counts less than a cluster of them."""
+    z = np.nan_to_num(s.z_map, nan=0.0)
+    tissue = np.isfinite(s.z_map).astype(float)
+    total = ndimage.uniform_filter(z, SLIDE_SCORE_WINDOW, mode="constant")
+    count = ndimage.uniform_filter(tissue, SLIDE_SCORE_WINDOW, mode="constant")
+    mean = np.where(count > 0.5 / SLIDE_SCORE_WINDOW**2, total / np.maximum(count, 1e-12), -np.inf)
+    return float(mean[tissue > 0].max()) if tissue.any() else float("nan")
+
+
+def read_reference(path: str | Path) -> pd.DataFrame:
+    """CAMELYON16's ``reference.csv`` (no header: slide, ``Tumor`` / ``Normal``, ``Macro`` / ``Micro`` / empty, ...;
+    a header row is skipped) as columns ``slide``, ``tumour`` (0/1) and ``size``; labels in any letter case."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference_csv {path} not found.")
+    with open(path, newline="") as handle:  # rows of any length: the challenge's file is not a rectangle
+        lines = [(k, values) for k, values in enumerate(csv.reader(handle), start=1) if any(v.strip() for v in values)]
+    rows = []
+    for line, values in lines:
+        if len(values) < 2:
+            raise ValueError(f"reference_csv {path}, line {line}: expected 'slide,Tumor|Normal[,Macro|Micro]'.")
+        slide, label = values[0].strip(), values[1].strip()
+        size = values[2].strip() if len(values) > 2 else ""
+        if line == 1 and label.casefold() not in REFERENCE_CLASSES:
+            continue  # a header row
+        if label.casefold() not in REFERENCE_CLASSES or size.casefold() not in REFERENCE_SIZES:
+            raise ValueError(
+                f"reference_csv {path}, line {line}: {label!r} / {size!r} for {slide}; the class must be Tumor or "
+                "Normal and the size Macro, Micro or empty."
+            )
+        rows.append({"slide": Path(slide).stem, "tumour": REFERENCE_CLASSES[label.casefold()],
+                     "size": REFERENCE_SIZES[size.casefold()]})  # fmt: skip
+    return pd.DataFrame(rows, columns=["slide", "tumour", "size"])
+
+
+def slide_labels(
+    slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], reference_csv: str | Path | None
+) -> pd.DataFrame:
+    """Each evaluated slide's Task 1 label and size class (of its largest lesion), from ``reference_csv`` or else
+    from its annotation."""
+    if not reference_csv:
+        rows = []
+        for s, raster in zip(slides, rasters, strict=True):
+            largest = max(raster.diameters_um.values(), default=0.0)
+            rows.append(
+                {"slide": s.slide_id, "tumour": int(largest > 0), "size": size_class(largest) if largest else ""}
+            )
+        return pd.DataFrame(rows, columns=["slide", "tumour", "size"])
+    reference = read_reference(reference_csv)
+    by_id = {slide.casefold(): row for slide, row in zip(reference["slide"], reference.to_dict("records"), strict=True)}
+    missing = [s.slide_id for s in slides if s.slide_id.casefold() not in by_id]
+    if missing:
+        raise ValueError(
+            f"reference_csv {reference_csv} has no row for {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}; add them, or score a cohort the reference covers."
+        )
+    evaluated = {s.slide_id.casefold() for s in slides}
+    unscored = [slide for slide in reference["slide"] if slide.casefold() not in evaluated]
+    if unscored:
+        logger.warning(
+            "reference_csv %s lists %d slide(s) not in this cohort (%s%s); Task 1 covers the %d scored.",
+            reference_csv, len(unscored), ", ".join(unscored[:5]), " ..." if len(unscored) > 5 else "", len(slides),
+        )  # fmt: skip
+    return pd.DataFrame([{**by_id[s.slide_id.casefold()], "slide": s.slide_id} for s in slides])
+
+
+def slide_level(
+    slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], reference_csv: str | Path | None
+) -> tuple[dict, pd.DataFrame]:
+    """Task 1: each slide's score and label, and the slide-level ROC AUC overall and of macro- and of
+    micro-metastasis slides each against the normal slides."""
+    table = slide_labels(slides, rasters, reference_csv)
+    table["score"] = [slide_score(s) for s in slides]
+    normal = table[table["tumour"] == 0]
+
+    def auc(tumour: pd.DataFrame) -> float | None:
+        both = pd.concat([tumour, normal])
+        return roc_auc(both["score"].to_numpy(), both["tumour"].to_numpy()) if len(tumour) and len(normal) else None
+
+    totals = {
+        "note": "slide score: the highest mean z over a 3 x 3-patch window; labels from "
+        + ("the reference CSV" if reference_csv else "the annotations (drawn tumour = tumour slide)"),
+        "n_tumour": int(table["tumour"].sum()),
+        "n_normal": len(normal),
+        "auc": auc(table[table["tumour"] == 1]),
+        "by_size": {size: auc(table[(table["tumour"] == 1) & (table["size"] == size)]) for size in ("macro", "micro")},
+    }
+    return totals, table
