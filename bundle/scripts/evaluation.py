@@ -314,11 +314,7 @@ class Evaluation:
             slide_label=slide_table["tumour"].to_numpy(),
             false_regions=[lesion_task["false_regions"][s.slide_id] for s in slides],
         )[SUMMARY_COLUMNS]
-        metrics = self._pooled(slides, table, per_slide, z_threshold, min_region_tiles, calibrated)
-        burden = lesion_table["slide"].map(dict(zip(table["slide"], table["tumour_fraction"], strict=True)))
-        for name, (low, high) in BURDEN_STRATA.items():
-            found = lesion_table.loc[(burden > low) & (burden <= high), "found"]
-            metrics["strata"][name]["lesion_sensitivity"] = float(found.mean()) if len(found) else None
+        metrics = self._pooled(slides, table, lesion_table, per_slide, z_threshold, min_region_tiles, calibrated)
         metrics |= {"slide_level": slide_task, "lesion_detection": lesion_task, "froc": lesion_froc(slides, rasters)}
         with atomic_path(self.output_dir / "heatmap_summary.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -331,17 +327,20 @@ class Evaluation:
                     metrics["mean_iou"], metrics["oracle"]["mean_iou"])  # fmt: skip
         return metrics
 
-    def _pooled(self, slides, table, per_slide, z_threshold, min_region_tiles, calibrated) -> dict:
+    def _pooled(self, slides, table, lesion_table, per_slide, z_threshold, min_region_tiles, calibrated) -> dict:
         labels = np.concatenate([s.patches["label"].to_numpy() for s in slides])
         z = np.concatenate([s.patches["z"].to_numpy() for s in slides])
         predicted = np.concatenate([s.predict(z_threshold, min_region_tiles) for s in slides])
         tumour_free = table[table["tumour_fraction"] == 0]
         strata = {}
+        lesion_burden = lesion_table["slide"].map(dict(zip(table["slide"], table["tumour_fraction"], strict=True)))
         for name, (low, high) in BURDEN_STRATA.items():
             members = table[(table["tumour_fraction"] > low) & (table["tumour_fraction"] <= high)]
+            found = lesion_table.loc[(lesion_burden > low) & (lesion_burden <= high), "found"]
             strata[name] = {
                 "n_slides": len(members),
                 "mean_iou": float(members["iou"].mean()) if len(members) else None,
+                "lesion_sensitivity": float(found.mean()) if len(found) else None,
             }
         fp_area = {}
         for s in slides:
