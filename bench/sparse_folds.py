@@ -60,6 +60,12 @@ def fold_results(
     bundle_run("evaluate", root / f"evaluate_{statistics}.log", "--dataset_dir", str(root / "test"),
                "--annotation_dir", str(root / "test"), "--output_dir", str(test_out),
                "--calibration_file", str(cal_out / "calibration.json"), *common)  # fmt: skip
+    return collect(root, fold, statistics)
+
+
+def collect(root: Path, fold: str, statistics: str) -> list[dict]:
+    """One row per test slide of a fold from the outputs of its ``run calibrate`` and ``run evaluate``."""
+    cal_out, test_out = root / f"cal_{statistics}", root / f"test_{statistics}"
     metrics = json.loads((test_out / "metrics.json").read_text())
     calibration = json.loads((cal_out / "calibration.json").read_text())
     table = pd.read_csv(test_out / "heatmap_summary.csv", dtype={"slide": str})
@@ -71,6 +77,8 @@ def fold_results(
             "dice": metrics["per_slide"][slide]["dice"],
             "regions": len(json.loads((test_out / slide / "regions.geojson").read_text())["features"]),
             "z_threshold": calibration["z_threshold"], "min_region_tiles": calibration["min_region_tiles"],
+            "normal_quantile": calibration.get("normal_quantile", 0.0),
+            "lesion_sensitivity": metrics["lesion_detection"]["lesion_sensitivity"],
             "froc": metrics["froc"].get("score"), "pooled_auc": metrics["pooled"]["auc"],
         })  # fmt: skip
     return rows
@@ -87,6 +95,21 @@ def interval(values: np.ndarray, statistic=np.mean) -> str:
     return f"{statistic(values):.3f} [{low:.2f}, {high:.2f}]"
 
 
+def paired(rows: list[dict], versus: list[dict]) -> None:
+    """Differences from the same slides' rows of another run (``--versus``): IoU per tumour slide and false regions
+    per tumour-free slide resampled by slide, FROC and lesion sensitivity by fold (only 4 folds: a rough interval)."""
+    keys = ["fold", "slide"]
+    both = pd.DataFrame(rows).merge(pd.DataFrame(versus), on=keys, suffixes=("", "_versus"), validate="one_to_one")
+    tumour, normal = both[~both["tumour_free"]], both[both["tumour_free"]]
+    folds = both.groupby("fold")[["froc", "froc_versus", "lesion_sensitivity", "lesion_sensitivity_versus"]].first()
+    print(f"\n  paired against --versus ({len(tumour)} tumour, {len(normal)} tumour-free slides):")
+    print(f"  IoU difference                  {interval(tumour['iou'] - tumour['iou_versus'])}")
+    print(f"  false regions difference        {interval(normal['regions'] - normal['regions_versus'])}")
+    print(f"  FROC difference (by fold)       {interval(folds['froc'] - folds['froc_versus'])}")
+    sensitivity = folds["lesion_sensitivity"] - folds["lesion_sensitivity_versus"]
+    print(f"  lesion sensitivity difference   {interval(sensitivity)}")
+
+
 def summarise(rows: list[dict], title: str) -> None:
     table = pd.DataFrame(rows)
     tumour, normal = table[~table["tumour_free"]], table[table["tumour_free"]]
@@ -96,9 +119,11 @@ def summarise(rows: list[dict], title: str) -> None:
     print(f"  FROC (per fold, mean)           {table.groupby('fold')['froc'].first().mean():.3f}")
     print(f"  pooled patch AUC (per fold, mean) {table.groupby('fold')['pooled_auc'].first().mean():.3f}")
     print(f"  tumour-free slides: false regions {interval(normal['regions'])}, false patches {interval(normal['fp'])}")
-    thresholds = table.groupby("fold")[["z_threshold", "min_region_tiles"]].first()
-    print("  calibrated per fold: " + ", ".join(f"{f}: z {r.z_threshold:.2f} / {r.min_region_tiles}"
-                                            for f, r in thresholds.iterrows()))  # fmt: skip
+    print(f"  lesion sensitivity (per fold, mean) {table.groupby('fold')['lesion_sensitivity'].first().mean():.3f}")
+    thresholds = table.groupby("fold")[["z_threshold", "min_region_tiles", "normal_quantile"]].first()
+    print("  calibrated per fold: " + ", ".join(
+        f"{f}: z {r.z_threshold:.2f} / {r.min_region_tiles:.0f} / normal quantile {r.normal_quantile:.2f}"
+        for f, r in thresholds.iterrows()))  # fmt: skip
 
 
 def main() -> None:
@@ -110,6 +135,7 @@ def main() -> None:
     cli.add_argument("--out", type=Path, required=True)
     cli.add_argument("--slides", type=int, default=6, help="tumour-sparse slides per fold and set")
     cli.add_argument("--z_statistics", nargs="+", default=["mean_std"])
+    cli.add_argument("--versus", type=Path, help="the --out of another run on the same slides, for paired differences")
     cli.add_argument("extra", nargs="*", help="more bundle settings after --, e.g. -- --tta False")
     args = cli.parse_args()
     training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
@@ -123,6 +149,8 @@ def main() -> None:
             summarise(fold_rows, f"{fold} ({statistics})")
             rows += fold_rows
         summarise(rows, f"all folds ({statistics})")
+        if args.versus:
+            paired(rows, [row for fold, *_ in folds for row in collect(args.versus / fold, fold, statistics)])
 
 
 if __name__ == "__main__":

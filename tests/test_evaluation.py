@@ -117,6 +117,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     run("calibrate", tmp_path / "calibration")
     calibration = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
     assert calibration["calibration_slides"] == ["planted"] and calibration["mean_iou"] > 0.9
+    assert calibration["normal_quantile"] == 0.0  # the second scale is the latent score's
     from scripts.model_files import checkpoint_digest
 
     assert calibration["weights"] == checkpoint_digest(tiny_checkpoint)  # inference refuses it for other weights

@@ -10,7 +10,7 @@ import shapely
 from shapely.geometry import shape
 
 from scripts.annotations import read_annotation
-from scripts.regions import to_asap_xml, to_geojson, trace_regions
+from scripts.regions import clean_mask, to_asap_xml, to_geojson, trace_regions, two_scale_map
 
 PITCH = 96.0
 
@@ -62,3 +62,15 @@ def test_holes_are_only_real_holes():
     assert len(regions) == 3  # 8-connected: the two blocks, the ring, the island
     parts = sorted(len(r.polygons) for r in regions)
     assert parts == [1, 1, 2]  # the two corner-touching blocks are one region of two polygons
+
+
+def test_a_call_needs_both_scales():
+    """``two_scale_map`` takes out the patches below the score floor; without a floor the z-map is left alone."""
+    z_map = np.array([[3.0, 3.0], [0.0, np.nan]])
+    cells = np.array([[0, 0], [0, 1], [1, 0]])
+    scores = np.array([20.0, 12.0, 30.0])
+    assert two_scale_map(z_map, cells, scores, -np.inf) is z_map
+    candidates = two_scale_map(z_map, cells, scores, 15.0)
+    np.testing.assert_array_equal(np.isnan(candidates), [[False, True], [False, True]])
+    np.testing.assert_array_equal(clean_mask(candidates, 2.0, 1), [[True, False], [False, False]])
+    assert not np.isnan(z_map[0, 1])  # the slide's own map is not changed

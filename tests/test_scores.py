@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.model_files import load_network
-from scripts.scores import SCORES, AnomalyScoreInferer, SlideRarity, minor_component_precision
+from conftest import TINY_NET
+from scripts.model_files import load_network, save_normal_stats
+from scripts.scores import (
+    SCORE_QUANTILES,
+    SCORES,
+    AnomalyScoreInferer,
+    SlideRarity,
+    minor_component_precision,
+    normal_score_floor,
+    normal_score_floors,
+)
 from scripts.transforms import ChannelStats
 from tests_helpers import tiny_net
 
@@ -147,3 +156,27 @@ def test_slide_rarity_refuses_a_slide_too_small_for_its_exclusion():
         SlideRarity(neighbours=5, exclusion=4)(np.random.default_rng(0).normal(size=(9, 4)), grid, "tiny.tif")
     with pytest.raises(ValueError, match="--rarity_neighbours must be an integer >= 1"):
         SlideRarity(neighbours=0)
+
+
+def test_normal_score_floor_is_the_quantile_of_the_training_normals_scores(tmp_path):
+    net = tiny_net()
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path)
+    dim = TINY_NET["latent_channels"] * 9
+    quantiles = torch.linspace(10.0, 20.0, SCORE_QUANTILES)  # uniform scores from 10 to 20
+    stats = {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 5, "score_quantiles": quantiles}
+    save_normal_stats(path, net, {"mean": [0.5] * 3, "std": [0.2] * 3}, stats)
+    assert normal_score_floor(path, "latent", 0.0) == -np.inf
+    assert normal_score_floor(path, "latent", 0.95) == pytest.approx(19.5)
+    assert normal_score_floors(path, "latent", [0.0, 0.5]) == {0.0: -np.inf, 0.5: pytest.approx(15.0)}
+    assert normal_score_floors(path, "l1", [0.0, 0.5]) == {0.0: -np.inf}
+    with pytest.raises(ValueError, match="applies to score 'latent'"):
+        normal_score_floor(path, "l1", 0.9)
+    with pytest.raises(ValueError, match="normal_quantile"):
+        normal_score_floor(path, "latent", 1.5)
+
+
+def test_a_model_without_score_quantiles_names_the_fix(tiny_checkpoint):
+    with pytest.raises(ValueError, match="write_normal_stats workflow, or pass --normal_quantile 0"):
+        normal_score_floor(tiny_checkpoint, "latent", 0.9)
+    assert normal_score_floors(tiny_checkpoint, "latent", [0.0, 0.9]) == {0.0: -np.inf}

@@ -13,7 +13,8 @@ import tifffile
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLE, REPO
+from conftest import BUNDLE, REPO, requires_shared
+from scripts.domain import DOMAIN_LIMIT
 from scripts.model_files import read_normal_stats
 from scripts.scores import AnomalyScoreInferer
 
@@ -42,11 +43,29 @@ def test_default_inference_scores_the_demo_slide(tmp_path):
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(summary["status"]) == ["ok"] and summary.loc[0, "slide"] == "camelyon16_demo"
     assert summary.loc[0, "n_patches"] > 150
+    assert not summary.loc[0, "out_of_domain"] and summary.loc[0, "domain_distance"] < DOMAIN_LIMIT
     out = tmp_path / "camelyon16_demo"
     assert (out / "heatmap.png").stat().st_size > 10_000
     regions = json.loads((out / "regions.geojson").read_text())
     assert regions["type"] == "FeatureCollection"
     assert f"camelyon16_demo: {len(regions['features'])} region(s)" in result.stdout + result.stderr
+
+
+def test_a_skin_slide_is_flagged_out_of_domain(tmp_path):
+    """The real skin slide (another organ, scanner and centre) is flagged in the log, summary.csv and its regions."""
+    skin = requires_shared("slides", "CMU-1-Small-Region.svs")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"testing": [{"image": str(skin)}]}))
+    config = str(BUNDLE / "configs" / "inference.json")
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config, "--datalist",
+               str(datalist), "--output_dir", str(tmp_path / "out"), "--num_workers", "0"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.loc[0, "out_of_domain"] and summary.loc[0, "domain_distance"] > DOMAIN_LIMIT
+    assert "CMU-1-Small-Region.svs: OUT OF DOMAIN" in result.stdout + result.stderr
+    regions = json.loads((tmp_path / "out" / "CMU-1-Small-Region" / "regions.geojson").read_text())["features"]
+    assert all(region["properties"]["out_of_domain"] for region in regions)
 
 
 def demo_batch(parser: ConfigParser) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import BUNDLE, REPO, TINY_NET
 from scripts.model_files import read_normal_stats
+from scripts.scores import SCORE_QUANTILES
 
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
 
@@ -66,6 +68,26 @@ def test_checkpoint_loads_into_network_def(trained):
     dim = TINY_NET["latent_channels"] * 9
     assert latent["mean"].shape == (dim,) and latent["precision"].shape == (dim, dim)
     assert torch.linalg.eigvalsh(latent["precision"].double()).min() > 0
+    quantiles = latent["score_quantiles"]  # the training normals' own scores: the decision's second scale
+    assert quantiles.shape == (SCORE_QUANTILES,) and bool((quantiles.diff() >= 0).all()) and quantiles[0] > 0
+    colour = stats["colour_stats"]  # for the out-of-domain check
+    assert colour["mean"].shape == (3,) and torch.linalg.eigvalsh(colour["precision"].double()).min() > 0
+
+
+def test_write_normal_stats_refits_the_statistics_of_a_trained_model(trained, tiles_dir, tmp_path):
+    """The workflow that gives a model trained before 0.12.0 its colour and score statistics, without training."""
+    root, _ = trained
+    shutil.copy(root / "models" / "model.pt", tmp_path / "model.pt")  # without the statistics training wrote
+    command = [sys.executable, "-m", "monai.bundle", "run", "write_normal_stats", "--config_file", str(TRAIN_CONFIG),
+               "--data_source", "tiles", "--dataset_dir", str(tiles_dir), "--ckpt_dir", str(tmp_path),
+               "--batch_size", "32", "--num_workers", "1", "--stats_samples", "64", "--channels",
+               json.dumps(TINY_NET["channels"]), "--latent_channels", str(TINY_NET["latent_channels"])]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    refitted, original = read_normal_stats(tmp_path / "model.pt"), read_normal_stats(root / "models" / "model.pt")
+    torch.testing.assert_close(refitted["colour_stats"]["mean"], original["colour_stats"]["mean"])
+    torch.testing.assert_close(refitted["latent_stats"]["score_quantiles"], original["latent_stats"]["score_quantiles"],
+                               rtol=1e-3, atol=1e-3)  # fmt: skip
 
 
 def test_epoch_metrics_and_grid_reach_tensorboard_and_console(trained):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .atomic import atomic_path, folder_lock  # noqa: E402
 from .inference import read_summary  # noqa: E402
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level  # noqa: E402
 from .metrics import overlap, pr_auc, roc_auc  # noqa: E402
-from .regions import clean_mask  # noqa: E402
+from .regions import clean_mask, two_scale_map  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class SlideResult:
     tissue: np.ndarray  # tissue mask at thumbnail_downsample
     thumbnail: np.ndarray
     annotation: LesionAnnotation | MaskAnnotation | None = None
+    score_floor: float = -math.inf  # the decision's second scale (``two_scale_map``), as inference applied it
 
     @property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
@@ -72,9 +74,17 @@ class SlideResult:
         """Annotated tumour area as a fraction of the tissue area (the burden used for strata)."""
         return float((self.truth & self.tissue).sum() / max(self.tissue.sum(), 1))
 
+    def called_map(self, z_threshold: float, min_region_tiles: int) -> np.ndarray:
+        """The grid cells inference calls tumour at these settings (both scales of the decision)."""
+        candidates = self.z_map
+        if self.score_floor > -math.inf:
+            scores = self.patches["score"].to_numpy()
+            candidates = two_scale_map(self.z_map, np.stack(self.cells, 1), scores, self.score_floor)
+        return clean_mask(candidates, z_threshold, min_region_tiles)
+
     def predict(self, z_threshold: float, min_region_tiles: int) -> np.ndarray:
         rows, cols = self.cells
-        return clean_mask(self.z_map, z_threshold, min_region_tiles)[rows, cols]
+        return self.called_map(z_threshold, min_region_tiles)[rows, cols]
 
 
 def patch_labels(
@@ -177,6 +187,7 @@ class Evaluation:
         min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
         tumour_free_slides: Sequence[str] = (),
         reference_csv: str | Path | None = None,
+        score_floors: dict[float, float] | None = None,
     ) -> None:
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
@@ -192,6 +203,7 @@ class Evaluation:
             tumour_free_slides = [tumour_free_slides]
         self.tumour_free_slides = [str(p) for p in tumour_free_slides]
         self.reference_csv = reference_csv
+        self.score_floors = score_floors or {0.0: -math.inf}  # normal_quantile -> the score floor it sets
         self.failed: list[str] = []  # slides of the cohort whose inference failed, left out of the numbers
 
     def is_tumour_free(self, slide_id: str) -> bool:
@@ -235,9 +247,11 @@ class Evaluation:
         self._refuse_partial_cohort("calibration.json")
         return calibration
 
-    def evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
+    def evaluate(
+        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float = -math.inf
+    ) -> dict:
         with folder_lock(self.output_dir):
-            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated)
+            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated, score_floor)
         self._refuse_partial_cohort("metrics.json")
         return metrics
 
@@ -258,11 +272,17 @@ class Evaluation:
                 f"none of the {len(slides)} calibration slides in {self.output_dir} has a tumour patch; a threshold "
                 "chosen on them would be meaningless: calibrate on slides with annotated tumour."
             )
-        table = sweep(slides, self.thresholds, self.min_region_tiles)
+        tables = []
+        for quantile, floor in self.score_floors.items():
+            for s in slides:
+                s.score_floor = floor
+            tables.append(sweep(slides, self.thresholds, self.min_region_tiles).assign(normal_quantile=quantile))
+        table = pd.concat(tables, ignore_index=True)
         best = best_of(table)
         calibration = {
             "z_threshold": float(best["z_threshold"]),
             "min_region_tiles": int(best["min_region_tiles"]),
+            "normal_quantile": float(best["normal_quantile"]),
             "mean_iou": float(best["mean_iou"]),
             "calibration_slides": [s.slide_id for s in slides],
             "slides_failed_inference": list(self.failed),
@@ -273,13 +293,16 @@ class Evaluation:
         with atomic_path(self.output_dir / "calibration.json") as tmp:
             tmp.write_text(json.dumps(calibration, indent=4) + "\n")
         logger.info(
-            "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d (mean IoU %.3f)",
-            len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["mean_iou"],
+            "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d, normal_quantile %.3f (mean IoU %.3f)",
+            len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["normal_quantile"],
+            calibration["mean_iou"],
         )  # fmt: skip
         return calibration
 
-    def _evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool) -> dict:
+    def _evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float) -> dict:
         slides = self.slides()
+        for s in slides:
+            s.score_floor = score_floor
         rows, per_slide = [], {}
         for s in slides:
             labels, z = s.patches["label"].to_numpy(), s.patches["z"].to_numpy()

@@ -18,7 +18,9 @@ from ignite.handlers import Checkpoint, TerminateOnNan
 from torch.utils.tensorboard import SummaryWriter
 
 from .atomic import atomic_path
+from .domain import colour_descriptors, fit_colour_stats
 from .model_files import read_weights, save_normal_stats
+from .scores import SCORE_QUANTILES
 from .transforms import ChannelStats
 
 logger = logging.getLogger(__name__)
@@ -235,6 +237,11 @@ class LatentStatsHandler:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0 or not self.checkpoint_path.is_file() or not _loss_is_finite(engine):
             return
+        self.write()
+
+    def write(self) -> Path:
+        """Fit the statistics for the weights in ``checkpoint_path`` and write them; also run on its own by the
+        training config's ``normal_stats`` workflow, for a model trained before a statistic was kept."""
         network = unwrap(self.network)
         network.load_state_dict(read_weights(self.checkpoint_path))
         network.eval()
@@ -242,17 +249,30 @@ class LatentStatsHandler:
         generator = torch.Generator().manual_seed(self.seed)
         indices = torch.randperm(len(self.dataset), generator=generator)[: self.max_samples].tolist()
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size)
+        mus, colours = [], []
         with torch.inference_mode():
-            images = (self.prepare_batch(batch, device)[0] for batch in loader)
-            mus = [network.encode(x)[0].flatten(1).double().cpu() for x in images]
+            for batch in loader:
+                colours.append(colour_descriptors(torch.as_tensor(batch["image"])))
+                mus.append(network.encode(self.prepare_batch(batch, device)[0])[0].flatten(1).double().cpu())
         mu = torch.cat(mus)
         mean = mu.mean(0)
         covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
         target = torch.eye(len(mean), dtype=mu.dtype) * covariance.diagonal().mean().clamp(min=1e-6)
         shrunk = (1 - self.shrinkage) * covariance + self.shrinkage * target
-        latent_stats = {"mean": mean.float(), "precision": torch.linalg.inv(shrunk).float(), "num_samples": len(mu)}
-        path = save_normal_stats(self.checkpoint_path, network, self.norm_stats.state_dict(), latent_stats)
-        logger.info("latent statistics of %d normal patches written to %s", len(mu), path)
+        precision = torch.linalg.inv(shrunk)
+        delta = mu - mean
+        scores = torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
+        probabilities = torch.linspace(0, 1, SCORE_QUANTILES, dtype=scores.dtype)
+        latent_stats = {
+            "mean": mean.float(), "precision": precision.float(), "num_samples": len(mu),
+            "score_quantiles": torch.quantile(scores, probabilities).float(),
+        }  # fmt: skip
+        colour_stats = fit_colour_stats(np.concatenate(colours)) if len(mu) >= 4 else None
+        path = save_normal_stats(
+            self.checkpoint_path, network, self.norm_stats.state_dict(), latent_stats, colour_stats
+        )
+        logger.info("latent and colour statistics of %d normal patches written to %s", len(mu), path)
+        return path
 
 
 def _glibc_malloc_trim() -> Callable[[int], int] | None:

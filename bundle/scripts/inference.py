@@ -34,11 +34,12 @@ from .atomic import (
     require_output_folder,
     write_failure,
 )
+from .domain import DomainCheck
 from .heatmap import save_heatmap, save_image
 from .isolation import IsolatedWorker
 from .model_files import checkpoint_digest, weights_digest
 from .patch_stream import patch_loader
-from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions
+from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions, two_scale_map
 from .scores import SLIDE_RELATIVE_SCORES, SlideRarity
 from .settings import require_number
 from .stain import StainNormalizer
@@ -59,11 +60,12 @@ COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
 SUMMARY_COLUMNS = [
     "slide", "path", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
-    "stain_fallbacks", "seconds",
+    "stain_fallbacks", "domain_distance", "out_of_domain", "seconds",
 ]  # fmt: skip
 
 
-CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000)}
+CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0)}
+CALIBRATED_SINCE_0_12 = ("normal_quantile",)  # a calibration written before holds none: its default applies
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
 
 
@@ -93,6 +95,8 @@ def calibrated(
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"calibration_file {path} is not valid JSON ({error}).") from None
+    if isinstance(content, dict) and name not in content and name in CALIBRATED_SINCE_0_12:
+        return default
     if not isinstance(content, dict) or name not in content:
         held = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise KeyError(f"calibration_file {path} has no {name!r}; it holds {held}.")
@@ -215,6 +219,7 @@ class SlidePostprocessor:
         min_region_tiles: int = 5,
         z_statistics: str = "mean_std",
         slide_scores: SlideRarity | None = None,
+        score_floor: float = -math.inf,
     ):
         if score in SLIDE_RELATIVE_SCORES and slide_scores is None:
             raise ValueError(f"score {score!r} needs slide_scores (scripts.scores.SlideRarity) to turn descriptors "
@@ -228,10 +233,16 @@ class SlidePostprocessor:
         self.score = score
         self.z_threshold = float(z_threshold)
         self.min_region_tiles = int(min_region_tiles)
+        self.score_floor = float(score_floor)
         self.slide_scores = slide_scores if score in SLIDE_RELATIVE_SCORES else None
         self.job: SlideJob | None = None
         self.summary: dict = {}
         self.outputs: Callable[[], None] | None = None  # writes the slide's files once ``finish`` has run
+
+    @property
+    def recorded_floor(self) -> float | None:
+        """``score_floor`` as JSON can hold it (None: no floor)."""
+        return None if math.isinf(self.score_floor) else self.score_floor
 
     def begin(self, job: SlideJob) -> None:
         self.job = job
@@ -264,7 +275,8 @@ class SlidePostprocessor:
         z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
         z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
         z_map[grid[:, 0], grid[:, 1]] = z
-        tumour_map = clean_mask(z_map, self.z_threshold, self.min_region_tiles)
+        tumour_map = clean_mask(two_scale_map(z_map, grid, scores, self.score_floor), self.z_threshold,
+                                self.min_region_tiles)  # fmt: skip
         regions = trace_regions(tumour_map, z_map, geometry.stride0)
 
         patches = pd.DataFrame(
@@ -297,7 +309,10 @@ class SlidePostprocessor:
             "z_spread": spread,
             "z_threshold": self.z_threshold,
             "min_region_tiles": self.min_region_tiles,
+            "score_floor": self.recorded_floor,
             "thumbnail_downsample": facts["mask_downsample"],
+            "domain_distance": None if math.isnan(facts["domain_distance"]) else facts["domain_distance"],
+            "out_of_domain": facts["out_of_domain"],
         }
         mm2_per_mask_px = (facts["mask_downsample"] * geometry.mpp0) ** 2 / 1e6
         self.summary = {
@@ -307,6 +322,8 @@ class SlidePostprocessor:
             "score_std": float(scores.std()),
             "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
+            "domain_distance": None if math.isnan(facts["domain_distance"]) else round(facts["domain_distance"], 3),
+            "out_of_domain": facts["out_of_domain"],
         }
         self.outputs = functools.partial(self.write, job, patches, z_map, grid_info, regions, dict(self.summary))
         # an empty region file is a result too: say how close the slide came to the threshold
@@ -327,7 +344,9 @@ class SlidePostprocessor:
                 patches.to_csv(out / "patches.csv", index=False)
                 np.save(out / "score_map.npy", z_map)
                 (out / "score_map.json").write_text(json.dumps(grid_info, indent=2))
-                (out / "regions.geojson").write_text(json.dumps(to_geojson(regions, geometry.mpp0)))
+                (out / "regions.geojson").write_text(
+                    json.dumps(to_geojson(regions, geometry.mpp0, {"out_of_domain": facts["out_of_domain"]}))
+                )
                 (out / "regions.xml").write_text(to_asap_xml(regions))
                 save_image(out / "thumbnail.jpg", facts["thumbnail"])
                 save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
@@ -437,6 +456,7 @@ class SlideInference:
         strict: bool = False,
         shard_index: int = 0,
         num_shards: int = 1,
+        domain: DomainCheck | None = None,
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
@@ -485,13 +505,16 @@ class SlideInference:
         self.seed = seed
         self.overwrite = overwrite
         self.strict = strict
+        self.domain = domain or DomainCheck(None)
         self._prober = IsolatedWorker(self._probe)  # one child for the cohort, forked at the first slide
 
     def _probe(self, slide: str, backend: str) -> tuple:
-        """The slide's tissue grid and its stain fit, read with ``backend`` (runs in a child process)."""
+        """The slide's tissue grid and its stain fit, read with ``backend`` (runs in a child process); the patches of
+        the fit also measure how far the slide's tissue is from the training tissue (``facts['domain_distance']``)."""
         reader = make_reader(backend)
         patches, geometry, facts = slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args)
-        if not len(patches) or self.stain.mode != "slide":
+        facts.update(domain_distance=math.nan, out_of_domain=False)
+        if not len(patches) or (self.stain.mode != "slide" and self.domain.colour_stats is None):
             return patches, geometry, facts, None
         rng = np.random.default_rng(self.seed)
         chosen = rng.choice(len(patches), size=min(self.stain_fit_patches, len(patches)), replace=False)
@@ -501,7 +524,10 @@ class SlideInference:
             patch, _ = reader.get_data(wsi, location=corner.tolist(), size=(geometry.read_size,) * 2,
                                        level=geometry.level)  # fmt: skip
             fit_patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
-        return patches, geometry, facts, self.stain.fit_slide(fit_patches, slide)
+        distance = self.domain.distance(fit_patches)
+        facts.update(domain_distance=distance, out_of_domain=self.domain.out_of_domain(distance))
+        fit = self.stain.fit_slide(fit_patches, slide) if self.stain.mode == "slide" else None
+        return patches, geometry, facts, fit
 
     def prepare(self, slide: str) -> tuple:
         """The slide's reader, tissue grid, geometry, grid facts and stain fit: the file is checked, then read in a
@@ -535,6 +561,12 @@ class SlideInference:
             "%s: %d tissue patches at level %d (%.3f µm/px, %d px read, %d level-0 px)",
             slide, len(patches), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
         )  # fmt: skip
+        if facts["out_of_domain"]:
+            logger.warning(
+                "%s: OUT OF DOMAIN: its tissue's colour is %.1f standard deviations from the normal tissue the model "
+                "learned (limit %.1f): another organ, stain or scanner? Its regions are marked out_of_domain; do not "
+                "read them as metastases without checking.", slide, facts["domain_distance"], self.domain.limit,
+            )  # fmt: skip
         self.stain.fit = fit
         loader = patch_loader(reader, slide, patches, geometry, self.read_block, self.batch_size, self.num_workers,
                               self.pin_memory)  # fmt: skip
@@ -553,7 +585,8 @@ class SlideInference:
             **inferer_settings(),
             **(post.slide_scores.settings() if post.slide_scores else {}),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
-            "min_region_tiles": post.min_region_tiles, "weights": weights_digest(self.evaluator.network.state_dict()),
+            "min_region_tiles": post.min_region_tiles, "score_floor": post.recorded_floor,
+            "domain_limit": self.domain.limit, "weights": weights_digest(self.evaluator.network.state_dict()),
         }  # fmt: skip
 
     def _completed(self, slide: str, settings: dict) -> dict | None:

@@ -24,7 +24,6 @@ from scipy import ndimage
 from skimage import measure
 
 from .metrics import roc_auc
-from .regions import clean_mask
 
 if TYPE_CHECKING:
     from .evaluation import SlideResult
@@ -123,7 +122,7 @@ def lesion_detection(
     """
     lesions, false_regions = [], {}
     for s, raster in zip(slides, rasters, strict=True):
-        called_grid = clean_mask(s.z_map, z_threshold, min_region_tiles)
+        called_grid = s.called_map(z_threshold, min_region_tiles)
         regions, n_regions = ndimage.label(called_grid, structure=np.ones((3, 3)))
         called = regions[np.ix_(raster.rows, raster.cols)]
         touched = set(np.unique(called[raster.instances > 0]).tolist()) - {0}

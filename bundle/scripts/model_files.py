@@ -57,7 +57,11 @@ def checkpoint_digest(ckpt_path: str | Path) -> str:
 
 
 def save_normal_stats(
-    ckpt_path: str | Path, network: torch.nn.Module, norm_stats: dict[str, Any], latent_stats: dict[str, Any]
+    ckpt_path: str | Path,
+    network: torch.nn.Module,
+    norm_stats: dict[str, Any],
+    latent_stats: dict[str, Any],
+    colour_stats: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``normal_stats.pt`` beside ``ckpt_path`` for the weights in it, with the widths that rebuild
     ``network`` (for the error message when someone loads it into another shape)."""
@@ -66,6 +70,7 @@ def save_normal_stats(
         "network": {"channels": list(network.channels), "latent_channels": int(network.latent_channels)},
         "norm_stats": norm_stats,
         "latent_stats": latent_stats,
+        **({"colour_stats": colour_stats} if colour_stats is not None else {}),
     }
     path = stats_path(ckpt_path)
     with atomic_path(path) as tmp:

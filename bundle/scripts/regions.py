@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
@@ -21,6 +22,18 @@ def clean_mask(z_map: np.ndarray, z_threshold: float, min_region_tiles: int) -> 
         mask = morphology.remove_small_objects(mask, max_size=min_region_tiles - 1)
         mask = morphology.remove_small_holes(mask, max_size=min_region_tiles - 1)
     return mask
+
+
+def two_scale_map(z_map: np.ndarray, cells: np.ndarray, scores: np.ndarray, score_floor: float) -> np.ndarray:
+    """``z_map`` with the patches scoring below ``score_floor`` taken out (NaN): the map a call is made on, where a
+    patch needs both a high z (unusual for its slide) and a score above the floor (unusual against the training
+    normals)."""
+    if math.isinf(score_floor) and score_floor < 0:
+        return z_map
+    candidates = z_map.copy()
+    below = np.asarray(scores) < score_floor
+    candidates[cells[below, 0], cells[below, 1]] = np.nan
+    return candidates
 
 
 def shoelace_area(ring: np.ndarray) -> float:
@@ -81,8 +94,9 @@ def trace_regions(mask: np.ndarray, z_map: np.ndarray | None, pitch: float, tole
     return regions
 
 
-def to_geojson(regions: list[Region], mpp0: float) -> dict:
-    """A QuPath-importable FeatureCollection of "Tumor" annotations in level-0 pixel coordinates."""
+def to_geojson(regions: list[Region], mpp0: float, properties: dict | None = None) -> dict:
+    """A QuPath-importable FeatureCollection of "Tumor" annotations in level-0 pixel coordinates; ``properties`` (the
+    slide's, e.g. ``out_of_domain``) are given to every region."""
     features = []
     for k, region in enumerate(regions):
         features.append(
@@ -97,6 +111,7 @@ def to_geojson(regions: list[Region], mpp0: float) -> dict:
                     "mean_z": round(region.mean_z, 4),
                     "n_patches": region.n_patches,
                     "area_um2": round(region.area_px() * mpp0**2, 1),
+                    **(properties or {}),
                 },
             }
         )

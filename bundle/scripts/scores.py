@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")  # each
 SLIDE_RELATIVE_SCORES = ("rarity",)  # each patch against the rest of its slide (``SlideRarity``)
 COMPLEXITY_FACTOR = 4
 RARITY_LEVEL = 1  # the encoder level whose feature statistics ``rarity`` compares (48 px for 96-px patches)
+SCORE_QUANTILES = 1001  # the training normals' ``latent`` scores are kept as this many quantiles (0.1 % apart)
 
 
 def native_bf16_cpu() -> bool:
@@ -46,6 +48,33 @@ def minor_component_precision(precision: torch.Tensor, ignored_variance: float) 
     leading = int((torch.cumsum(variance, 0) / variance.sum() < ignored_variance).sum()) + 1
     minor = eigenvectors[:, leading:]
     return ((minor * eigenvalues[leading:]) @ minor.T).to(precision.dtype)
+
+
+def normal_score_floor(ckpt_path: str | Path, score: str, normal_quantile: float) -> float:
+    """The ``latent`` score that ``normal_quantile`` of the training normals stay below: the second scale of the
+    decision, on which a patch must also be unusual against the tissue the model learned, not only for its slide
+    (``-inf`` at 0, where the slide alone decides)."""
+    require_number("normal_quantile", normal_quantile, 0.0, 1.0)
+    if normal_quantile == 0:
+        return -np.inf
+    if score != "latent":
+        raise ValueError(f"normal_quantile applies to score 'latent', not {score!r}; pass --normal_quantile 0.")
+    quantiles = read_normal_stats(ckpt_path)["latent_stats"].get("score_quantiles")
+    if quantiles is None:
+        raise ValueError(
+            f"{ckpt_path}'s normal_stats.pt keeps no score quantiles of the training normals (trained before 0.12.0); "
+            "run the training config's write_normal_stats workflow, or pass --normal_quantile 0."
+        )
+    return float(np.interp(normal_quantile, np.linspace(0, 1, len(quantiles)), quantiles.double().numpy()))
+
+
+def normal_score_floors(ckpt_path: str | Path, score: str, normal_quantiles: Sequence[float]) -> dict[float, float]:
+    """``normal_score_floor`` of each quantile calibration tries; only 0 (the slide alone decides) for another score
+    or a model that keeps no quantiles."""
+    kept = score == "latent" and "score_quantiles" in read_normal_stats(ckpt_path)["latent_stats"]
+    return {float(q): normal_score_floor(ckpt_path, score, q) for q in normal_quantiles if kept or q == 0} or {
+        0.0: -np.inf
+    }
 
 
 class AnomalyScoreInferer(Inferer):
