@@ -63,8 +63,8 @@ class DomainCheck:
     def from_checkpoint(cls, path: str | Path, limit: float = DOMAIN_LIMIT) -> DomainCheck:
         stats = read_normal_stats(path).get("colour_stats")
         if stats is None:
-            logger.info("%s keeps no colour statistics (trained before 0.12.0): slides are not checked for being out "
-                        "of domain; run the training config's normal_stats workflow to add them.", path)  # fmt: skip
+            logger.info("%s keeps no colour statistics (trained before 0.12.0): slides are not checked for being "
+                        "out of domain; run train.json's write_normal_stats workflow to add them.", path)  # fmt: skip
         return cls(stats, limit)
 
     def distance(self, patches: Sequence[np.ndarray]) -> float:

@@ -241,7 +241,7 @@ class LatentStatsHandler:
 
     def write(self) -> Path:
         """Fit the statistics for the weights in ``checkpoint_path`` and write them; also run on its own by the
-        training config's ``normal_stats`` workflow, for a model trained before a statistic was kept."""
+        training config's ``write_normal_stats`` workflow, for a model trained before a statistic was kept."""
         network = unwrap(self.network)
         network.load_state_dict(read_weights(self.checkpoint_path))
         network.eval()

@@ -293,6 +293,7 @@ class SlidePostprocessor:
             },
             columns=PATCH_COLUMNS,
         )
+        distance = None if math.isnan(facts["domain_distance"]) else facts["domain_distance"]  # JSON holds no NaN
         grid_info = {
             "origin": [0, 0],
             "stride": geometry.stride0,
@@ -311,7 +312,7 @@ class SlidePostprocessor:
             "min_region_tiles": self.min_region_tiles,
             "score_floor": self.recorded_floor,
             "thumbnail_downsample": facts["mask_downsample"],
-            "domain_distance": None if math.isnan(facts["domain_distance"]) else facts["domain_distance"],
+            "domain_distance": distance,
             "out_of_domain": facts["out_of_domain"],
         }
         mm2_per_mask_px = (facts["mask_downsample"] * geometry.mpp0) ** 2 / 1e6
@@ -322,7 +323,7 @@ class SlidePostprocessor:
             "score_std": float(scores.std()),
             "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
             "stain_fallbacks": int(patches["stain_fallback"].sum()),
-            "domain_distance": None if math.isnan(facts["domain_distance"]) else round(facts["domain_distance"], 3),
+            "domain_distance": None if distance is None else round(distance, 3),
             "out_of_domain": facts["out_of_domain"],
         }
         self.outputs = functools.partial(self.write, job, patches, z_map, grid_info, regions, dict(self.summary))
