@@ -1,20 +1,19 @@
-"""What every benchmark shares: the bundle on ``sys.path`` (cuCIM's CPU-only import noise silenced) and the machine."""
+"""What every benchmark shares: batches as the loader makes them, and one line naming the machine.
+
+The bundle's ``scripts`` package is imported as installed by ``make venv`` (editable), with no path set up here.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
-
-import scripts  # noqa: E402, F401  (imported before MONAI: silences cuCIM's CPU-only import noise)
 
 
 def as_batch(patches: np.ndarray | list[np.ndarray]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from monai.bundle import ConfigParser
 
 from scripts.patch_stream import patch_loader
-from scripts.wsi import PatchGeometry, TissueGrid
+from scripts.tiling import PatchGeometry, TissueGrid
 
 SAMPLE_PATCHES = 4096  # patches the slower stages are timed on, then extrapolated
 

@@ -17,7 +17,8 @@ from common import BUNDLE, machine
 from monai.bundle import ConfigParser
 
 from scripts.patch_stream import block_dataset
-from scripts.wsi import READERS, make_reader, slide_patches
+from scripts.tiling import slide_patches
+from scripts.wsi import READERS, make_reader
 
 
 def read_rate(slide: str, backend: str, patches, geometry, read_block: int, repeats: int) -> float:

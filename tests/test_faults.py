@@ -20,7 +20,8 @@ from test_inference_cli import INFER_CONFIG, run_inference
 import scripts.pyramid
 from conftest import REPO, TINY_NET, write_slide
 from scripts.atomic import recover_folder
-from scripts.inference import COMPLETE_MARKER, RunLogFile
+from scripts.cohort import RunLogFile
+from scripts.slide_outputs import COMPLETE_MARKER
 
 FAULT_RUNNER = Path(__file__).with_name("fault_runner.py")
 SLIDE_FILES = {
@@ -212,7 +213,8 @@ def write_bad_level(path: Path, broken, monkeypatch) -> Path:
 
 @pytest.mark.parametrize("reader", ["cuCIM", "OpenSlide", "tifffile"])
 def test_a_pyramid_level_unlike_level_0_is_refused_naming_the_level(tmp_path, monkeypatch, reader):
-    from scripts.wsi import SlideUnusableError, make_reader, slide_patches
+    from scripts.tiling import slide_patches
+    from scripts.wsi import SlideUnusableError, make_reader
 
     good = write_slide(tmp_path / "good.tif", 0.486, size=(1536, 2048), levels=2)
     patches, geometry, _ = slide_patches(good, make_reader(reader), 0.972, 96, 96, 0.5)
@@ -249,7 +251,8 @@ def test_files_that_are_no_slide_say_what_they_are(tmp_path, slide_0243):
 def test_an_aperio_decimal_comma_resolution_names_the_value_to_pass(tmp_path, reader):
     import tifffile
 
-    from scripts.wsi import SlideUnusableError, make_reader, slide_patches
+    from scripts.tiling import slide_patches
+    from scripts.wsi import SlideUnusableError, make_reader
 
     path = tmp_path / "comma.svs"
     description = "Aperio Image Library v12.0.15\r\n2048x1536 (256x256) JPEG Q=70|AppMag = 20|MPP = 0,4990"
@@ -320,3 +323,11 @@ def test_only_bugs_print_a_traceback(tmp_path, capsys, monkeypatch):
         one_line_excepthook(type(error), error, error.__traceback__)
         err = capsys.readouterr().err
         assert expected in err and (expected == "Traceback") == ("Traceback" in err), err
+
+
+def test_importing_the_package_changes_nothing_global():
+    """A program importing the bundle's code keeps its own error report; the configs' ``initialize`` sets ours."""
+    modules = "scripts, scripts.cohort, scripts.evaluation, scripts.datasets, scripts.handlers"
+    check = f"import sys; import {modules}; assert sys.excepthook is sys.__excepthook__"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

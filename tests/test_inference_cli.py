@@ -16,7 +16,7 @@ import shapely
 import shapely.geometry
 
 from conftest import BUNDLE, REPO, TINY_NET, tissue_like, write_slide
-from scripts.inference import PATCH_COLUMNS, SUMMARY_COLUMNS
+from scripts.slide_outputs import PATCH_COLUMNS, SUMMARY_COLUMNS
 
 INFER_CONFIG = BUNDLE / "configs" / "inference.json"
 

@@ -17,12 +17,15 @@ import tifffile
 from conftest import write_slide
 from scripts.annotations import find_annotation, read_annotation, read_asap_xml, read_geojson
 from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp_files
+from scripts.calibration import calibrated, calibration_applies
+from scripts.cohort import unique_slide_ids
 from scripts.datasets import PCamNormals, TileNormals
 from scripts.evaluation import slide_annotation
-from scripts.inference import calibrated, calibration_applies, read_summary, unique_slide_ids
 from scripts.isolation import IsolatedWorker, ReaderCrashError, run_isolated
 from scripts.settings import reject_unknown_overrides, require_number
-from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp, slide_patches
+from scripts.slide_outputs import read_summary
+from scripts.tiling import slide_patches
+from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp
 from tests_helpers import write_flat_tiff
 
 SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
@@ -377,7 +380,7 @@ def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, 
 
 
 def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():
-    from scripts.inference import scoring_settings
+    from scripts.calibration import scoring_settings
     from scripts.scores import SlideRarity
 
     assert scoring_settings("latent", SlideRarity(5, 4), tta=False) == {"score": "latent", "tta": False}
@@ -437,7 +440,7 @@ def _state(pid: int) -> str:
 
 
 def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_model(tiny_checkpoint, caplog):
-    from scripts.inference import SHIPPED_CALIBRATION
+    from scripts.calibration import SHIPPED_CALIBRATION
 
     if not SHIPPED_CALIBRATION.is_file():
         pytest.skip("no shipped calibration in bundle/models")
@@ -446,7 +449,7 @@ def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_model(tin
 
 
 def test_the_shipped_calibration_gives_way_to_the_defaults_for_another_score(caplog):
-    from scripts.inference import SHIPPED_CALIBRATION
+    from scripts.calibration import SHIPPED_CALIBRATION
 
     if not SHIPPED_CALIBRATION.is_file():
         pytest.skip("no shipped calibration in bundle/models")

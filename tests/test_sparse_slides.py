@@ -7,7 +7,7 @@ import pytest
 
 from conftest import requires_shared, tissue_like
 from scripts.annotations import read_asap_xml
-from scripts.inference import slide_reference
+from scripts.scores import slide_reference
 from scripts.sparse_slides import (
     BLOCK,
     BURDENS,

@@ -1,7 +1,8 @@
 import pytest
 
 from conftest import requires_shared, write_slide
-from scripts.wsi import make_reader, select_geometry, slide_patches
+from scripts.tiling import select_geometry, slide_patches
+from scripts.wsi import make_reader
 
 
 @pytest.mark.parametrize("backend", ["cuCIM", "OpenSlide", "tifffile"])

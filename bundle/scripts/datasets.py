@@ -23,8 +23,9 @@ from monai.transforms import Resized
 from skimage import io
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from .tiling import slide_patches
 from .tissue import tissue_mask, window_fraction
-from .wsi import find_slides, make_reader, slide_patches
+from .wsi import find_slides, make_reader
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,11 @@ from .annotations import (  # noqa: E402
     read_annotation,
 )
 from .atomic import atomic_path, folder_lock  # noqa: E402
-from .inference import read_summary  # noqa: E402
+from .calibration import write_calibration  # noqa: E402
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level  # noqa: E402
 from .metrics import overlap, pr_auc, roc_auc  # noqa: E402
 from .regions import clean_mask, two_scale_map  # noqa: E402
+from .slide_outputs import read_summary  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +291,7 @@ class Evaluation:
             "weights": weights,
             "scoring": scoring,
         }
-        with atomic_path(self.output_dir / "calibration.json") as tmp:
-            tmp.write_text(json.dumps(calibration, indent=4) + "\n")
+        write_calibration(self.output_dir, calibration)
         logger.info(
             "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d, normal_quantile %.3f (mean IoU %.3f)",
             len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["normal_quantile"],

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .atomic import atomic_path
-from .wsi import PatchGeometry
+from .tiling import PatchGeometry
 
 FIGURE_WIDTH_PX = 1000
 # zlib's fastest level: a CAMELYON16 thumbnail takes a quarter of the default's time, for files a few per cent larger

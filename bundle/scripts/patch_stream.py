@@ -19,8 +19,8 @@ from monai.data import DataLoader, PatchWSIDataset, WSIReader
 from monai.transforms import Compose, Resized
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .tiling import PatchGeometry, TissueGrid, block_samples
 from .transforms import SplitBlockd
-from .wsi import PatchGeometry, TissueGrid, block_samples
 
 
 def block_dataset(

@@ -19,6 +19,8 @@ SLIDE_RELATIVE_SCORES = ("rarity",)  # each patch against the rest of its slide 
 COMPLEXITY_FACTOR = 4
 RARITY_LEVEL = 1  # the encoder level whose feature statistics ``rarity`` compares (48 px for 96-px patches)
 SCORE_QUANTILES = 1001  # the training normals' ``latent`` scores are kept as this many quantiles (0.1 % apart)
+Z_STATISTICS = ("mean_std", "median_mad")
+MAD_TO_STD = 1.4826  # the median absolute deviation times this is the standard deviation, for normal data
 
 
 def native_bf16_cpu() -> bool:
@@ -75,6 +77,22 @@ def normal_score_floors(ckpt_path: str | Path, score: str, normal_quantiles: Seq
     return {float(q): normal_score_floor(ckpt_path, score, q) for q in normal_quantiles if kept or q == 0} or {
         0.0: -np.inf
     }
+
+
+def median_mad(values: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The median and the scaled median absolute deviation: a centre and spread that outliers under half of the values
+    (the tumour being looked for) cannot drag."""
+    median = np.median(values, axis)
+    return median, MAD_TO_STD * np.median(np.abs(values - median), axis)
+
+
+def slide_reference(scores: np.ndarray, statistics: str) -> tuple[float, float]:
+    """The centre and spread that turn a slide's scores into z-scores: ``mean_std`` (which the tumour being looked
+    for pulls up) or ``median_mad``."""
+    if statistics == "mean_std":
+        return float(scores.mean()), float(scores.std())
+    median, spread = median_mad(scores)
+    return float(median), float(spread)
 
 
 class AnomalyScoreInferer(Inferer):
@@ -215,8 +233,7 @@ class SlideRarity:
 
     def __call__(self, descriptors: np.ndarray, grid: np.ndarray, slide: str) -> np.ndarray:
         """Scores of ``slide``'s patch ``descriptors`` (patches x features) at ``grid`` (patches x (row, col))."""
-        median = np.median(descriptors, 0)
-        spread = 1.4826 * np.median(np.abs(descriptors - median), 0)
+        median, spread = median_mad(descriptors, axis=0)
         features = torch.from_numpy((descriptors - median) / np.maximum(spread, 1e-6)).float()
         rows, cols = torch.from_numpy(np.asarray(grid, dtype=np.int32)).T
         scores = []

@@ -47,7 +47,7 @@ class ChannelStats:
 
 
 class SplitBlockd(Transform):
-    """Cut a block that ``PatchWSIDataset`` read (see ``scripts.wsi.block_samples``) into its patches.
+    """Cut a block that ``PatchWSIDataset`` read (see ``scripts.tiling.block_samples``) into its patches.
 
     The block's ``members`` metadata lists ``[index, row, col]`` of each patch at the read level. Returns one dict
     per patch, ``{"image": CHW patch, "index": index}``: MONAI's ``list_data_collate`` flattens the lists into a

@@ -1,4 +1,4 @@
-"""Cohort inference: one evaluator run per slide, with a post-processing handler turning its scores into outputs.
+"""The cohort runner: one evaluator run per slide, whose post-processing handler turns its scores into outputs.
 
 Slides are scored one at a time, so memory is bounded by a slide or two; the next slide's grid and stain fit are
 prepared, and the previous slide's outputs written, while a slide is scored; a slide that fails is recorded in
@@ -7,26 +7,23 @@ prepared, and the previous slide's outputs written, while a slide is scored; a s
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from .atomic import (
     OutputWriteError,
-    atomic_folder,
     atomic_path,
     folder_lock,
     recover_folder,
@@ -35,331 +32,17 @@ from .atomic import (
     write_failure,
 )
 from .domain import DomainCheck
-from .heatmap import save_heatmap, save_image
 from .isolation import IsolatedWorker
-from .model_files import checkpoint_digest, weights_digest
+from .model_files import weights_digest
 from .patch_stream import patch_loader
-from .regions import clean_mask, to_asap_xml, to_geojson, trace_regions, two_scale_map
-from .scores import SLIDE_RELATIVE_SCORES, SlideRarity
+from .postprocess import SlideJob, SlidePostprocessor
 from .settings import require_number
+from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, read_summary
 from .stain import StainNormalizer
-from .wsi import (
-    MPP_RANGE,
-    PatchGeometry,
-    SlideUnusableError,
-    TissueGrid,
-    check_slide_file,
-    make_reader,
-    slide_id,
-    slide_patches,
-)
+from .tiling import slide_patches
+from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_id
 
 logger = logging.getLogger(__name__)
-
-COMPLETE_MARKER = "complete.json"
-PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
-SUMMARY_COLUMNS = [
-    "slide", "path", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
-    "stain_fallbacks", "domain_distance", "out_of_domain", "seconds",
-]  # fmt: skip
-
-
-CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0)}
-CALIBRATED_SINCE_0_12 = ("normal_quantile",)  # a calibration written before holds none: its default applies
-SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / "calibration.json"
-
-
-def scoring_settings(score: str, rarity: SlideRarity, **settings: object) -> dict:
-    """What a slide's z-scores depend on besides the weights, as a calibration records it: ``settings`` (tta, grid,
-    stain, per-slide statistic, ...) and the score, with the ``rarity`` knobs only for the score that uses them."""
-    return {"score": score, **settings, **(rarity.settings() if score in SLIDE_RELATIVE_SCORES else {})}
-
-
-def calibrated(
-    name: str, default: float, calibration_file: str | Path | None, ckpt_path: str | Path | None = None,
-    scoring: dict | None = None,
-) -> float:  # fmt: skip
-    """``name`` from a calibration JSON when one is given (it must hold it, as a number in range), else ``default``.
-
-    A threshold is calibrated for one model's scores under one set of ``scoring`` settings (score, per-slide statistic,
-    grid, ...): a file that records other weights or other settings is refused, except the shipped calibration (the
-    default), which then gives way to ``default`` with a warning: a user's own model or score has no calibration until
-    they run one.
-    """
-    if not calibration_file:
-        return default
-    path = Path(calibration_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration_file {path} not found; run calibrate first or drop --calibration_file.")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"calibration_file {path} is not valid JSON ({error}).") from None
-    if isinstance(content, dict) and name not in content and name in CALIBRATED_SINCE_0_12:
-        return default
-    if not isinstance(content, dict) or name not in content:
-        held = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise KeyError(f"calibration_file {path} has no {name!r}; it holds {held}.")
-    if mismatch := calibration_mismatch(content, ckpt_path, scoring):
-        if path.resolve() == SHIPPED_CALIBRATION:
-            logger.warning(
-                "%s is the shipped model's calibration, made %s: %s %s (uncalibrated); run calibrate for this model "
-                "and these settings.", path, mismatch, name, default,
-            )  # fmt: skip
-            return default
-        raise ValueError(
-            f"calibration_file {path} was calibrated {mismatch}; run calibrate with this model and these settings, or "
-            "pass --calibration_file None with --z_threshold and --min_region_tiles."
-        )
-    if scoring is not None and "scoring" not in content:
-        warn_once(f"calibration_file {path} records no score settings (written before version 0.9.0); it is applied "
-                  f"as is: make sure it was calibrated with {scoring}.")  # fmt: skip
-    low, high = CALIBRATED_RANGES[name]
-    try:
-        require_number(name, content[name], low, high, integer=isinstance(default, int))
-    except ValueError as error:
-        raise ValueError(f"calibration_file {path}: {error}") from None
-    return type(default)(content[name])
-
-
-def calibration_mismatch(content: dict, ckpt_path: str | Path | None, scoring: dict | None) -> str:
-    """Why a calibration's recorded weights or score settings do not fit this run ('' when they do, or when the
-    file or the caller does not say)."""
-    recorded = content.get("weights")
-    if ckpt_path is not None and recorded is not None and recorded != checkpoint_digest(ckpt_path):
-        return f"for other weights than ckpt_path {ckpt_path}"
-    calibrated_with = content.get("scoring")
-    if not isinstance(calibrated_with, dict) or scoring is None:
-        return ""
-    changed = [
-        f"{key} {calibrated_with[key]!r}, now {scoring[key]!r}"
-        for key in sorted(set(calibrated_with) & set(scoring))
-        if not same_setting(calibrated_with[key], scoring[key])
-    ]
-    return f"with other score settings ({'; '.join(changed)})" if changed else ""
-
-
-def same_setting(a: object, b: object) -> bool:
-    """Equal, numbers to a relative 1e-6 (a JSON round trip, or 0 given for 0.0, changes nothing)."""
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
-    return math.isclose(a, b, rel_tol=1e-6) if numbers else a == b
-
-
-@functools.cache
-def warn_once(message: str) -> None:
-    """A warning that the two calibrated values of one run would otherwise give twice."""
-    logger.warning(message)
-
-
-def calibration_applies(
-    calibration_file: str | Path | None, ckpt_path: str | Path, scoring: dict | None = None
-) -> bool:
-    """Whether ``calibrated`` takes its values from ``calibration_file`` for this model and these settings (for the
-    metrics' record)."""
-    if not calibration_file or not Path(calibration_file).is_file():
-        return False
-    return not calibration_mismatch(json.loads(Path(calibration_file).read_text()), ckpt_path, scoring)
-
-
-def read_summary(path: str | Path) -> pd.DataFrame:
-    """A ``summary.csv`` with slide ids kept as written (``001`` stays ``001``, ``NA`` stays ``NA``)."""
-    return pd.read_csv(
-        path, dtype={"slide": str, "path": str, "error": str}, keep_default_na=False, na_values=[""],
-        float_precision="round_trip",
-    )  # fmt: skip
-
-
-@dataclass
-class SlideJob:
-    """What the post-processing handler needs to know about the slide the evaluator is scoring."""
-
-    slide: str
-    patches: TissueGrid
-    geometry: PatchGeometry
-    facts: dict
-    settings: dict = field(default_factory=dict)
-    outputs: list[torch.Tensor] = field(default_factory=list)  # the inferer's: scores, or descriptors for rarity
-    fallbacks: list[torch.Tensor] = field(default_factory=list)
-    indices: list[torch.Tensor] = field(default_factory=list)  # which sample each score is (blocks reorder them)
-
-    @property
-    def slide_id(self) -> str:
-        return slide_id(self.slide)
-
-
-Z_STATISTICS = ("mean_std", "median_mad")
-
-
-def slide_reference(scores: np.ndarray, statistics: str) -> tuple[float, float]:
-    """The centre and spread that turn a slide's scores into z-scores.
-
-    ``mean_std``: mean and standard deviation, which the tumour being looked for pulls up. ``median_mad``: median and
-    1.4826 x the median absolute deviation (the standard deviation for normal data), which tumour on under half of
-    the tissue cannot drag.
-    """
-    if statistics == "mean_std":
-        return float(scores.mean()), float(scores.std())
-    median = float(np.median(scores))
-    return median, 1.4826 * float(np.median(np.abs(scores - median)))
-
-
-class SlidePostprocessor:
-    """Ignite handler: collect one slide's patch scores, then z-score, threshold, clean, trace and write outputs.
-
-    Outputs in ``output_dir/<slide_id>/``: ``patches.csv``, ``score_map.npy`` + ``score_map.json``, ``heatmap.png``,
-    ``regions.geojson`` and ``regions.xml``, and the ``thumbnail.jpg`` and ``tissue_mask.png`` that evaluation draws
-    on (at ``thumbnail_downsample``); every file is written atomically. ``summary`` holds the slide's row.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        score: str,
-        z_threshold: float = 2.0,
-        min_region_tiles: int = 5,
-        z_statistics: str = "mean_std",
-        slide_scores: SlideRarity | None = None,
-        score_floor: float = -math.inf,
-    ):
-        if score in SLIDE_RELATIVE_SCORES and slide_scores is None:
-            raise ValueError(f"score {score!r} needs slide_scores (scripts.scores.SlideRarity) to turn descriptors "
-                             "into scores.")  # fmt: skip
-        if z_statistics not in Z_STATISTICS:
-            raise ValueError(f"--z_statistics must be one of {list(Z_STATISTICS)}, got {z_statistics!r}.")
-        require_number("z_threshold", z_threshold, -20, 20)
-        require_number("min_region_tiles", min_region_tiles, 1, integer=True)
-        self.z_statistics = z_statistics
-        self.output_dir = Path(output_dir)
-        self.score = score
-        self.z_threshold = float(z_threshold)
-        self.min_region_tiles = int(min_region_tiles)
-        self.score_floor = float(score_floor)
-        self.slide_scores = slide_scores if score in SLIDE_RELATIVE_SCORES else None
-        self.job: SlideJob | None = None
-        self.summary: dict = {}
-        self.outputs: Callable[[], None] | None = None  # writes the slide's files once ``finish`` has run
-
-    @property
-    def recorded_floor(self) -> float | None:
-        """``score_floor`` as JSON can hold it (None: no floor)."""
-        return None if math.isinf(self.score_floor) else self.score_floor
-
-    def begin(self, job: SlideJob) -> None:
-        self.job = job
-        self.summary = {}
-        self.outputs = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.finish)
-
-    def collect(self, engine: Engine) -> None:
-        self.job.outputs.append(engine.state.output["pred"].detach().float().cpu())
-        self.job.fallbacks.append(torch.as_tensor(engine.state.batch["stain_fallback"]))
-        self.job.indices.append(torch.as_tensor(engine.state.batch["index"]))
-
-    def finish(self, engine: Engine) -> None:
-        job = self.job
-        indices = torch.cat(job.indices)
-        order = indices.argsort()
-        outputs = torch.cat(job.outputs)[order].numpy().astype(np.float64)
-        if len(outputs) != len(job.patches) or not torch.equal(indices[order], torch.arange(len(order))):
-            raise RuntimeError(f"{job.slide}: {len(outputs)} scores for {len(job.patches)} patches")
-        bad = int((~np.isfinite(outputs)).reshape(len(outputs), -1).any(1).sum())
-        if bad:
-            raise ValueError(f"{job.slide}: {bad} of {len(outputs)} patch scores are NaN/inf; check the checkpoint.")
-        geometry, facts = job.geometry, job.facts
-        grid = job.patches.cells
-        scores = self.slide_scores(outputs, grid, job.slide) if self.slide_scores else outputs
-        centre, spread = slide_reference(scores, self.z_statistics)
-        z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
-        z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
-        z_map[grid[:, 0], grid[:, 1]] = z
-        tumour_map = clean_mask(two_scale_map(z_map, grid, scores, self.score_floor), self.z_threshold,
-                                self.min_region_tiles)  # fmt: skip
-        regions = trace_regions(tumour_map, z_map, geometry.stride0)
-
-        patches = pd.DataFrame(
-            {
-                "x": job.patches.corners[:, 1],
-                "y": job.patches.corners[:, 0],
-                "size0": geometry.size0,
-                "level": geometry.level,
-                "score": scores,
-                "z": z,
-                "tissue_fraction": [round(float(f), 4) for f in job.patches.tissue_fraction],
-                "stain_fallback": torch.cat(job.fallbacks)[order].numpy().astype(int),
-                "tumour": tumour_map[grid[:, 0], grid[:, 1]].astype(int),
-            },
-            columns=PATCH_COLUMNS,
-        )
-        distance = None if math.isnan(facts["domain_distance"]) else facts["domain_distance"]  # JSON holds no NaN
-        grid_info = {
-            "origin": [0, 0],
-            "stride": geometry.stride0,
-            "size": geometry.size0,
-            "shape": list(z_map.shape),
-            "units": "level-0 px; cell (i, j) spans x in [j*stride, j*stride+size), y in [i*stride, i*stride+size)",
-            "level": geometry.level,
-            "mpp0": geometry.mpp0,
-            "score": self.score,
-            "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()),
-            "z_statistics": self.z_statistics,
-            "z_centre": centre,
-            "z_spread": spread,
-            "z_threshold": self.z_threshold,
-            "min_region_tiles": self.min_region_tiles,
-            "score_floor": self.recorded_floor,
-            "thumbnail_downsample": facts["mask_downsample"],
-            "domain_distance": distance,
-            "out_of_domain": facts["out_of_domain"],
-        }
-        mm2_per_mask_px = (facts["mask_downsample"] * geometry.mpp0) ** 2 / 1e6
-        self.summary = {
-            "n_patches": len(scores),
-            "tissue_mm2": round(float(facts["mask"].sum()) * mm2_per_mask_px, 4),
-            "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()),
-            "tumour_mm2": round(sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6, 4),
-            "stain_fallbacks": int(patches["stain_fallback"].sum()),
-            "domain_distance": None if distance is None else round(distance, 3),
-            "out_of_domain": facts["out_of_domain"],
-        }
-        self.outputs = functools.partial(self.write, job, patches, z_map, grid_info, regions, dict(self.summary))
-        # an empty region file is a result too: say how close the slide came to the threshold
-        logger.info(
-            "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f)",
-            job.slide_id, len(regions), self.summary["tumour_mm2"], self.z_threshold, self.min_region_tiles, z.max(),
-        )  # fmt: skip
-
-    def write(
-        self, job: SlideJob, patches: pd.DataFrame, z_map: np.ndarray, grid_info: dict, regions: list, summary: dict
-    ) -> None:
-        """Write one slide's outputs as one unit (``complete.json`` last), replacing an earlier run's only once all
-        are written, so a kill leaves the old set or the new one. Called after ``finish``, off the scoring's critical
-        path (``SlideInference`` runs it in a thread while the next slide is scored)."""
-        folder, facts, geometry = self.output_dir / job.slide_id, job.facts, job.geometry
-        try:
-            with atomic_folder(folder) as out:
-                patches.to_csv(out / "patches.csv", index=False)
-                np.save(out / "score_map.npy", z_map)
-                (out / "score_map.json").write_text(json.dumps(grid_info, indent=2))
-                (out / "regions.geojson").write_text(
-                    json.dumps(to_geojson(regions, geometry.mpp0, {"out_of_domain": facts["out_of_domain"]}))
-                )
-                (out / "regions.xml").write_text(to_asap_xml(regions))
-                save_image(out / "thumbnail.jpg", facts["thumbnail"])
-                save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
-                save_heatmap(
-                    out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], z_map, geometry,
-                    self.z_threshold, f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
-                )  # fmt: skip
-                marker = {"slide": str(Path(job.slide).resolve()), "settings": job.settings, "summary": summary}
-                (out / COMPLETE_MARKER).write_text(json.dumps(marker))
-        except OSError as error:
-            raise OutputWriteError(f"cannot write its outputs to {folder}: {write_failure(error)}") from error
-
 
 # The files a run writes beside the slide folders (inference, its shards, evaluation, calibration).
 RUN_FILES = re.compile(
