@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 # torch goes in first, pinned to the CPU wheel, so that the project's range does not pull a multi-GB CUDA build.
 # cuCIM goes in last without its dependencies: it reads slides on the CPU without CuPy and nvImageCodec, which are
-# 2.8 GB of CUDA libraries that this bundle never calls (decoding on the GPU is not offered: bench/README.md).
+# 2.8 GB of CUDA libraries that this bundle never calls (decoding on the GPU is not offered: bench/research/README.md).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

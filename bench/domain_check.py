@@ -4,7 +4,7 @@
         --normals_dir ../shared/data/pcam_normals --skin ../shared/data/slides/CMU-1-Small-Region.svs --out OUT
 
 Lymph node: the 32 CAMELYON16 tiles one slide each (35-70 % tumour), the demo slide, and tumour-sparse slides of the
-demo tiles with a tumour-free slide of the held-out PCam normals (``scripts/sparse_slides.py``). Not lymph node, or
+demo tiles with a tumour-free slide of the held-out PCam normals (``tools/sparse_slides.py``). Not lymph node, or
 not as the model learned it: the real skin slide, and the demo slide grey, pen-marked, at half and double magnification
 and recoloured as if DAB-stained. Every group is scored by ``run inference`` with the shipped model and every other
 setting at its default; the table gives each group's distances against the shipped ``domain_limit``.
@@ -27,7 +27,7 @@ from skimage import color, draw, io, transform
 from scripts.datasets import DEMO_TILES
 from scripts.domain import DOMAIN_LIMIT
 from scripts.pyramid import write_pyramid
-from scripts.sparse_slides import SLIDE_MPP, build
+from tools.sparse_slides import SLIDE_MPP, build
 
 
 def foreign_variants(demo: np.ndarray, out: Path) -> None:

@@ -5,7 +5,7 @@
         [--z_statistics mean_std median_mad] [-- --tta False]
 
 For every fold (the three of ``bench/train_folds.py`` and the demo tiles with ``--ckpt``): calibration slides are
-built (``scripts/sparse_slides.py``) from the tiles that fold's model was trained on, test slides from the tiles it
+built (``tools/sparse_slides.py``) from the tiles that fold's model was trained on, test slides from the tiles it
 never saw plus a tumour-free slide of the PCam normals that training holds out; ``run calibrate`` chooses the
 threshold on the calibration slides and ``run evaluate`` applies it to the test slides, both through the bundle's
 CLI with every other setting at its default. Prints, per fold and over all folds, the mean IoU and Dice of the tumour
@@ -29,7 +29,7 @@ from common import BUNDLE
 from detection_quality import tile_folds
 
 from scripts.datasets import DEMO_TILES, tile_names
-from scripts.sparse_slides import build
+from tools.sparse_slides import build
 
 CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
 DRAWS = 1000

@@ -117,5 +117,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save(net.state_dict(), path)
     norm_stats = {"mean": [0.7, 0.5, 0.7], "std": [0.15, 0.2, 0.15]}
-    save_normal_stats(path, net, norm_stats, {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 1})
+    latent_stats = {"mean": torch.zeros(dim), "precision": torch.eye(dim), "num_samples": 1}
+    save_normal_stats(path, net, norm_stats, latent_stats, tiling={"target_mpp": 0.972, "patch_size": 96})
     return path

@@ -279,6 +279,8 @@ def test_a_datalist_path_with_stray_spaces_is_named(tmp_path, slide_0243):
         (("--z_threshold", "-inf"), "--z_threshold must be a number >= -20 and <= 20, got no value (write --z_thr"),
         (("--z_threshold=-inf",), "--z_threshold must be a number >= -20 and <= 20, got '-inf'."),
         (("--output_dir", "FILE"), "is a file, not a folder; pass a folder path."),
+        (("--target_mpp", "0.5"), "--target_mpp 0.5 is not the 0.972 that"),  # the weights' recorded tiling
+        (("--patch_size", "64"), "--patch_size 64 is not the 96 that"),
     ],
 )
 def test_command_line_mistakes_get_one_line(tmp_path, slide_0243, tiny_checkpoint, arguments, message):

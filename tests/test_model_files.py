@@ -21,7 +21,7 @@ def copy_model(tiny_checkpoint, folder):
 def test_stats_are_read_for_their_own_weights(tiny_checkpoint):
     stats = read_normal_stats(tiny_checkpoint)
     assert stats["weights"] == checkpoint_digest(tiny_checkpoint)
-    assert set(stats) == {"weights", "network", "norm_stats", "latent_stats"}
+    assert set(stats) == {"weights", "network", "norm_stats", "latent_stats", "tiling"}
 
 
 def test_stats_of_other_weights_are_refused(tiny_checkpoint, tmp_path):

@@ -9,7 +9,7 @@ from skimage import io
 from conftest import tissue_like
 from scripts.annotations import read_asap_xml
 from scripts.datasets import DEMO_TILES
-from scripts.sample_data import write_calibration_slides
+from tools.sample_data import write_calibration_slides
 
 
 def test_calibration_slides_stitch_every_eight_training_tiles_and_their_masks(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from conftest import requires_shared, tissue_like
 from scripts.annotations import read_asap_xml
 from scripts.scores import slide_reference
-from scripts.sparse_slides import (
+from scripts.wsi import make_reader
+from tools.sparse_slides import (
     BLOCK,
     BURDENS,
     CELL,
@@ -19,7 +20,6 @@ from scripts.sparse_slides import (
     disjoint_tumour,
     normal_blocks,
 )
-from scripts.wsi import make_reader
 
 
 @pytest.mark.parametrize(("burden", "clusters"), [(0.02, 1), (0.05, 2), (0.09, 2)])

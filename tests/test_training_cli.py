@@ -72,6 +72,7 @@ def test_checkpoint_loads_into_network_def(trained):
     assert quantiles.shape == (SCORE_QUANTILES,) and bool((quantiles.diff() >= 0).all()) and quantiles[0] > 0
     colour = stats["colour_stats"]  # for the out-of-domain check
     assert colour["mean"].shape == (3,) and torch.linalg.eigvalsh(colour["precision"].double()).min() > 0
+    assert stats["tiling"] == {"target_mpp": 0.972, "patch_size": 96}  # what inference holds this model to
 
 
 def test_write_normal_stats_refits_the_statistics_of_a_trained_model(trained, tiles_dir, tmp_path):

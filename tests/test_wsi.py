@@ -98,3 +98,23 @@ def test_a_reader_that_is_not_installed_names_the_install_and_the_other_reader(m
     monkeypatch.setattr(scripts.wsi, "WSIReader", missing)
     with pytest.raises(ImportError, match="pip install --no-deps cucim-cu12, or pass --wsi_reader OpenSlide"):
         make_reader("cuCIM")
+
+
+def test_a_model_without_a_recorded_tiling_gets_the_default_one(tmp_path, tiny_checkpoint):
+    """Models trained before the tiling was recorded saw 96-px patches at 0.972 µm/px; a recorded one is held to."""
+    import shutil
+
+    import torch
+
+    from scripts.tiling import PATCH_SIZE, TARGET_MPP, require_trained_tiling, trained_tiling
+
+    assert trained_tiling(tiny_checkpoint) == {"target_mpp": 0.972, "patch_size": 96}
+    require_trained_tiling(tiny_checkpoint, 0.9720000001, 96)  # a JSON round trip changes nothing
+    old = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, old)
+    stats = torch.load(tiny_checkpoint.with_name("normal_stats.pt"), weights_only=True)
+    del stats["tiling"]
+    torch.save(stats, old.with_name("normal_stats.pt"))
+    assert trained_tiling(old) == {"target_mpp": TARGET_MPP, "patch_size": PATCH_SIZE}
+    with pytest.raises(ValueError, match=r"--target_mpp 0.5 is not the 0.972 that .* train a model at 0.5"):
+        require_trained_tiling(old, 0.5, 96)

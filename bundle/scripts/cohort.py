@@ -39,7 +39,7 @@ from .postprocess import SlideJob, SlidePostprocessor
 from .settings import require_number
 from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, read_summary
 from .stain import StainNormalizer
-from .tiling import slide_patches
+from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
 from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_id
 
 logger = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ class SlideInference:
         output_dir: str | Path,
         wsi_reader: str = "cuCIM",
         read_device: str = "cpu",
-        target_mpp: float = 0.972,
-        patch_size: int = 96,
+        target_mpp: float = TARGET_MPP,
+        patch_size: int = PATCH_SIZE,
         stride: int = 96,
         min_tissue: float = 0.5,
         assume_mpp: float | None = None,
@@ -157,13 +157,14 @@ class SlideInference:
         make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
         if read_device != "cpu":
             raise ValueError(
-                f"read_device {read_device!r} is not offered: cuCIM's GPU decoding read 11-16 patches/s on an H200, "
-                "about 100x slower than decoding on its CPU (bench/README.md); use --read_device cpu."
+                f"read_device {read_device!r} is not offered: cuCIM's GPU decoding was measured "
+                "about 100x slower than decoding on the CPU (bench/research/README.md); use --read_device cpu."
             )
         self.read_device = read_device
         # Beside a model on a GPU the next slide is prepared, and the last one written, while a slide is scored; beside
         # a model on the CPU only the two of them overlap, between slides: beside the model they took its cores and
-        # made each slide slower, and at the lowest priority starved behind any other busy process (bench/README.md).
+        # made each slide slower, and at the lowest priority starved behind any other busy process
+        # (bench/research/README.md).
         self.overlap = torch.device(evaluator.state.device or "cpu").type == "cuda"
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]

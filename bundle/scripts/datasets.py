@@ -23,7 +23,7 @@ from monai.transforms import Resized
 from skimage import io
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from .tiling import slide_patches
+from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
 from .tissue import tissue_mask, window_fraction
 from .wsi import find_slides, make_reader
 
@@ -67,7 +67,9 @@ class PCamNormals(Dataset):
     process, because h5py handles do not survive ``fork`` into DataLoader workers.
     """
 
-    def __init__(self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS, patch_size: int = 96) -> None:
+    def __init__(
+        self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS, patch_size: int = PATCH_SIZE
+    ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.x_paths = []
         index = []
@@ -150,7 +152,7 @@ class PatchFolderNormals(Dataset):
     """Normal patch images (JPEG/PNG/TIFF files of ``patch_size`` x ``patch_size``), decoded once and kept in memory
     (2,000 PCam patches are 55 MB), each checked as training data must be."""
 
-    def __init__(self, files: Sequence[Path], patch_size: int = 96) -> None:
+    def __init__(self, files: Sequence[Path], patch_size: int = PATCH_SIZE) -> None:
         self.patches = []
         for path in files:
             image = io.imread(path)
@@ -203,7 +205,7 @@ class TileNormals(Dataset):
         self,
         dataset_dir: str | Path,
         names: Sequence[str],
-        patch_size: int = 96,
+        patch_size: int = PATCH_SIZE,
         crop_stride: int = 16,
         min_tissue: float = 0.5,
     ) -> None:
@@ -245,8 +247,8 @@ def tile_names(dataset_dir: str | Path, exclude: Sequence[str] = ()) -> list[str
 def wsi_normal_patches(
     slides: Sequence[str],
     wsi_reader: str = "cuCIM",
-    target_mpp: float = 0.972,
-    patch_size: int = 96,
+    target_mpp: float = TARGET_MPP,
+    patch_size: int = PATCH_SIZE,
     stride: int = 96,
     min_tissue: float = 0.5,
 ) -> list[PatchWSIDataset]:
@@ -323,10 +325,10 @@ def normal_tissue_splits(
     datalist: str | Path | None = None,
     val_fraction: float = 0.15,
     seed: int = 42,
-    patch_size: int = 96,
+    patch_size: int = PATCH_SIZE,
     exclude: Sequence[str] = (),
     wsi_reader: str = "cuCIM",
-    target_mpp: float = 0.972,
+    target_mpp: float = TARGET_MPP,
     min_tissue: float = 0.5,
     normals_dir: str | Path | None = None,
     normals_holdout: float = 0.2,

@@ -206,7 +206,7 @@ class LatentStatsHandler:
     (``scripts.model_files``), on up to ``max_samples`` patches of ``dataset`` put through
     ``prepare_batch`` (the validation one: normalised, no noise), with the covariance shrunk
     towards a scaled identity by ``shrinkage`` so that it stays invertible when the latent has more dimensions than
-    there are patches.
+    there are patches. ``tiling`` (the training's ``target_mpp`` and ``patch_size``) is recorded with them.
     """
 
     def __init__(
@@ -220,6 +220,7 @@ class LatentStatsHandler:
         max_samples: int = 20000,
         shrinkage: float = 0.1,
         seed: int = 42,
+        tiling: dict[str, float | int] | None = None,
     ):
         self.network = network
         self.dataset = dataset
@@ -230,6 +231,7 @@ class LatentStatsHandler:
         self.max_samples = max_samples
         self.shrinkage = shrinkage
         self.seed = seed
+        self.tiling = tiling
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -269,7 +271,7 @@ class LatentStatsHandler:
         }  # fmt: skip
         colour_stats = fit_colour_stats(np.concatenate(colours)) if len(mu) >= 4 else None
         path = save_normal_stats(
-            self.checkpoint_path, network, self.norm_stats.state_dict(), latent_stats, colour_stats
+            self.checkpoint_path, network, self.norm_stats.state_dict(), latent_stats, colour_stats, self.tiling
         )
         logger.info("latent and colour statistics of %d normal patches written to %s", len(mu), path)
         return path

@@ -1,5 +1,5 @@
 """The per-slide images: the heatmap (z-scores over the slide thumbnail, tissue only, with a colour bar), the
-thumbnail (JPEG: a photograph, encoded 18x faster than as PNG) and the tissue mask (PNG).
+thumbnail (JPEG: a photograph, far cheaper to encode than a PNG) and the tissue mask (PNG).
 
 They are written in a thread beside the scoring of the next slide, so the figure is drawn on matplotlib's
 object-oriented ``Figure`` (no pyplot: its global figure registry is not thread-safe).

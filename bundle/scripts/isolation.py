@@ -3,8 +3,9 @@
 cuCIM and OpenSlide are C++/C libraries: a corrupt or unusual file can end the process with a signal (a flat
 20k x 20k TIFF made cuCIM segfault) that no ``except`` catches, and the rest of the cohort would be lost with it.
 The child is forked, so it starts at once with everything already imported, and it stays for the next call: a cohort
-forks once, not once a slide (a fork of the inference process took ~0.1 s). Each call's result or exception comes back
-through a pipe; the child's death by a signal becomes an ordinary exception here, and the next call forks a new one.
+forks once, not once a slide, since forking a process holding a model is not free. Each call's result or exception
+comes back through a pipe; the child's death by a signal becomes an ordinary exception here, and the next call forks
+a new one.
 """
 
 from __future__ import annotations

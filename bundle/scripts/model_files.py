@@ -62,15 +62,18 @@ def save_normal_stats(
     norm_stats: dict[str, Any],
     latent_stats: dict[str, Any],
     colour_stats: dict[str, Any] | None = None,
+    tiling: dict[str, float | int] | None = None,
 ) -> Path:
     """Write ``normal_stats.pt`` beside ``ckpt_path`` for the weights in it, with the widths that rebuild
-    ``network`` (for the error message when someone loads it into another shape)."""
+    ``network`` (for the error message when someone loads it into another shape) and the ``tiling`` (resolution and
+    patch size) it was trained with, which inference then holds to."""
     content = {
         "weights": weights_digest(read_weights(ckpt_path)),
         "network": {"channels": list(network.channels), "latent_channels": int(network.latent_channels)},
         "norm_stats": norm_stats,
         "latent_stats": latent_stats,
         **({"colour_stats": colour_stats} if colour_stats is not None else {}),
+        **({"tiling": tiling} if tiling is not None else {}),
     }
     path = stats_path(ckpt_path)
     with atomic_path(path) as tmp:

@@ -3,7 +3,7 @@ and streamed so that every batch holds exactly ``batch_size`` patches.
 
 A slide is stored in compressed tiles and a reader decodes every tile a region touches, so one read per block of
 ``read_block`` x ``read_block`` patches decodes each tile about once, where patch-by-patch reads decoded it once per
-patch on it (``bench/README.md``: 14x the CPU time with cuCIM's own multi-location read). Blocks hold up to
+patch on it (``bench/research/README.md`` has the measurements). Blocks hold up to
 ``read_block``² patches (fewer at the tissue's edge), so batching whole blocks gave batches of uneven size; the
 stream hands the DataLoader single patches instead, and it batches them as usual.
 """

@@ -26,8 +26,8 @@ MAD_TO_STD = 1.4826  # the median absolute deviation times this is the standard 
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX or AVX512-BF16, Arm BF16).
 
-    Only there is bf16 autocast a gain for the model (2.3-2.9x measured with AMX, ``bench/inference_options.py``);
-    where it is emulated it was 6x slower.
+    Only there is bf16 autocast a gain for the model; where it is emulated it is several times slower
+    (``bench/inference_options.py`` measures both).
     """
     capabilities = torch.cpu.get_capabilities()
     return any(capabilities.get(name, False) for name in ("amx_bf16", "avx512_bf16", "bf16"))
@@ -216,8 +216,8 @@ class SlideRarity:
     ``neighbours`` nearest patches lying more than ``exclusion`` grid cells away (Chebyshev distance).
 
     The reference is the slide's own tissue (same section, stain and scanner), not the training tissue: on the
-    bench's tumour-sparse slides it finds more of the small lesions than ``latent`` (FROC 0.44 against 0.27) without
-    ranking patches better (``bench/README.md``). The exclusion keeps a lesion from vouching for itself: a patch
+    bench's tumour-sparse slides it finds more of the small lesions than ``latent`` without ranking patches better
+    (``bench/README.md``). The exclusion keeps a lesion from vouching for itself: a patch
     inside a metastasis narrower than the exclusion finds no patch of the same lesion among its neighbours. A lesion
     much wider than that, or a slide that is mostly tumour, is its own neighbourhood and is missed. Descriptors are
     standardised per slide (median and MAD), so that no channel dominates the distance by its scale.

@@ -154,7 +154,7 @@ class StainNormalizer:
         out = self.fit.apply(od) if fitted else channels.to(torch.float32, copy=True)
         if self.mode == "per_patch":
             # one BLAS thread: between torch's operations OpenBLAS's threads and torch's own contend for the same
-            # cores, which made these small per-patch fits 4x slower (bench/stain.py)
+            # cores, and these small per-patch fits then spend their time waiting (bench/stain.py)
             with threadpool_limits(limits=1, user_api="blas"):
                 for i in (~fallback).nonzero().flatten().tolist():
                     try:

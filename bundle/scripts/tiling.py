@@ -1,11 +1,13 @@
-"""Tiling: which patches of a slide the model sees, at what resolution and size (``Tiling``), and where they lie.
+"""Tiling: which patches of a slide the model sees, at what resolution and size, and where they lie.
 
-The same ``Tiling`` is recorded with the weights at training (``normal_stats.pt``) and checked at inference, so a model
-is never fed patches of another physical size than it learned.
+The resolution and patch size are recorded with the weights at training (``normal_stats.pt`` ``tiling``); inference
+takes them from there and refuses others, so a model is never fed patches of another physical size than it learned.
+Stride and minimum tissue are choices of each run.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,15 +15,40 @@ import numpy as np
 from monai.data import WSIReader
 from skimage.transform import resize
 
+from .model_files import read_normal_stats, stats_path
+from .settings import require_number
 from .tissue import tissue_mask
-from .wsi import SlideUnusableError, read_thumbnail, slide_mpp
+from .wsi import MPP_RANGE, SlideUnusableError, read_thumbnail, slide_mpp
 
+# PatchCamelyon's scale (CAMELYON16 level 2) and patch side: what a model trained before its tiling was recorded saw
+TARGET_MPP = 0.972
+PATCH_SIZE = 96
 MPP_TOLERANCE = 0.1
 # A read level and level 0 averaged down to it correlate at > 0.9 on tissue (JPEG noise aside); a blank or flipped
 # level at ~0. Where level 0 is flat, mean grey levels (0-255) must agree instead.
 LEVEL_MIN_CORRELATION = 0.5
 LEVEL_FLAT_STD = 2.0
 LEVEL_MAX_MEAN_DIFFERENCE = 30.0
+
+
+def trained_tiling(ckpt_path: str | Path) -> dict[str, float | int]:
+    """The ``target_mpp`` and ``patch_size`` the weights in ``ckpt_path`` were trained with (the defaults for a model
+    whose statistics record none)."""
+    recorded = read_normal_stats(ckpt_path).get("tiling", {})
+    return {"target_mpp": recorded.get("target_mpp", TARGET_MPP), "patch_size": recorded.get("patch_size", PATCH_SIZE)}
+
+
+def require_trained_tiling(ckpt_path: str | Path, target_mpp: float, patch_size: int) -> None:
+    """Refuse patches of another resolution or size than the weights learned: their scores would mean nothing."""
+    require_number("target_mpp", target_mpp, *MPP_RANGE)
+    require_number("patch_size", patch_size, 8, 4096, integer=True)
+    trained = trained_tiling(ckpt_path)
+    for name, value in (("target_mpp", target_mpp), ("patch_size", patch_size)):
+        if not math.isclose(value, trained[name], rel_tol=1e-6):
+            raise ValueError(
+                f"--{name} {value} is not the {trained[name]} that {ckpt_path} was trained with (recorded in "
+                f"{stats_path(ckpt_path)}); drop --{name}, or train a model at {value}."
+            )
 
 
 @dataclass(frozen=True)
@@ -109,7 +136,7 @@ def tissue_grid(
 @dataclass(frozen=True)
 class TissueGrid:
     """A slide's tissue patches on its regular grid, as arrays: a CAMELYON16 slide has ~45,000, and a dict for each
-    took 0.4 s to build and as long again to pass from the process that reads the slide's header."""
+    would cost as much to build, and to pass from the process that reads the slide's header, as reading them."""
 
     corners: np.ndarray  # (N, 2) int: level-0 (row, col) of each patch's top-left corner
     cells: np.ndarray  # (N, 2) int: (i, j) on the grid

@@ -1,10 +1,11 @@
 """Annotated slides of realistic tumour burden, assembled from real tissue, for calibrating thresholds.
 
-    python bundle/scripts/sparse_slides.py OUT --tiles_dir ../shared/data/camelyon16_tiles \\
+    python -m tools.sparse_slides OUT --tiles_dir ../shared/data/camelyon16_tiles \\
         --normals_dir ../shared/data/pcam_normals --tiles 10692 10693 ... [--slides 6 --seed 0]
 
 CAMELYON16 metastases cover a few per cent of a slide's tissue, often less; calibrating on tumour-heavy tiles (35-70 %
-tumour) chooses thresholds that call most of any slide. Each slide here is a grid of 96-px cells at 0.972 µm/px:
+tumour) chooses thresholds that call most of any slide. Each slide here is a grid of model patches (``CELL`` px at
+``SLIDE_MPP``):
 normal cells are tumour-free crops of the given tiles and tumour cells are crops lying wholly inside their tumour
 masks (so both share the tiles' stains, as on one real slide), the tumour placed as one or two compact (disc-shaped)
 clusters covering 1-10 % of the cells. Burdens and cluster counts cycle through ``BURDENS`` x (1, 2 clusters). One
@@ -26,29 +27,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.atomic import atomic_path  # noqa: E402
-from scripts.datasets import (  # noqa: E402
+from scripts.atomic import atomic_path
+from scripts.datasets import (
     PatchFolderNormals,
     crop_corners,
     held_out_normals,
     normal_patch_files,
     read_tile,
 )
-from scripts.pyramid import write_pyramid  # noqa: E402
-from scripts.regions import to_asap_xml, trace_regions  # noqa: E402
+from scripts.pyramid import write_pyramid
+from scripts.regions import to_asap_xml, trace_regions
+from scripts.tiling import PATCH_SIZE, TARGET_MPP
 
-CELL = 96
-SLIDE_MPP = 0.972
+CELL = PATCH_SIZE
+SLIDE_MPP = TARGET_MPP
 BURDENS = (0.02, 0.05, 0.09)  # tumour cells / all cells
 CROP_STRIDE = 16
 BLOCK = 4  # normal tissue comes in BLOCK x BLOCK squares of cells, each from one tile region

@@ -1,35 +1,34 @@
 """Build the demo slide in ``bundle/sample_data/`` from the 8 held-out CAMELYON16 tiles (run once; output committed).
 
-    python bundle/scripts/sample_data.py ../shared/data/camelyon16_tiles
-    python bundle/scripts/sample_data.py ../shared/data/camelyon16_tiles --calibration_dir CAL
+    python -m tools.sample_data ../shared/data/camelyon16_tiles
+    python -m tools.sample_data ../shared/data/camelyon16_tiles --calibration_dir CAL
 
-The tiles (512 px, about 1 µm/px) are stitched 2 x 4 in name order into a pyramidal tiled TIFF at 0.972 µm/px, and
-their tumour masks are traced into ASAP XML polygons in level-0 pixels. ``--calibration_dir`` also stitches the 24
-training tiles the same way into three slides, ``camelyon16_train_{0,1,2}``: slides with annotations that share no
-tile with the demo slide, for calibrating thresholds (``run calibrate``) without the demo labels (not committed).
+The tiles (512 px, about 1 µm/px) are stitched 2 x 4 in name order into a pyramidal tiled TIFF recorded at the
+model's resolution (``TARGET_MPP``), and their tumour masks are traced into ASAP XML polygons in level-0 pixels.
+``--calibration_dir`` also stitches the 24 training tiles the same way into three slides, ``camelyon16_train_{0,1,2}``:
+slides with annotations that share no tile with the demo slide, for calibrating thresholds (``run calibrate``) without
+the demo labels (not committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 from skimage import io
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts import BUNDLE_ROOT
+from scripts.atomic import atomic_path
+from scripts.datasets import DEMO_TILES, read_tumour_mask, tile_names
+from scripts.pyramid import write_pyramid
+from scripts.regions import to_asap_xml, trace_regions
+from scripts.tiling import TARGET_MPP
 
-from scripts.atomic import atomic_path  # noqa: E402
-from scripts.datasets import DEMO_TILES, read_tumour_mask, tile_names  # noqa: E402
-from scripts.pyramid import write_pyramid  # noqa: E402
-from scripts.regions import to_asap_xml, trace_regions  # noqa: E402
-
-DEMO_MPP = 0.972
+DEMO_MPP = TARGET_MPP
 COLUMNS = 4
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE_DIR = Path(BUNDLE_ROOT) / "sample_data"
 logger = logging.getLogger(__name__)
 
 
