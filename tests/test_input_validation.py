@@ -381,12 +381,24 @@ def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, 
 
 def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():
     from scripts.calibration import scoring_settings
-    from scripts.scores import SlideRarity
+    from scripts.scores import AnomalyScore, SlideRarity
 
-    assert scoring_settings("latent", SlideRarity(5, 4), tta=False) == {"score": "latent", "tta": False}
-    assert scoring_settings("rarity", SlideRarity(5, 4), tta=False) == {
-        "score": "rarity", "tta": False, "rarity_neighbours": 5, "rarity_exclusion": 4
+    score_settings = {"tta": False, "latent_ignored_variance": 0.0}
+    latent = AnomalyScore("latent", rarity=SlideRarity(5, 4))
+    assert scoring_settings(latent, stride=96) == {"score": "latent", **score_settings, "stride": 96}
+    assert scoring_settings(AnomalyScore("rarity", rarity=SlideRarity(5, 4)), stride=96) == {
+        "score": "rarity", **score_settings, "rarity_neighbours": 5, "rarity_exclusion": 4, "stride": 96
     }  # fmt: skip
+    assert latent.slide_scores is None
+
+
+def test_a_score_is_checked_once_where_the_config_chooses_it():
+    from scripts.scores import AnomalyScore
+
+    with pytest.raises(ValueError, match="score must be one of"):
+        AnomalyScore("psnr")
+    with pytest.raises(ValueError, match="tta applies to per-patch scores, not 'rarity'"):
+        AnomalyScore("rarity", tta=True)
 
 
 def test_a_calibration_file_that_records_no_score_settings_is_applied_with_one_warning(

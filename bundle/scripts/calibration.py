@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .atomic import atomic_path
 from .model_files import checkpoint_digest
-from .scores import SLIDE_RELATIVE_SCORES, SlideRarity
+from .scores import AnomalyScore
 from .settings import require_number
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,10 @@ CALIBRATED_SINCE_0_12 = ("normal_quantile",)  # a calibration written before hol
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / CALIBRATION_FILE
 
 
-def scoring_settings(score: str, rarity: SlideRarity, **settings: object) -> dict:
-    """What a slide's z-scores depend on besides the weights, as a calibration records it: ``settings`` (tta, grid,
-    stain, per-slide statistic, ...) and the score, with the ``rarity`` knobs only for the score that uses them."""
-    return {"score": score, **settings, **(rarity.settings() if score in SLIDE_RELATIVE_SCORES else {})}
+def scoring_settings(score: AnomalyScore, **settings: object) -> dict:
+    """What a slide's z-scores depend on besides the weights, as a calibration records it: the score's settings and
+    ``settings`` (grid, stain, per-slide statistic, ...)."""
+    return {**score.settings(), **settings}
 
 
 def calibrated(

@@ -266,9 +266,7 @@ class SlideInference:
         post, inferer_settings = self.postprocessor, getattr(self.evaluator.inferer, "settings", dict)
         return {
             **self.grid_args, "assume_mpp": self.assume_mpp, "read_device": self.read_device, "stain": self.stain.mode,
-            "score": post.score,
-            **inferer_settings(),
-            **(post.slide_scores.settings() if post.slide_scores else {}),
+            **post.score.settings(), **inferer_settings(),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
             "min_region_tiles": post.min_region_tiles, "score_floor": post.recorded_floor,
             "domain_limit": self.domain.limit, "weights": weights_digest(self.evaluator.network.state_dict()),

@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from .regions import clean_mask, trace_regions, two_scale_map
-from .scores import SLIDE_RELATIVE_SCORES, Z_STATISTICS, SlideRarity, slide_reference
+from .scores import Z_STATISTICS, AnomalyScore, slide_reference
 from .settings import require_number
 from .slide_outputs import PATCH_COLUMNS, SlideOutputs
 from .tiling import PatchGeometry, TissueGrid
@@ -56,16 +56,12 @@ class SlidePostprocessor:
     def __init__(
         self,
         output_dir: str | Path,
-        score: str,
+        score: AnomalyScore,
         z_threshold: float = 2.0,
         min_region_tiles: int = 5,
         z_statistics: str = "mean_std",
-        slide_scores: SlideRarity | None = None,
         score_floor: float = -math.inf,
     ):
-        if score in SLIDE_RELATIVE_SCORES and slide_scores is None:
-            raise ValueError(f"score {score!r} needs slide_scores (scripts.scores.SlideRarity) to turn descriptors "
-                             "into scores.")  # fmt: skip
         if z_statistics not in Z_STATISTICS:
             raise ValueError(f"--z_statistics must be one of {list(Z_STATISTICS)}, got {z_statistics!r}.")
         require_number("z_threshold", z_threshold, -20, 20)
@@ -76,7 +72,6 @@ class SlidePostprocessor:
         self.z_threshold = float(z_threshold)
         self.min_region_tiles = int(min_region_tiles)
         self.score_floor = float(score_floor)
-        self.slide_scores = slide_scores if score in SLIDE_RELATIVE_SCORES else None
         self.job: SlideJob | None = None
         self.summary: dict = {}
         self.outputs: Callable[[], None] | None = None  # writes the slide's files once ``finish`` has run
@@ -112,7 +107,8 @@ class SlidePostprocessor:
             raise ValueError(f"{job.slide}: {bad} of {len(outputs)} patch scores are NaN/inf; check the checkpoint.")
         geometry, facts = job.geometry, job.facts
         grid = job.patches.cells
-        scores = self.slide_scores(outputs, grid, job.slide) if self.slide_scores else outputs
+        slide_scores = self.score.slide_scores
+        scores = slide_scores(outputs, grid, job.slide) if slide_scores else outputs
         centre, spread = slide_reference(scores, self.z_statistics)
         z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
         z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
@@ -144,7 +140,7 @@ class SlidePostprocessor:
             "units": "level-0 px; cell (i, j) spans x in [j*stride, j*stride+size), y in [i*stride, i*stride+size)",
             "level": geometry.level,
             "mpp0": geometry.mpp0,
-            "score": self.score,
+            "score": self.score.name,
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
             "z_statistics": self.z_statistics,
@@ -170,7 +166,7 @@ class SlidePostprocessor:
         }
         outputs = SlideOutputs(
             job.slide, patches, z_map, grid_info, regions, facts, geometry, job.settings, dict(self.summary),
-            f"{job.slide_id}: {self.score} anomaly z-score, {len(regions)} region(s)",
+            f"{job.slide_id}: {self.score.name} anomaly z-score, {len(regions)} region(s)",
         )  # fmt: skip
         self.outputs = functools.partial(outputs.write, self.output_dir / job.slide_id)
         # an empty region file is a result too: say how close the slide came to the threshold

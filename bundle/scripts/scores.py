@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,14 @@ def minor_component_precision(precision: torch.Tensor, ignored_variance: float) 
     leading = int((torch.cumsum(variance, 0) / variance.sum() < ignored_variance).sum()) + 1
     minor = eigenvectors[:, leading:]
     return ((minor * eigenvalues[leading:]) @ minor.T).to(precision.dtype)
+
+
+def check_score(score: str, tta: bool) -> None:
+    """Refuse an unknown score, and ``tta`` for a score that is made per slide rather than per patch."""
+    if score not in SCORES + SLIDE_RELATIVE_SCORES:
+        raise ValueError(f"score must be one of {list(SCORES + SLIDE_RELATIVE_SCORES)}, got {score!r}.")
+    if score in SLIDE_RELATIVE_SCORES and tta:
+        raise ValueError(f"tta applies to per-patch scores, not {score!r}; pass --tta False.")
 
 
 def normal_score_floor(ckpt_path: str | Path, score: str, normal_quantile: float) -> float:
@@ -131,10 +140,7 @@ class AnomalyScoreInferer(Inferer):
         latent_ignored_variance: float = 0.0,
     ) -> None:
         super().__init__()
-        if score not in SCORES + SLIDE_RELATIVE_SCORES:
-            raise ValueError(f"score must be one of {list(SCORES + SLIDE_RELATIVE_SCORES)}, got {score!r}.")
-        if score in SLIDE_RELATIVE_SCORES and tta:
-            raise ValueError(f"tta applies to per-patch scores, not {score!r}; pass --tta False.")
+        check_score(score, tta)
         if score == "latent" and latent_stats is None:
             raise ValueError(
                 "score 'latent' needs latent_stats in normal_stats.pt; retrain with this bundle's train.json."
@@ -160,8 +166,9 @@ class AnomalyScoreInferer(Inferer):
                    latent_ignored_variance)  # fmt: skip
 
     def settings(self) -> dict:
-        """The options a score depends on beyond the weights and ``score``, for telling stale outputs apart."""
-        return {"tta": self.tta, "cpu_bf16": self.cpu_bf16, "latent_ignored_variance": self.latent_ignored_variance}
+        """How the scores are computed beyond the score's own settings (``AnomalyScore.settings``), for telling stale
+        outputs apart."""
+        return {"cpu_bf16": self.cpu_bf16}
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         inputs = inputs.as_subclass(torch.Tensor)
@@ -253,3 +260,41 @@ class SlideRarity:
                 )
             scores.append(nearest.mean(1))
         return torch.cat(scores).double().numpy()
+
+
+@dataclass(frozen=True)
+class AnomalyScore:
+    """The score of a run, chosen once in the config and handed to all that depends on it: ``inferer`` computes it per
+    patch, ``slide_scores`` turns the inferer's descriptors into scores once a slide is in (slide-relative scores
+    only), ``floor`` is its second scale, and ``settings`` is what calibrations and resumed runs compare."""
+
+    name: str = "latent"
+    tta: bool = False
+    latent_ignored_variance: float = 0.0
+    rarity: SlideRarity = field(default_factory=SlideRarity)
+
+    def __post_init__(self) -> None:
+        check_score(self.name, self.tta)
+
+    @property
+    def slide_scores(self) -> SlideRarity | None:
+        return self.rarity if self.name in SLIDE_RELATIVE_SCORES else None
+
+    def settings(self) -> dict:
+        """The score and its knobs, the ``rarity`` ones only for the score that uses them."""
+        slide_scores = self.slide_scores
+        return {
+            "score": self.name, "tta": self.tta, "latent_ignored_variance": self.latent_ignored_variance,
+            **(slide_scores.settings() if slide_scores else {}),
+        }  # fmt: skip
+
+    def inferer(self, ckpt_path: str | Path, cpu_bf16: bool = False) -> AnomalyScoreInferer:
+        return AnomalyScoreInferer.from_checkpoint(
+            self.name, ckpt_path, self.tta, cpu_bf16, self.latent_ignored_variance
+        )
+
+    def floor(self, ckpt_path: str | Path, normal_quantile: float) -> float:
+        return normal_score_floor(ckpt_path, self.name, normal_quantile)
+
+    def floors(self, ckpt_path: str | Path, normal_quantiles: Sequence[float]) -> dict[float, float]:
+        return normal_score_floors(ckpt_path, self.name, normal_quantiles)
