@@ -500,3 +500,16 @@ def test_help_lists_a_workflows_settings_with_their_defaults(configs, listed, ca
     settings = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
     assert set(listed) <= set(settings) and "--imports" not in settings and "--run" not in settings
     assert "  --batch_size" in out and ("64" in out or "128" in out)
+
+
+def test_help_shows_what_an_expression_default_comes_to(capsys):
+    """``--target_mpp`` is read from the model's statistics: --help shows the number as well as the expression."""
+    from conftest import BUNDLE
+
+    with pytest.raises(SystemExit):
+        reject_unknown_overrides(["--config_file", str(BUNDLE / "configs" / "inference.json"), "--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
+    assert lines["--target_mpp"].endswith("= 0.972") and "trained_tiling" in lines["--target_mpp"]
+    assert lines["--stride"].endswith("@patch_size  = 96")
+    assert lines["--batch_size"].split() == ["--batch_size", "64"]  # a plain value is not repeated
+    assert "--inferer" not in lines  # a component, not a setting

@@ -127,7 +127,7 @@ class SlideInference:
         read_device: str = "cpu",
         target_mpp: float = TARGET_MPP,
         patch_size: int = PATCH_SIZE,
-        stride: int = 96,
+        stride: int = PATCH_SIZE,
         min_tissue: float = 0.5,
         assume_mpp: float | None = None,
         batch_size: int = 64,

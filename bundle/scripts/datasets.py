@@ -249,7 +249,7 @@ def wsi_normal_patches(
     wsi_reader: str = "cuCIM",
     target_mpp: float = TARGET_MPP,
     patch_size: int = PATCH_SIZE,
-    stride: int = 96,
+    stride: int = PATCH_SIZE,
     min_tissue: float = 0.5,
 ) -> list[PatchWSIDataset]:
     """One MONAI ``PatchWSIDataset`` per slide over its tissue grid at ``target_mpp``; patches stream from the file."""

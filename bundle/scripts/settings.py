@@ -83,7 +83,7 @@ def _config_ids(content: object, prefix: str = "") -> list[str]:
 
 
 # Top-level entries that build the pipeline rather than set it (the configs' flat knobs are everything else).
-NOT_SETTINGS = ("imports", "bundle_root", "network", "dataset", "run", "initialize", "finalize")
+NOT_SETTINGS = ("imports", "bundle_root", "network", "dataset", "inferer", "run", "initialize", "finalize")
 
 
 def is_setting(key: str, value: object) -> bool:
@@ -101,14 +101,32 @@ def settings_help(config: dict, files: Sequence[str | Path]) -> str:
     Python expression), for ``--help``: ``monai.bundle run`` has none of its own."""
     settings = {key: value for key, value in config.items() if is_setting(key, value)}
     width = max(map(len, settings))
+    parser = ConfigParser(config)
     lines = [
         f"Settings of {', '.join(Path(f).name for f in files)}: pass any as --name VALUE (True/False capitalised, "
-        "lists as JSON, a value starting with '-' as --name=VALUE). Defaults as the configs write them:",
-        *(f"  --{key:<{width}}  {value if isinstance(value, str) else repr(value)}" for key, value in settings.items()),
+        "lists as JSON, a value starting with '-' as --name=VALUE). Defaults as the configs write them, and after '=' "
+        "what an expression comes to here:",
+        *(
+            f"  --{key:<{width}}  {value if isinstance(value, str) else repr(value)}{evaluated(parser, key, value)}"
+            for key, value in settings.items()
+        ),  # fmt: skip
         "The pipeline's components (network_def, inferer, postprocessor, ...) can be replaced by name too: see "
         "bundle/docs/README.md.",
     ]
     return "\n".join(lines)
+
+
+def evaluated(parser: ConfigParser, key: str, value: object) -> str:
+    """What an expression or reference default (``$...``, ``@...``) comes to on this machine, so that ``--help`` shows
+    numbers, not only code."""
+    if not (isinstance(value, str) and value.startswith(("$", "@"))):
+        return ""
+    try:
+        parser.get_parsed_content("imports", default=[])
+        result = parser.get_parsed_content(key)
+    except Exception:  # noqa: BLE001  (a default that needs a run's data or device: the expression alone is shown)
+        return ""
+    return f"  = {result!r}" if isinstance(result, bool | int | float | str | list | None) else f"  = {result}"
 
 
 def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
