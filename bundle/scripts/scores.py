@@ -225,8 +225,8 @@ class SlideRarity:
     The reference is the slide's own tissue (same section, stain and scanner), not the training tissue: on the
     bench's tumour-sparse slides it finds more of the small lesions than ``latent`` without ranking patches better
     (``bench/README.md``). The exclusion keeps a lesion from vouching for itself: a patch inside a metastasis narrower
-    than the exclusion finds no patch of the same lesion among its neighbours. A lesion
-    much wider than that, or a slide that is mostly tumour, is its own neighbourhood and is missed. Descriptors are
+    than the exclusion finds no patch of the same lesion among its neighbours. A lesion much wider than that, or a
+    slide that is mostly tumour, is its own neighbourhood and is missed. Descriptors are
     standardised per slide (median and MAD), so that no channel dominates the distance by its scale.
     """
 

@@ -102,6 +102,7 @@ def settings_help(config: dict, files: Sequence[str | Path]) -> str:
     settings = {key: value for key, value in config.items() if is_setting(key, value)}
     width = max(map(len, settings))
     parser = ConfigParser(config)
+    parser.get_parsed_content("imports", default=[])  # what the expressions below refer to
     lines = [
         f"Settings of {', '.join(Path(f).name for f in files)}: pass any as --name VALUE (True/False capitalised, "
         "lists as JSON, a value starting with '-' as --name=VALUE). Defaults as the configs write them, and after '=' "
@@ -122,7 +123,6 @@ def evaluated(parser: ConfigParser, key: str, value: object) -> str:
     if not (isinstance(value, str) and value.startswith(("$", "@"))):
         return ""
     try:
-        parser.get_parsed_content("imports", default=[])
         result = parser.get_parsed_content(key)
     except Exception:  # noqa: BLE001  (a default that needs a run's data or device: the expression alone is shown)
         return ""

@@ -136,7 +136,7 @@ def tissue_grid(
 @dataclass(frozen=True)
 class TissueGrid:
     """A slide's tissue patches on its regular grid, as arrays: a CAMELYON16 slide has ~45,000, and a dict for each
-    would cost as much to build, and to pass from the process that reads the slide's header, as reading them."""
+    is slow to build and to pass from the process that reads the slide's header."""
 
     corners: np.ndarray  # (N, 2) int: level-0 (row, col) of each patch's top-left corner
     cells: np.ndarray  # (N, 2) int: (i, j) on the grid
