@@ -487,9 +487,10 @@ def test_an_empty_slide_folder_is_named(tmp_path):
         (["inference.json"], ("--ckpt_path", "--calibration_file", "--z_threshold", "--datalist", "--wsi_reader")),
         (["inference.json", "evaluate.json"], ("--annotation_dir", "--tumour_free_slides", "--ckpt_path")),
         (["train.json"], ("--max_epochs", "--data_source", "--exclude", "--learning_rate")),
+        (["train.json", "multi_gpu_train.json"], ("--max_epochs", "--seed")),
     ],
 )
-def test_help_lists_a_workflows_settings_with_their_defaults(configs, listed, capsys):
+def test_help_describes_every_setting_by_stage_with_its_default(configs, listed, capsys):
     from conftest import BUNDLE
 
     files = str([str(BUNDLE / "configs" / c) for c in configs])
@@ -497,19 +498,25 @@ def test_help_lists_a_workflows_settings_with_their_defaults(configs, listed, ca
         reject_unknown_overrides(["--config_file", files, "--help"])
     assert stop.value.code == 0
     out = capsys.readouterr().out
-    settings = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
-    assert set(listed) <= set(settings) and "--imports" not in settings and "--run" not in settings
-    assert "  --batch_size" in out and ("64" in out or "128" in out)
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  --")}
+    assert set(listed) <= set(lines) and "--imports" not in lines and "--run" not in lines
+    assert "--inferer" not in lines  # a component, not a setting
+    assert "Other:" not in out and "(undescribed)" not in out  # every setting has its line (setting_help.STAGES)
+    assert not [line for line in lines.values() if "$" in line or "@" in line], "an expression was left unresolved"
+    assert "Compute:" in out and out.index("Data:") < out.index("Compute:")
+    assert all(len(line) <= 200 for line in lines.values()), "a long default was not elided"
 
 
 def test_help_shows_what_an_expression_default_comes_to(capsys):
-    """``--target_mpp`` is read from the model's statistics: --help shows the number as well as the expression."""
+    """``--target_mpp`` is read from the model's statistics, ``--domain_limit`` from a module that only the layered
+    evaluate config's base imports: --help shows the numbers."""
     from conftest import BUNDLE
 
+    files = str([str(BUNDLE / "configs" / c) for c in ("inference.json", "evaluate.json")])
     with pytest.raises(SystemExit):
-        reject_unknown_overrides(["--config_file", str(BUNDLE / "configs" / "inference.json"), "--help"])
+        reject_unknown_overrides(["--config_file", files, "--help"])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
-    assert lines["--target_mpp"].endswith("= 0.972") and "trained_tiling" in lines["--target_mpp"]
-    assert lines["--stride"].endswith("@patch_size  = 96")
-    assert lines["--batch_size"].split() == ["--batch_size", "64"]  # a plain value is not repeated
-    assert "--inferer" not in lines  # a component, not a setting
+    assert lines["--target_mpp"].endswith("[0.972]")
+    assert lines["--stride"].endswith("[96]")
+    assert lines["--domain_limit"].endswith("[8]")
+    assert lines["--sweep_thresholds"].endswith("... 100 values]]")

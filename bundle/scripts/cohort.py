@@ -141,6 +141,7 @@ class SlideInference:
         shard_index: int = 0,
         num_shards: int = 1,
         domain: DomainCheck | None = None,
+        overlap: bool | str = "auto",
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
@@ -161,11 +162,13 @@ class SlideInference:
                 "about 100x slower than decoding on the CPU (bench/research/README.md); use --read_device cpu."
             )
         self.read_device = read_device
-        # Beside a model on a GPU the next slide is prepared, and the last one written, while a slide is scored; beside
-        # a model on the CPU only the two of them overlap, between slides: beside the model they took its cores and
-        # made each slide slower, and at the lowest priority starved behind any other busy process
-        # (bench/research/README.md).
-        self.overlap = torch.device(evaluator.state.device or "cpu").type == "cuda"
+        # With overlap the next slide is prepared, and the last one written, while a slide is scored; without, the two
+        # of them overlap each other between slides. "auto" overlaps beside a model on a GPU only: beside a model on
+        # the CPU they took its cores and made each slide slower (bench/research/README.md).
+        if overlap not in (True, False, "auto"):
+            raise ValueError(f"--overlap must be auto, True or False, got {overlap!r}.")
+        on_gpu = torch.device(evaluator.state.device or "cpu").type == "cuda"
+        self.overlap = on_gpu if overlap == "auto" else overlap
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
@@ -295,7 +298,8 @@ class SlideInference:
 
     @staticmethod
     def _fail(row: dict, slide: str, error: BaseException) -> None:
-        message = f"{slide}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = cause if cause.startswith(str(slide)) else f"{slide}: {cause}"  # named once, by whoever raised
         logger.error("%s", message)
         logger.debug("traceback for %s", slide, exc_info=error)
         row.update(status="error", error=message)
@@ -388,6 +392,9 @@ class SlideInference:
             raise OutputWriteError(f"cannot write {summary_file}: {write_failure(error)}") from error
         failed = int((summary["status"] != "ok").sum())
         logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
+        if failed:
+            lost = summary.loc[summary["status"] != "ok", "slide"]
+            logger.error("%d slide(s) failed: %s (causes in summary.csv)", failed, ", ".join(lost))
         # all failed is judged on the whole cohort: a shard whose few slides failed must not stop the other ranks
         cohort = self._merge_shards() if self.num_shards > 1 else summary
         if cohort is not None and (cohort["status"] != "ok").all():

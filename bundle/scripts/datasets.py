@@ -79,7 +79,9 @@ class PCamNormals(Dataset):
             for path in (x_path, y_path):
                 if not path.is_file():
                     raise FileNotFoundError(
-                        f"{path} not found: data_source 'pcam' needs the official PCam files in dataset_dir."
+                        f"{path} not found: data_source 'pcam' needs the official PCam files in --dataset_dir; "
+                        "for tiles with masks use --data_source tiles, for a folder of normal patch images "
+                        "--data_source patches --normals_dir DIR."
                     )
             with h5py.File(y_path, "r") as f:
                 labels = np.asarray(f["y"]).reshape(-1)

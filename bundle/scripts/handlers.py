@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import TerminateOnNan
+from ignite.handlers import ProgressBar, TerminateOnNan
 from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoints import unwrap
@@ -24,6 +26,33 @@ from .scores import SCORE_QUANTILES
 from .transforms import ChannelStats
 
 logger = logging.getLogger(__name__)
+
+
+class ConsoleProgress:
+    """Ignite's progress bar where the console is a terminal; in a file or a pipe, where a redrawn bar is one line of
+    carriage returns, a plain log line every ``every_seconds`` instead."""
+
+    def __init__(self, desc: str, every_seconds: float = 30.0) -> None:
+        self.desc = desc
+        self.every_seconds = every_seconds
+        self._last = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if sys.stderr.isatty():
+            ProgressBar(desc=self.desc, persist=False).attach(engine)
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restart)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._log)
+
+    def _restart(self, engine: Engine) -> None:
+        self._last = time.monotonic()
+
+    def _log(self, engine: Engine) -> None:
+        if time.monotonic() - self._last < self.every_seconds:
+            return
+        self._last = time.monotonic()
+        done, total = (engine.state.iteration - 1) % engine.state.epoch_length + 1, engine.state.epoch_length
+        logger.info("%s: %d/%d batches (%d %%)", self.desc, done, total, 100 * done // total)
 
 
 class LinearScheduleHandler:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from .setting_help import DESCRIPTIONS, STAGES
+
 # ``monai.bundle run`` arguments that are not config overrides.
 RUN_ARGUMENTS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
 
@@ -82,8 +84,19 @@ def _config_ids(content: object, prefix: str = "") -> list[str]:
     return ids
 
 
-# Top-level entries that build the pipeline rather than set it (the configs' flat knobs are everything else).
-NOT_SETTINGS = ("imports", "bundle_root", "network", "dataset", "inferer", "run", "initialize", "finalize")
+# Top-level entries that build the pipeline rather than set it (the configs' flat knobs are everything else);
+# is_main_process is the DDP rank's role, which multi_gpu_train.json derives.
+NOT_SETTINGS = (
+    "imports",
+    "bundle_root",
+    "network",
+    "dataset",
+    "inferer",
+    "run",
+    "initialize",
+    "finalize",
+    "is_main_process",
+)
 
 
 def is_setting(key: str, value: object) -> bool:
@@ -97,36 +110,43 @@ def is_setting(key: str, value: object) -> bool:
 
 
 def settings_help(config: dict, files: Sequence[str | Path]) -> str:
-    """The workflow's settings with their defaults as the configs write them (``@x`` is setting ``x``, ``$`` marks a
-    Python expression), for ``--help``: ``monai.bundle run`` has none of its own."""
-    settings = {key: value for key, value in config.items() if is_setting(key, value)}
-    width = max(map(len, settings))
+    """The workflow's settings, grouped by stage, each with one line on what it does and its default (what an
+    expression comes to here, lists elided), for ``--help``: ``monai.bundle run`` has none of its own."""
+    settings = [key for key, value in config.items() if is_setting(key, value)]
     parser = ConfigParser(config)
     parser.get_parsed_content("imports", default=[])  # what the expressions below refer to
+    width = max(map(len, settings))
+    groups: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    for key in settings:
+        stage, text = DESCRIPTIONS.get(key, ("Other", "(undescribed)"))
+        groups.setdefault(stage, []).append(f"  --{key:<{width}}  {text} [{default_text(parser, key, config[key])}]")
     lines = [
         f"Settings of {', '.join(Path(f).name for f in files)}: pass any as --name VALUE (True/False capitalised, "
-        "lists as JSON, a value starting with '-' as --name=VALUE). Defaults as the configs write them, and after '=' "
-        "what an expression comes to here:",
-        *(
-            f"  --{key:<{width}}  {value if isinstance(value, str) else repr(value)}{evaluated(parser, key, value)}"
-            for key, value in settings.items()
-        ),  # fmt: skip
-        "The pipeline's components (network_def, inferer, postprocessor, ...) can be replaced by name too: see "
-        "bundle/docs/README.md.",
+        "lists as JSON, a value starting with '-' as --name=VALUE); [default]."
     ]
+    for stage, entries in groups.items():
+        if entries:
+            lines += [f"{stage}:", *entries]
+    lines.append(
+        "Components (network_def, inferer, postprocessor, ...) are replaced by name: see bundle/docs/README.md."
+    )
     return "\n".join(lines)
 
 
-def evaluated(parser: ConfigParser, key: str, value: object) -> str:
-    """What an expression or reference default (``$...``, ``@...``) comes to on this machine, so that ``--help`` shows
-    numbers, not only code."""
-    if not (isinstance(value, str) and value.startswith(("$", "@"))):
-        return ""
-    try:
-        result = parser.get_parsed_content(key)
-    except Exception:  # noqa: BLE001  (a default that needs a run's data or device: the expression alone is shown)
-        return ""
-    return f"  = {result!r}" if isinstance(result, bool | int | float | str | list | None) else f"  = {result}"
+def default_text(parser: ConfigParser, key: str, value: object, max_items: int = 6) -> str:
+    """A default as a user would type it: what an expression (``$...``) or reference (``@...``) comes to on this
+    machine, or the expression itself where it needs a run's data; long lists elided."""
+    if isinstance(value, str) and value.startswith(("$", "@")):
+        try:
+            value = parser.get_parsed_content(key)
+        except Exception:  # noqa: BLE001  (a default that needs a run's data or device: the expression is shown)
+            return value
+    if isinstance(value, list | tuple) and len(value) > max_items:
+        shown = ", ".join(f"{v:.3g}" if isinstance(v, float) else repr(v) for v in value[:3])
+        return f"[{shown}, ... {len(value)} values]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
