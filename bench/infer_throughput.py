@@ -18,8 +18,10 @@ slide adds to a cohort, each stage alone and each reading path, and peak memory.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import logging
 import os
+import pstats
 import resource
 import tempfile
 import time
@@ -90,6 +92,57 @@ def cucim_batched_read_seconds(slide: str, patches: TissueGrid, geometry: PatchG
     return (time.perf_counter() - start) * len(patches) / len(locations)
 
 
+def further_slide_seconds(slide: str, copies: int, knobs: dict) -> float:
+    """What each further slide costs a cohort: a run over ``copies`` links to ``slide`` against a run over one."""
+    links = Path(tempfile.mkdtemp(prefix="skip96_cohort_"))
+    for k in range(copies):
+        (links / f"copy{k}{Path(slide).suffix}").symlink_to(slide)
+    cohort = sorted(str(p) for p in links.iterdir())
+    _, one = timed(parsed(cohort[:1], knobs).get_parsed_content("runner").run)
+    _, many = timed(parsed(cohort, knobs).get_parsed_content("runner").run)
+    return (many - one) / (copies - 1)
+
+
+# The functions a slide's preparation runs, by stage, as (file, function): their cumulative profiled time splits its
+# fixed cost.
+PREPARE_STAGES = {
+    "open + header + level choice": (("wsi_reader.py", "read"), ("tiling.py", "select_geometry")),
+    "thumbnail read": (("wsi.py", "read_thumbnail"),),
+    "tissue mask": (("tissue.py", "tissue_mask"),),
+    "tissue grid": (("tiling.py", "tissue_grid"),),
+    "level check": (("tiling.py", "check_level"),),
+    "stain-fit patch reads": (("wsi_reader.py", "get_data"),),
+    "domain distance": (("domain.py", "distance"),),
+    "stain fit": (("stain.py", "fit_slide"),),
+}
+STAGE_FUNCTIONS = {function: stage for stage, functions in PREPARE_STAGES.items() for function in functions}
+
+
+def prepare_stage_seconds(runner, slide: str, repeats: int = 3) -> dict[str, float]:
+    """A slide's preparation (what the reading child runs) split by stage: the fastest of ``repeats`` unprofiled
+    runs, shared out in proportion to each stage's profiled time."""
+    backend = runner.wsi_reader
+    total = min(timed(runner._probe, slide, backend)[1] for _ in range(repeats))
+    profile = cProfile.Profile()
+    profile.runcall(runner._probe, slide, backend)
+
+    def stage_of(file: str, name: str) -> str | None:
+        return STAGE_FUNCTIONS.get((Path(file).name, name))
+
+    profiled = dict.fromkeys(PREPARE_STAGES, 0.0)
+    whole = 0.0
+    # pstats' raw table: (file, line, name) -> (calls, primitive calls, own time, cumulative time, callers)
+    for (file, _, name), (_, _, _, cumulative, callers) in pstats.Stats(profile).stats.items():
+        if name == "_probe":
+            whole = cumulative
+        stage = stage_of(file, name)
+        if stage:  # the time of calls from outside the stages: get_data in read_thumbnail is the thumbnail's
+            profiled[stage] += sum(t[3] for (f, _, caller), t in callers.items() if not stage_of(f, caller))
+    shares = {stage: total * seconds / whole for stage, seconds in profiled.items()}
+    shares["other"] = total - sum(shares.values())
+    return {"prepare (child process), all": total, **{f"  {stage}": seconds for stage, seconds in shares.items()}}
+
+
 def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
     """Each stage alone on this slide, in the order the pipeline runs them; stain and intensity normalisation is timed
     on the first ``SAMPLE_PATCHES`` patches and extrapolated, so that no stage holds the slide in memory."""
@@ -150,16 +203,8 @@ def main() -> None:
     ceiling_runner = parsed([slide], knobs).get_parsed_content("runner")
     ceiling_runner.evaluator.inferer = NoOpScore()
     _, ceiling = timed(ceiling_runner.run)
-    fixed = None
-    if args.copies > 1:
-        links = Path(tempfile.mkdtemp(prefix="skip96_cohort_"))
-        for k in range(args.copies):
-            (links / f"copy{k}{Path(slide).suffix}").symlink_to(slide)
-        cohort = sorted(str(p) for p in links.iterdir())
-        _, one = timed(parsed(cohort[:1], knobs).get_parsed_content("runner").run)
-        _, many = timed(parsed(cohort, knobs).get_parsed_content("runner").run)
-        fixed = (many - one) / (args.copies - 1) - bare
-    stages = stage_seconds(parser, slide)
+    fixed = further_slide_seconds(slide, args.copies, knobs) - bare if args.copies > 1 else None
+    stages = {**prepare_stage_seconds(runner, slide), **stage_seconds(parser, slide)}
     stages["model + score (bare)"] = bare
     stages["post-process (z, regions)"] = post
     stages["write outputs (thread, off the critical path)"] = write
@@ -177,7 +222,8 @@ def main() -> None:
         print(f"{f'fixed cost a slide (cohort of {args.copies} copies)':<50}{'':>12}{fixed:>10.2f}")
     print("stages alone (no overlap):")
     for name, seconds in stages.items():
-        print(f"  {name:<48}{n / seconds:>12.1f}{seconds:>10.2f}")
+        rate = f"{n / seconds:.1f}" if seconds > 1e-3 else "-"
+        print(f"  {name:<48}{rate:>12}{seconds:>10.3f}")
     own, child = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     print(f"peak host memory (max RSS): this process {own:.2f} GB, largest child process {child:.2f} GB")
     if torch.cuda.is_available():

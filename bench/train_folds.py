@@ -3,7 +3,7 @@
     python bench/train_folds.py --tiles_dir ../shared/data/camelyon16_tiles --out OUT [--normals_dir DIR]
 
 Fold k leaves out the demo tiles and the k-th run of ``FOLD_SIZE`` training tiles by name (``tile_folds``), and
-trains with the command of ``bundle/docs/README.md`` ("Shipped model") into ``OUT/fold<k>``; each fold's log goes to
+trains with the shipped model's preset (``configs/shipped_recipe.json``) into ``OUT/fold<k>``; each fold's log goes to
 ``OUT/fold<k>/train.log``. About 10 minutes a fold on 2 CPU cores. ``--normals_dir`` mixes a folder of normal patches
 (``../shared/data/pcam_normals``, less the part training holds out) into every fold.
 """
@@ -21,11 +21,7 @@ from detection_quality import tile_folds
 
 from scripts.datasets import DEMO_TILES, tile_names
 
-RECIPE = [
-    "--max_epochs", "10", "--channels", "[16,32,64,64,128,128]", "--latent_channels", "32", "--batch_size", "64",
-    "--num_workers", "1", "--skip_dropout", "0.5", "--beta", "0.5", "--capacity_max", "200", "--capacity_epochs", "10",
-    "--beta_warmup_epochs", "2", "--patience", "10",
-]  # fmt: skip
+RECIPE = "['bundle/configs/train.json','bundle/configs/shipped_recipe.json']"  # the shipped model's preset
 
 
 def main() -> None:
@@ -41,9 +37,9 @@ def main() -> None:
         fold_dir.mkdir(parents=True, exist_ok=True)
         print(f"fold {k}: holds out {' '.join(held_out)}; log in {fold_dir / 'train.log'}", flush=True)
         command = [sys.executable, "-m", "monai.bundle", "run", "training"]
-        command += ["--config_file", "bundle/configs/train.json"]
-        command += ["--data_source", "tiles", "--dataset_dir", str(args.tiles_dir.resolve())]
-        command += ["--exclude", str([*DEMO_TILES, *held_out]), "--ckpt_dir", str(fold_dir.resolve()), *RECIPE]
+        command += ["--config_file", RECIPE]
+        command += ["--dataset_dir", str(args.tiles_dir.resolve())]
+        command += ["--exclude", str([*DEMO_TILES, *held_out]), "--ckpt_dir", str(fold_dir.resolve())]
         command += ["--seed", str(args.seed)]
         if args.normals_dir:
             command += ["--normals_dir", str(args.normals_dir.resolve())]

@@ -53,7 +53,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo")
     config = str(BUNDLE / "configs" / "inference.json")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config]
-    command += ["--output_dir", str(out), "--num_workers", "0"]
+    command += ["--output_dir", str(out)]
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
     )
@@ -106,7 +106,7 @@ def test_a_skin_slide_is_flagged_out_of_domain(tmp_path):
     datalist.write_text(json.dumps({"testing": [{"image": str(skin)}]}))
     config = str(BUNDLE / "configs" / "inference.json")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config, "--datalist",
-               str(datalist), "--output_dir", str(tmp_path / "out"), "--num_workers", "0"]  # fmt: skip
+               str(datalist), "--output_dir", str(tmp_path / "out")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")

@@ -65,7 +65,8 @@ class MacenkoFit:
         he = ExtractHEStains(tli=BACKGROUND_INTENSITY, beta=OD_THRESHOLD)(pixels).astype(np.float64)
         if he[0, 0] < he[0, 1]:  # haematoxylin first by the larger red absorbance, as torchstain orders the two
             he = he[:, ::-1]
-        concentrations = np.linalg.lstsq(he, optical_density(pixels.reshape(-1, 3)).T, rcond=None)[0]
+        # least squares through the 2 x 3 pseudo-inverse, formed once for all pixels (lstsq solves per right-hand side)
+        concentrations = np.linalg.pinv(he) @ optical_density(pixels.reshape(-1, 3)).T
         max_c = np.percentile(concentrations, 99, axis=1)
         if not np.all(np.isfinite(he)) or not np.all(max_c > 0):
             raise ValueError(f"degenerate stain fit (max concentrations {max_c})")

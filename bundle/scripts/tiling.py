@@ -18,7 +18,7 @@ from skimage.transform import resize
 from .model_files import read_normal_stats, stats_path
 from .settings import require_number
 from .tissue import tissue_mask
-from .wsi import MPP_RANGE, SlideUnusableError, read_thumbnail, slide_mpp
+from .wsi import MPP_RANGE, SlideUnusableError, read_thumbnail, slide_mpp, thumbnail_level
 
 # PatchCamelyon's scale (CAMELYON16 level 2) and patch side: what a model trained before its tiling was recorded saw
 TARGET_MPP = 0.972
@@ -29,6 +29,8 @@ MPP_TOLERANCE = 0.1
 LEVEL_MIN_CORRELATION = 0.5
 LEVEL_FLAT_STD = 2.0
 LEVEL_MAX_MEAN_DIFFERENCE = 30.0
+# Mask pixels a patch side needs for its tissue fraction: the thumbnail (and mask) level is the coarsest that gives this
+MASK_PX_PER_PATCH = 16
 
 
 def trained_tiling(ckpt_path: str | Path) -> dict[str, float | int]:
@@ -115,8 +117,9 @@ def tissue_grid(
     n_cols = (width0 - geometry.size0) // geometry.stride0 + 1
     if n_rows <= 0 or n_cols <= 0:
         return np.zeros((0, 5))
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
-    table[1:, 1:] = mask.astype(np.float64).cumsum(0).cumsum(1)
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # counts < 2**31: <= 8192² px
+    np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     starts = np.arange(max(n_rows, n_cols)) * geometry.stride0
 
     def bounds(start0: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,22 +157,21 @@ class TissueGrid:
         ]
 
 
-def check_read_level(reader: WSIReader, wsi, path: str | Path, geometry: PatchGeometry, patches: TissueGrid) -> None:
-    """Refuse a slide whose read level does not show what level 0 shows: a level written blank, shifted or upside
-    down by a broken converter would be scored as if it were the tissue.
+def check_level(reader: WSIReader, wsi, path: str | Path, level: int, corner0: tuple[int, int], side: int) -> None:
+    """Refuse a slide whose ``level`` does not show what level 0 shows: a level written blank, shifted or upside down
+    by a broken converter would be scored (or searched for tissue) as if it were the tissue.
 
-    One region around the tissue-richest patch is read at the read level and at level 0; level 0, averaged down to
-    the read level, must correlate with it (grey levels; by mean brightness where level 0 is flat there). Costs one
-    read of two patches' area, on slides not read at level 0 only.
+    A ``side``-px square at ``level`` from level-0 ``corner0`` and the same area of level 0, averaged down, must
+    correlate (grey levels; by mean brightness where level 0 is flat there). Costs one read of that area at each.
     """
-    if geometry.level == 0 or not len(patches):
+    if level == 0:
         return
+    downsample = float(reader.get_downsample_ratio(wsi, level))
     height0, width0 = (int(v) for v in reader.get_size(wsi, 0))
-    side = min(2 * geometry.read_size, int(min(height0, width0) / geometry.downsample))
-    side0 = round(side * geometry.downsample)
-    row0, col0 = patches.corners[int(np.argmax(patches.tissue_fraction))]
-    row0, col0 = int(max(0, min(row0, height0 - side0))), int(max(0, min(col0, width0 - side0)))
-    coarse, _ = reader.get_data(wsi, location=(row0, col0), size=(side, side), level=geometry.level)
+    side = min(side, int(min(height0, width0) / downsample))
+    side0 = round(side * downsample)
+    row0, col0 = int(max(0, min(corner0[0], height0 - side0))), int(max(0, min(corner0[1], width0 - side0)))
+    coarse, _ = reader.get_data(wsi, location=(row0, col0), size=(side, side), level=level)
     fine, _ = reader.get_data(wsi, location=(row0, col0), size=(side0, side0), level=0)
     coarse = np.asarray(coarse, dtype=np.float32)[:3].mean(0)
     fine = resize(np.asarray(fine, dtype=np.float32)[:3].mean(0), coarse.shape, anti_aliasing=True)
@@ -183,7 +185,7 @@ def check_read_level(reader: WSIReader, wsi, path: str | Path, geometry: PatchGe
         found = f"correlation {correlation:.2f} with level 0"
     if not agree:
         raise SlideUnusableError(
-            f"{path}: pyramid level {geometry.level} does not show what level 0 shows at level-0 (x {col0}, y {row0}) "
+            f"{path}: pyramid level {level} does not show what level 0 shows at level-0 (x {col0}, y {row0}) "
             f"({found}: a blank, shifted or flipped level); re-export the slide's pyramid (e.g. vips tiffsave --tile "
             "--pyramid)."
         )
@@ -202,12 +204,18 @@ def slide_patches(
     thumbnail, tissue mask and its downsample) for the outputs."""
     wsi = reader.read(str(path))
     geometry = select_geometry(reader, wsi, path, target_mpp, patch_size, stride, assume_mpp)
-    thumbnail, mask_downsample = read_thumbnail(reader, wsi, path)
+    mask_level = thumbnail_level(reader, wsi, geometry.size0 / MASK_PX_PER_PATCH)
+    thumbnail, mask_downsample = read_thumbnail(reader, wsi, path, mask_level)
     mask = tissue_mask(thumbnail)
     size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
     grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
     patches = TissueGrid(grid[:, :2].astype(np.int64), grid[:, 2:4].astype(np.int64), grid[:, 4])
-    check_read_level(reader, wsi, path, geometry, patches)
+    if len(patches):  # the read level, around the tissue-richest patch
+        richest = patches.corners[int(np.argmax(patches.tissue_fraction))]
+        check_level(reader, wsi, path, geometry.level, tuple(richest), 2 * geometry.read_size)
+    else:  # no tissue on the thumbnail's level: is it the slide, or a blank level? Its centre against level 0
+        centre0 = (size0[0] // 2 - geometry.size0, size0[1] // 2 - geometry.size0)
+        check_level(reader, wsi, path, mask_level, centre0, round(2 * geometry.size0 / mask_downsample))
     facts = {
         "shape": (
             max(0, (size0[0] - geometry.size0) // geometry.stride0 + 1),

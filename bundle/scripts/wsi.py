@@ -239,21 +239,24 @@ def _decimal_comma_mpp(path: str | Path) -> str | None:
     return None
 
 
-def _mask_level(reader: WSIReader, wsi) -> int:
-    """The finest level whose long side fits ``MASK_MAX_SIDE`` (the coarsest one if none does)."""
+def thumbnail_level(reader: WSIReader, wsi, max_downsample: float = 1.0) -> int:
+    """The level a slide's thumbnail (and tissue mask) is read at: the coarsest whose long side fits
+    ``MASK_MAX_SIDE`` and whose downsample is at most ``max_downsample`` (a mask needs only a few pixels a patch, and
+    a mask of a level-0 image of 11 Mpx cost more than scoring its patches); the finest level that fits if none is
+    that fine, the coarsest level if none fits."""
     n = reader.get_level_count(wsi)
-    for level in range(n):
-        if max(reader.get_size(wsi, level)) <= MASK_MAX_SIDE:
-            return level
-    return n - 1
+    fitting = [level for level in range(n) if max(reader.get_size(wsi, level)) <= MASK_MAX_SIDE]
+    if not fitting:
+        return n - 1
+    fine_enough = [level for level in fitting if reader.get_downsample_ratio(wsi, level) <= max_downsample]
+    return max(fine_enough) if fine_enough else min(fitting)
 
 
-def read_thumbnail(reader: WSIReader, wsi, path: str | Path) -> tuple[np.ndarray, float]:
-    """An HWC uint8 RGB image of the whole slide at a low-resolution level, and that level's downsample.
+def read_thumbnail(reader: WSIReader, wsi, path: str | Path, level: int) -> tuple[np.ndarray, float]:
+    """An HWC uint8 RGB image of the whole slide at ``level``, and that level's downsample.
 
     A slide without a level small enough to read whole is refused before anything is read.
     """
-    level = _mask_level(reader, wsi)
     height, width = (int(v) for v in reader.get_size(wsi, level))
     if height * width > THUMBNAIL_MAX_PIXELS:
         levels = reader.get_level_count(wsi)
