@@ -286,7 +286,7 @@ def test_a_datalist_path_with_stray_spaces_is_named(tmp_path, slide_0243):
 def test_command_line_mistakes_get_one_line(tmp_path, slide_0243, tiny_checkpoint, arguments, message):
     (tmp_path / "taken").write_text("")
     arguments = [str(tmp_path / "taken") if a == "FILE" else a for a in arguments]
-    result = run_inference(tiny_checkpoint, slide_0243.parent, tmp_path / "out", "--calibration_file", "None",
+    result = run_inference(tiny_checkpoint, slide_0243.parent, tmp_path / "out", "--calibration_file", "none",
                            *arguments)  # fmt: skip
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -220,7 +220,7 @@ def test_rarity_finds_a_planted_smooth_stretch_as_the_slide_s_most_unusual_tissu
     data.mkdir()
     write_pyramid(data / "planted.tif", image, 0.972, levels=2)
     output = tmp_path / "out"
-    result = run_inference(tiny_checkpoint, data, output, "--score", "rarity", "--calibration_file", "None")
+    result = run_inference(tiny_checkpoint, data, output, "--score", "rarity", "--calibration_file", "none")
     assert result.returncode == 0, result.stderr[-3000:]
     patches = pd.read_csv(output / "planted" / "patches.csv")
     planted = patches["x"].between(384, 767) & patches["y"].between(288, 671)
@@ -230,7 +230,7 @@ def test_rarity_finds_a_planted_smooth_stretch_as_the_slide_s_most_unusual_tissu
     assert settings["rarity_neighbours"] == 5 and settings["rarity_exclusion"] == 4
     # an exclusion wider than the slide leaves no patch to compare with: the slide fails with the reason and the fix
     wide = run_inference(tiny_checkpoint, data, tmp_path / "wide", "--score", "rarity", "--rarity_exclusion", "12",
-                         "--calibration_file", "None")  # fmt: skip
+                         "--calibration_file", "none")  # fmt: skip
     summary = pd.read_csv(tmp_path / "wide" / "summary.csv")
     assert wide.returncode != 0 and summary.loc[0, "status"] == "error"
     assert "0 patches more than rarity_exclusion 12 cells away" in summary.loc[0, "error"]

@@ -17,7 +17,7 @@ import tifffile
 from conftest import write_slide
 from scripts.annotations import find_annotation, read_annotation, read_asap_xml, read_geojson
 from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp_files
-from scripts.calibration import calibrated, calibration_applies
+from scripts.calibration import calibrated, thresholds_calibrated
 from scripts.cohort import unique_slide_ids
 from scripts.datasets import PCamNormals, TileNormals
 from scripts.evaluation import slide_annotation
@@ -372,11 +372,13 @@ def test_a_calibration_file_made_with_other_score_settings_is_refused(tmp_path, 
     assert str(path) in str(error.value) and "tta False, now True; z_statistics 'mean_std', now 'median_mad'" in str(
         error.value
     )
-    assert not calibration_applies(path, tiny_checkpoint, now)
+    assert not thresholds_calibrated(path, tiny_checkpoint, now, z_threshold=1.5, min_region_tiles=3)
     # the same settings, numbers written another way, and settings the file does not record: applied
     same = SCORING | {"target_mpp": 0.9720000001, "stride": 96.0, "stain_mode": "slide"}
     assert calibrated("z_threshold", 2.0, path, tiny_checkpoint, same) == 1.5
-    assert calibration_applies(path, tiny_checkpoint, same)
+    assert thresholds_calibrated(path, tiny_checkpoint, same, z_threshold=1.5, min_region_tiles=3)
+    # a threshold set by hand over the file's is not calibrated (metrics.json's record)
+    assert not thresholds_calibrated(path, tiny_checkpoint, same, z_threshold=0.5, min_region_tiles=3)
 
 
 def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():

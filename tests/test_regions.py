@@ -74,3 +74,18 @@ def test_a_call_needs_both_scales():
     np.testing.assert_array_equal(np.isnan(candidates), [[False, True], [False, True]])
     np.testing.assert_array_equal(clean_mask(candidates, 2.0, 1), [[True, False], [False, False]])
     assert not np.isnan(z_map[0, 1])  # the slide's own map is not changed
+
+
+@pytest.mark.parametrize("stride", [48, 32, 72, 128])
+def test_a_region_covers_its_called_patches_whole_at_any_stride(stride):
+    """With a stride other than the patch side, a called cell stands for its whole patch (it had been drawn as a
+    stride-sized square at the patch's corner: a quarter of it at stride 48)."""
+    size = 96
+    mask = checkerboard() | diagonal_pairs()[:9, :11]
+    regions = trace_regions(mask, None, stride, size=size)
+    union = shapely.unary_union([r.geometry for r in regions])
+    patches = shapely.unary_union(
+        [shapely.box(j * stride, i * stride, j * stride + size, i * stride + size) for i, j in np.argwhere(mask)]
+    )
+    assert union.is_valid and union.symmetric_difference(patches).area == 0
+    assert sum(r.n_patches for r in regions) == int(mask.sum())

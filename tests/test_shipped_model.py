@@ -28,10 +28,12 @@ DEMO_FILES = ("patches.csv", "score_map.npy", "score_map.json", "heatmap.png", "
 
 
 def demo_digests(out: Path) -> dict[str, str]:
-    """SHA-256 of each demo output; ``complete.json`` without the slide's absolute path, which names the checkout."""
+    """SHA-256 of each demo output; ``complete.json`` without the slide's absolute path and modification time, which
+    are the checkout's."""
     digests = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in DEMO_FILES}
     marker = json.loads((out / "complete.json").read_text())
     marker.pop("slide")
+    marker["fingerprint"].pop("mtime_ns")  # the checkout's, like the path
     digests["complete.json"] = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()
     return digests
 

@@ -42,9 +42,11 @@ def calibrated(
     default), which then gives way to ``default`` with a warning: a user's own model or score has no calibration until
     they run one.
     """
-    if not calibration_file:
+    if no_calibration(calibration_file):
         return default
     path = Path(calibration_file)
+    if path.is_dir():
+        raise IsADirectoryError(f"calibration_file {path} is a folder; give the calibration.json that calibrate wrote.")
     if not path.is_file():
         raise FileNotFoundError(f"calibration_file {path} not found; run calibrate first or drop --calibration_file.")
     try:
@@ -65,7 +67,7 @@ def calibrated(
             return default
         raise ValueError(
             f"calibration_file {path} was calibrated {mismatch}; run calibrate with this model and these settings, or "
-            "pass --calibration_file None with --z_threshold and --min_region_tiles."
+            "pass --calibration_file none with --z_threshold and --min_region_tiles."
         )
     if scoring is not None and "scoring" not in content:
         warn_once(f"calibration_file {path} records no score settings (written before version 0.9.0); it is applied "
@@ -107,14 +109,24 @@ def warn_once(message: str) -> None:
     logger.warning(message)
 
 
-def calibration_applies(
-    calibration_file: str | Path | None, ckpt_path: str | Path, scoring: dict | None = None
+def no_calibration(calibration_file: str | Path | None) -> bool:
+    """Whether the run has no calibration file: ``none`` (or an empty string), since MONAI's command line drops a
+    ``None`` and would keep the default file."""
+    return not calibration_file or str(calibration_file).strip().lower() == "none"
+
+
+def thresholds_calibrated(
+    calibration_file: str | Path | None, ckpt_path: str | Path, scoring: dict | None = None, **values: float
 ) -> bool:
-    """Whether ``calibrated`` takes its values from ``calibration_file`` for this model and these settings (for the
-    metrics' record)."""
-    if not calibration_file or not Path(calibration_file).is_file():
+    """Whether each of ``values`` (``z_threshold=...``) is the one ``calibration_file`` holds for this model and these
+    settings: what ``metrics.json`` records as calibrated. A value set by hand on the command line is not."""
+    if no_calibration(calibration_file) or not Path(calibration_file).is_file():
         return False
-    return not calibration_mismatch(json.loads(Path(calibration_file).read_text()), ckpt_path, scoring)
+    content = json.loads(Path(calibration_file).read_text())
+    if calibration_mismatch(content, ckpt_path, scoring):
+        return False
+    held = {name: content.get(name, 0.0 if name in CALIBRATED_SINCE_0_12 else None) for name in values}
+    return all(held[name] is not None and same_setting(held[name], value) for name, value in values.items())
 
 
 def write_calibration(folder: str | Path, calibration: dict) -> Path:

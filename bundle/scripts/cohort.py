@@ -37,10 +37,10 @@ from .model_files import weights_digest
 from .patch_stream import patch_loader
 from .postprocess import SlideJob, SlidePostprocessor
 from .settings import require_number
-from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, read_summary
+from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, intact, read_summary
 from .stain import StainNormalizer
 from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
-from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_id
+from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_fingerprint, slide_id
 
 logger = logging.getLogger(__name__)
 
@@ -222,19 +222,16 @@ class SlideInference:
         child process (kept for the next slide), so that a reader crashing natively on a bad file costs this slide
         only; a cuCIM failure falls back to OpenSlide once."""
         check_slide_file(slide)
+        fingerprint = slide_fingerprint(slide)
         try:
-            return (
-                make_reader(self.wsi_reader),
-                *self._prober(slide, self.wsi_reader),
-            )
+            opened = (make_reader(self.wsi_reader), *self._prober(slide, self.wsi_reader))
         except Exception as error:
             if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
                 raise  # the file's resolution or levels are the problem, whatever the reader
             logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
-            return (
-                make_reader("OpenSlide"),
-                *self._prober(slide, "OpenSlide"),
-            )
+            opened = (make_reader("OpenSlide"), *self._prober(slide, "OpenSlide"))
+        opened[3]["fingerprint"] = fingerprint  # taken before the reading: the content these outputs describe
+        return opened
 
     def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
         reader, patches, geometry, facts, fit = opened
@@ -290,7 +287,15 @@ class SlideInference:
         try:
             done = json.loads(marker.read_text())
             same_file = done["slide"] == str(Path(slide).resolve())
-            summary = done["summary"] if same_file and done["settings"] == settings else None
+            if not same_file or done["settings"] != settings:
+                return None
+            if done.get("fingerprint") != slide_fingerprint(slide):
+                logger.info("%s: the file changed since its outputs were made; scored again.", slide)
+                return None
+            if problem := intact(folder, done.get("files")):
+                logger.warning("%s: its finished outputs are not intact (%s); scored again.", slide, problem)
+                return None
+            summary = done["summary"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.warning("%s cannot be read (%s); %s is scored again.", marker, error, slide)
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from types import TracebackType
 
@@ -51,4 +52,7 @@ def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: Tra
 
 
 def install() -> None:
+    """The one-line error report for the command line; also silences the scikit-image deprecation that MONAI's FROC
+    code triggers on every evaluation, a line no user can act on."""
     sys.excepthook = one_line_excepthook
+    warnings.filterwarnings("ignore", category=FutureWarning, module="monai.apps.pathology")

@@ -34,10 +34,18 @@ from .annotations import (  # noqa: E402
 )
 from .atomic import atomic_path, folder_lock  # noqa: E402
 from .calibration import write_calibration  # noqa: E402
-from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level  # noqa: E402
-from .metrics import overlap, pr_auc, roc_auc  # noqa: E402
+from .lesions import (  # noqa: E402
+    BURDEN_STRATA,
+    lesion_detection,
+    lesion_froc,
+    lesion_raster,
+    reference_labels,
+    slide_level,
+)
+from .metrics import overlap, pr_auc, roc_auc, strict_json  # noqa: E402
 from .regions import clean_mask, two_scale_map  # noqa: E402
 from .slide_outputs import read_summary  # noqa: E402
+from .wsi import slide_id  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +183,10 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
+# What evaluate writes beside the slide folders (calibrate writes calibration.json)
+EVALUATE_FILES = ("metrics.json", "heatmap_summary.csv", "lesions.csv", "roc.png", "pr.png")
+
+
 class Evaluation:
     """Calibrate on one set of scored slides, evaluate another, and write metrics, tables and figures."""
 
@@ -210,6 +222,18 @@ class Evaluation:
     def is_tumour_free(self, slide_id: str) -> bool:
         """Whether ``slide_id`` matches an id or shell pattern (``normal_*``) of ``tumour_free_slides``."""
         return any(fnmatch.fnmatchcase(slide_id, pattern) for pattern in self.tumour_free_slides)
+
+    def start(self, slides: Sequence[str], cohort_files: Sequence[str]) -> None:
+        """Before the first slide is scored: every slide's labels can be had (its annotation or tumour-free entry,
+        its reference row), and the previous run's ``cohort_files`` are gone, so that a run that fails later leaves
+        no metrics of other settings beside slide folders it rescored."""
+        ids = [slide_id(s) for s in slides]
+        for s in ids:
+            slide_annotation(s, self.annotation_dir, self.is_tumour_free(s))
+        if self.reference_csv:
+            reference_labels(self.reference_csv, ids, warn=False)
+        for name in cohort_files:
+            (self.output_dir / name).unlink(missing_ok=True)
 
     def slides(self) -> list[SlideResult]:
         """Every scored slide with its labels; every one must have an annotation or be declared tumour-free."""
@@ -344,7 +368,7 @@ class Evaluation:
         with atomic_path(self.output_dir / "lesions.csv") as tmp:
             lesion_table.to_csv(tmp, index=False)
         with atomic_path(self.output_dir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(metrics, indent=2, default=float))
+            tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
         self._save_curves(slides)
         logger.info("pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f)", metrics["pooled"]["auc"],
                     metrics["mean_iou"], metrics["oracle"]["mean_iou"])  # fmt: skip

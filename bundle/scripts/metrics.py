@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from monai.metrics import compute_average_precision, compute_roc_auc
@@ -36,3 +38,17 @@ def overlap(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "precision": tp / (tp + fp) if tp + fp else float("nan"),
         "recall": tp / (tp + fn) if tp + fn else float("nan"),
     }
+
+
+def strict_json(content: object) -> object:
+    """``content`` as strict JSON can hold it: NumPy numbers as Python ones, NaN and infinities (an AUC of one class,
+    a precision with no call) as null, which ``JSON.parse`` and every JSON reader accept, where bare NaN is no JSON."""
+    if isinstance(content, dict):
+        return {key: strict_json(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [strict_json(value) for value in content]
+    if isinstance(content, np.generic):
+        content = content.item()
+    if isinstance(content, float) and not math.isfinite(content):
+        return None
+    return content

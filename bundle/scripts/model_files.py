@@ -34,12 +34,30 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def read_weights(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` in ``ckpt_path``; a resume checkpoint (``last.pt``) or a missing file is a one-line error."""
-    path = Path(ckpt_path)
+def load_checkpoint_file(path: str | Path, what: str) -> Any:
+    """``torch.load`` of a model file with its tensors only (never arbitrary objects), a one-line error naming ``what``
+    for a folder, a missing or empty file, and anything that is no PyTorch checkpoint (torch's own message advises
+    ``weights_only=False``, which would run whatever code the file holds)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give the model.pt file in it.")
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {path} not found; train first or pass --ckpt_path.")
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what} {path} not found; train first or pass --ckpt_path.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes); copy it again.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (pickle, zip and torch errors alike: the file is not a checkpoint)
+        raise ValueError(
+            f"{what} {path} is not a PyTorch checkpoint of tensors (loading it raised {type(error).__name__}); pass "
+            "the model.pt that training writes."
+        ) from None
+
+
+def read_weights(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` in ``ckpt_path``; a resume checkpoint (``last.pt``) or a bad file is a one-line error."""
+    path = Path(ckpt_path)
+    weights = load_checkpoint_file(path, "ckpt_path")
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         held = ", ".join(sorted(weights)[:4]) if isinstance(weights, dict) else type(weights).__name__
         raise ValueError(
@@ -84,19 +102,20 @@ def save_normal_stats(
 @functools.lru_cache(maxsize=4)
 def read_normal_stats(ckpt_path: str | Path) -> dict[str, Any]:
     """The statistics beside ``ckpt_path``, checked to belong to its weights (cached: treat as read-only)."""
+    digest = checkpoint_digest(ckpt_path)  # the weights first: a bad ckpt_path is named as such
     path = stats_path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found beside ckpt_path {ckpt_path}: the scores need the normal-tissue statistics that "
             "training writes there when it completes (resume an interrupted run with --resume True)."
         )
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    content = load_checkpoint_file(path, "normal statistics")
     if not isinstance(content, dict) or not {"weights", "norm_stats"} <= set(content):
         raise ValueError(f"{path} is not a normal_stats.pt written by this bundle's training (no weights/norm_stats).")
-    if content["weights"] != checkpoint_digest(ckpt_path):
+    if content["weights"] != digest:
         raise ValueError(
             f"{path} was fitted for other weights than {ckpt_path} (weights digest {content['weights'][:12]}… vs "
-            f"{checkpoint_digest(ckpt_path)[:12]}…); keep each model.pt with the normal_stats.pt its training wrote."
+            f"{digest[:12]}…); keep each model.pt with the normal_stats.pt its training wrote."
         )
     return content
 

@@ -115,7 +115,7 @@ class SlidePostprocessor:
         z_map[grid[:, 0], grid[:, 1]] = z
         tumour_map = clean_mask(two_scale_map(z_map, grid, scores, self.score_floor), self.z_threshold,
                                 self.min_region_tiles)  # fmt: skip
-        regions = trace_regions(tumour_map, z_map, geometry.stride0)
+        regions = trace_regions(tumour_map, z_map, geometry.stride0, size=geometry.size0)
 
         patches = pd.DataFrame(
             {

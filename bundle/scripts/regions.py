@@ -76,17 +76,39 @@ class Region:
         return self.polygons[0] if len(self.polygons) == 1 else MultiPolygon(self.polygons)
 
 
-def trace_regions(mask: np.ndarray, z_map: np.ndarray | None, pitch: float, tolerance: float = 0.0) -> list[Region]:
+def patch_union(cells: np.ndarray, stride: int, size: int) -> tuple[np.ndarray, int]:
+    """The union of the patches of the ``True`` cells of a grid of ``stride`` whose patches are ``size`` wide, as a
+    finer grid of pitch gcd(stride, size) (returned with it): with a stride other than the patch size a called cell
+    stands for a whole patch, not for a stride-sized square at its corner."""
+    unit = math.gcd(int(stride), int(size))
+    step, span = int(stride) // unit, int(size) // unit
+    rows, cols = np.nonzero(cells)
+    fine = np.zeros(((cells.shape[0] - 1) * step + span, (cells.shape[1] - 1) * step + span), dtype=bool)
+    for di in range(span):
+        for dj in range(span):
+            fine[rows * step + di, cols * step + dj] = True
+    return fine, unit
+
+
+def trace_regions(
+    mask: np.ndarray, z_map: np.ndarray | None, pitch: float, tolerance: float = 0.0, size: int | None = None
+) -> list[Region]:
     """One region per 8-connected component of ``mask``, outlined along cell edges (``cells_to_polygons``).
 
-    Grid coordinates become level-0 pixels by ``pitch`` (the grid stride). ``tolerance`` (level-0 px) simplifies the
-    outlines without breaking their topology.
+    Grid coordinates become level-0 pixels by ``pitch`` (the grid stride). Cells tile the plane unless ``size`` (the
+    patch side, level-0 px) differs from the pitch: then each region is the union of its cells' patches. ``tolerance``
+    (level-0 px) simplifies the outlines without breaking their topology.
     """
     regions = []
     labels = measure.label(mask, connectivity=2)
     for label, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
         cells = labels[rows, cols] == label
-        polygons = cells_to_polygons(cells, pitch, (rows.start, cols.start))
+        if size is None or size == pitch:
+            polygons = cells_to_polygons(cells, pitch, (rows.start, cols.start))
+        else:
+            fine, unit = patch_union(cells, int(pitch), int(size))
+            step = int(pitch) // unit
+            polygons = cells_to_polygons(fine, unit, (rows.start * step, cols.start * step))
         if tolerance > 0:
             polygons = [orient(p.simplify(tolerance, preserve_topology=True), 1.0) for p in polygons]
         mean_z = float(np.nanmean(z_map[rows, cols][cells])) if z_map is not None else float("nan")

@@ -174,6 +174,11 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(0)
     known = _config_ids(config)
     for key in overrides:
+        if _argument(argv, key) == "None" and config.get(key) is not None:
+            raise ValueError(
+                f"--{key} None is dropped by MONAI's command line, which would keep the default {config[key]!r}; give "
+                "a value" + (" (--calibration_file none: no calibration file)." if key == "calibration_file" else ".")
+            )
         if key.replace("::", "#") not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else "."

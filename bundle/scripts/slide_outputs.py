@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,24 @@ def read_summary(path: str | Path) -> pd.DataFrame:
         path, dtype={"slide": str, "path": str, "error": str}, keep_default_na=False, na_values=[""],
         float_precision="round_trip",
     )  # fmt: skip
+
+
+def file_record(path: Path) -> dict:
+    """A written file's size and SHA-256, which ``complete.json`` keeps so a later run can tell the set is intact."""
+    return {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def intact(folder: Path, files: object) -> str:
+    """'' when every file ``complete.json`` lists in ``files`` is in ``folder`` as written, else what is not."""
+    if not isinstance(files, dict) or not files:
+        return "it lists no files"
+    for name, record in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_record(path) != record:
+            return f"{name} was changed"
+    return ""
 
 
 @dataclass
@@ -67,7 +86,11 @@ class SlideOutputs:
                     out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], self.z_map, self.geometry,
                     self.grid_info["z_threshold"], self.heatmap_title,
                 )  # fmt: skip
-                marker = {"slide": str(Path(self.slide).resolve()), "settings": self.settings, "summary": self.summary}
+                marker = {
+                    "slide": str(Path(self.slide).resolve()), "fingerprint": facts["fingerprint"],
+                    "settings": self.settings, "summary": self.summary,
+                    "files": {p.name: file_record(p) for p in sorted(out.iterdir())},
+                }  # fmt: skip
                 (out / COMPLETE_MARKER).write_text(json.dumps(marker))
         except OSError as error:
             raise OutputWriteError(f"cannot write its outputs to {folder}: {write_failure(error)}") from error

@@ -1,0 +1,180 @@
+"""Nothing the bundle trusts goes unchecked (#41): the slide file behind finished outputs, the outputs themselves, a
+hand-set threshold, a None on the command line, the reference CSV, the checkpoint file, the region geometry at any
+stride, and the cohort files of an evaluation that fails. End to end where the defect was, on the shipped model and
+the demo slide with the default settings."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import shapely
+from shapely.geometry import shape
+
+from conftest import BUNDLE, REPO, write_slide
+from scripts.lesions import read_reference, reference_labels
+from scripts.model_files import read_weights
+
+DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
+CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
+
+
+def bundle_run(workflow: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", CONFIGS, *map(str, args)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+@pytest.fixture
+def demo_cohort(tmp_path) -> Path:
+    """The demo slide and its annotation, copied (so the test may change them)."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for suffix in (".tif", ".xml"):
+        shutil.copy(DEMO.with_suffix(suffix), folder / DEMO.with_suffix(suffix).name)
+    return folder
+
+
+def scored(result: subprocess.CompletedProcess, slide: str = "camelyon16_demo") -> bool:
+    """Whether the run scored the slide (rather than skipping it as finished)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    return f"{slide}.tif: outputs complete from an earlier run, skipped" not in log
+
+
+def test_a_slide_copied_over_a_finished_one_and_a_damaged_output_set_are_scored_again(demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    assert scored(bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", out))
+    assert not scored(bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", out))
+    # another slide at the same path: its own outputs, not the old slide's
+    other = write_slide(tmp_path / "other.tif", 0.972, size=(1024, 2048), levels=3)
+    shutil.copy(other, demo_cohort / "camelyon16_demo.tif")
+    assert scored(bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", out))
+    n_patches = int(pd.read_csv(out / "summary.csv").loc[0, "n_patches"])
+    assert len(pd.read_csv(out / "camelyon16_demo" / "patches.csv")) == n_patches
+    # a file of the finished set deleted, or changed: the set is made again
+    (out / "camelyon16_demo" / "regions.geojson").unlink()
+    result = bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", out)
+    assert scored(result) and "regions.geojson is missing" in result.stdout + result.stderr
+    assert (out / "camelyon16_demo" / "regions.geojson").is_file()
+    with open(out / "camelyon16_demo" / "score_map.npy", "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        handle.write(b"\x01")
+    assert scored(bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", out))
+
+
+def test_none_on_the_command_line_is_refused_and_none_means_no_calibration(tmp_path):
+    refused = bundle_run("inference", "--output_dir", tmp_path / "a", "--calibration_file", "None")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--calibration_file None is dropped by MONAI's command line" in refused.stderr
+    assert "--calibration_file none" in refused.stderr and not (tmp_path / "a").exists()
+    uncalibrated = bundle_run("inference", "--output_dir", tmp_path / "b", "--calibration_file", "none")
+    assert uncalibrated.returncode == 0, uncalibrated.stderr[-3000:]
+    grid = json.loads((tmp_path / "b" / "camelyon16_demo" / "score_map.json").read_text())
+    assert grid["z_threshold"] == 2.0 and grid["min_region_tiles"] == 5  # the defaults, not the shipped file's
+
+
+def test_a_hand_set_threshold_is_not_recorded_as_calibrated_and_metrics_are_strict_json(demo_cohort, tmp_path):
+    for z_threshold, calibrated in (("0.5", False), (None, True)):
+        extra = ["--z_threshold", z_threshold] if z_threshold else []
+        out = tmp_path / f"z{z_threshold}"
+        result = bundle_run("evaluate", "--dataset_dir", demo_cohort, "--annotation_dir", demo_cohort,
+                            "--output_dir", out, *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        text = (out / "metrics.json").read_text()
+        metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds bare {name}"))
+        assert metrics["threshold"]["calibrated"] is calibrated
+        # one tumour slide and no normal one: no slide-level AUC, and the reason beside the null
+        assert metrics["slide_level"]["auc"] is None and "no normal slide" in metrics["slide_level"]["auc_undefined"]
+
+
+def test_a_failed_evaluation_leaves_no_metrics_of_the_last_run_and_inputs_are_checked_first(demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    args = ("--dataset_dir", demo_cohort, "--annotation_dir", demo_cohort, "--output_dir", out)
+    assert bundle_run("evaluate", *args).returncode == 0
+    assert (out / "metrics.json").is_file() and (out / "lesions.csv").is_file()
+    # a missing reference file or annotation folder stops the run before any slide is scored or any file removed
+    for missing in (("--reference_csv", tmp_path / "nowhere.csv"), ("--annotation_dir", tmp_path / "nowhere")):
+        refused = bundle_run("evaluate", *args, "--overwrite", "True", *missing)
+        assert refused.returncode != 0 and str(missing[1]) in refused.stderr and "Traceback" not in refused.stderr
+        assert "[1/1]" not in refused.stdout + refused.stderr  # no slide was started
+        assert (out / "metrics.json").is_file()
+    # a run that fails after rescoring (the slide became unreadable) leaves no metrics of the previous run
+    (demo_cohort / "camelyon16_demo.tif").write_text("no longer a slide\n")
+    failed = bundle_run("evaluate", *args, "--z_threshold", "1.0")
+    assert failed.returncode != 0
+    assert not [p.name for p in out.iterdir() if p.name in ("metrics.json", "heatmap_summary.csv", "lesions.csv")]
+
+
+@pytest.mark.parametrize("stride", ["48"])
+def test_regions_are_drawn_at_the_patch_geometry_for_any_stride(tmp_path, stride):
+    out = tmp_path / "out"
+    result = bundle_run("inference", "--output_dir", out, "--stride", stride, "--calibration_file", "none",
+                        "--z_threshold", "1.0", "--min_region_tiles", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    patches = pd.read_csv(out / "camelyon16_demo" / "patches.csv")
+    called = patches[patches["tumour"] == 1]
+    assert len(called) > 3
+    boxes = shapely.unary_union([shapely.box(x, y, x + s, y + s) for x, y, s in called[["x", "y", "size0"]].values])
+    features = json.loads((out / "camelyon16_demo" / "regions.geojson").read_text())["features"]
+    regions = shapely.unary_union([shape(f["geometry"]) for f in features])
+    assert regions.symmetric_difference(boxes).area < 1e-6 * boxes.area
+
+
+def test_the_reference_csv_is_read_in_any_utf_with_exact_ids_and_no_duplicates(tmp_path):
+    rows = "case.01,Tumor,Macro\ncase,Normal\ncafe\u0301_1,Normal\n"
+    for name, data in {
+        "utf16.csv": codecs.BOM_UTF16_LE + rows.encode("utf-16-le"),
+        "bom.csv": codecs.BOM_UTF8 + rows.encode(),  # a BOM and no header
+        "plain.csv": ("slide,class,size\n" + rows).encode(),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        reference = read_reference(tmp_path / name).set_index("slide")
+        assert reference.loc["case.01", "tumour"] == 1 and reference.loc["case", "tumour"] == 0, name  # not cut
+        assert unicodedata.normalize("NFD", "café_1") in reference.index
+        # a slide file named in NFC (as most systems write it) finds its NFD row
+        assert reference_labels(tmp_path / name, [unicodedata.normalize("NFC", "café_1")], warn=False)
+    (tmp_path / "twice.csv").write_text("s1,Tumor,Micro\ns2,Normal\ns1,Normal\n")
+    with pytest.raises(ValueError, match=r"s1 is listed on line 1 and again on line 3"):
+        read_reference(tmp_path / "twice.csv")
+    (tmp_path / "latin1.csv").write_bytes("caf\xe9,Normal\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 or UTF-16 text"):
+        read_reference(tmp_path / "latin1.csv")
+
+
+def test_a_reference_that_contradicts_the_annotation_is_a_warning_naming_the_slide(demo_cohort, tmp_path):
+    reference = tmp_path / "reference.csv"
+    reference.write_text("camelyon16_demo,Normal\n")
+    result = bundle_run("evaluate", "--dataset_dir", demo_cohort, "--annotation_dir", demo_cohort,
+                        "--output_dir", tmp_path / "out", "--reference_csv", reference)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lists camelyon16_demo as Normal, but its annotation draws tumour" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes(range(256)) * 8, "is not a PyTorch checkpoint of tensors"),
+        (b'{"weights": 1}', "is not a PyTorch checkpoint of tensors"),
+        (b"", "is empty (0 bytes)"),
+        (None, "is a folder"),
+    ],
+    ids=["random", "json", "empty", "folder"],
+)
+def test_a_bad_checkpoint_file_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(ValueError if content is not None else IsADirectoryError, match=re.escape(message)) as refused:
+        read_weights(path)
+    assert "weights_only" not in str(refused.value) and str(path) in str(refused.value)
+    result = bundle_run("inference", "--ckpt_path", path, "--output_dir", tmp_path / "out")
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert "normal_stats.pt not found" not in result.stderr  # the checkpoint is named, not its neighbour
