@@ -15,14 +15,17 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import shapely
+import tifffile
 from shapely.geometry import shape
 
-from conftest import BUNDLE, REPO, write_slide
+from conftest import BUNDLE, REPO, tissue_like, write_slide
 from scripts.lesions import read_reference, reference_labels
 from scripts.model_files import read_weights
+from scripts.wsi import SlideUnusableError, check_slide_file, make_reader, slide_mpp
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
 CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
@@ -178,3 +181,84 @@ def test_a_bad_checkpoint_file_is_one_line_naming_it(tmp_path, content, message)
     result = bundle_run("inference", "--ckpt_path", path, "--output_dir", tmp_path / "out")
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     assert "normal_stats.pt not found" not in result.stderr  # the checkpoint is named, not its neighbour
+
+
+def write_layout(path: Path, image: np.ndarray, description: str | None = None, **options) -> Path:
+    """A two-level tiled TIFF at 0.972 µm/px of ``image`` in a given pixel layout (``options`` for tifffile)."""
+    resolution = {"resolution": (1e4 / 0.972, 1e4 / 0.972), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, tile=(256, 256), **({"description": description} if description else {}), **resolution,
+                  **options)  # fmt: skip
+        tif.write(image[::2, ::2], tile=(256, 256), subfiletype=1, **options)
+    return path
+
+
+RGB = tissue_like(np.random.default_rng(0), (1024, 1024))
+SUPPORTED = {
+    "rgb_jpeg": (RGB, {"photometric": "rgb", "compression": "jpeg"}),
+    "rgb_deflate": (RGB, {"photometric": "rgb", "compression": "zlib"}),
+    "rgb_raw": (RGB, {"photometric": "rgb"}),
+    "rgba_deflate": (np.dstack([RGB, np.full(RGB.shape[:2], 255, np.uint8)]),
+                     {"photometric": "rgb", "compression": "zlib", "extrasamples": [2]}),
+}  # fmt: skip
+REFUSED = {
+    "rgb_16bit": (RGB.astype(np.uint16) * 257, {"photometric": "rgb", "compression": "zlib"}, "16-bit RGB"),
+    "grayscale": (RGB[..., 0], {"photometric": "minisblack", "compression": "zlib"}, "8-bit MINISBLACK"),
+    "float": (RGB.astype(np.float32) / 255, {"photometric": "rgb", "compression": "zlib"}, "32-bit RGB"),
+    "palette": (RGB[..., 0], {"photometric": "palette", "colormap": np.tile(np.arange(256, dtype=np.uint16) * 257,
+                (3, 1))}, "8-bit PALETTE"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", SUPPORTED)
+@pytest.mark.parametrize("reader", ["cuCIM", "OpenSlide", "tifffile"])
+def test_each_reader_gives_tifffiles_pixels_on_every_supported_layout(tmp_path, layout, reader):
+    image, options = SUPPORTED[layout]
+    path = write_layout(tmp_path / f"{layout}.tif", image, **options)
+    check_slide_file(path)
+    backend = make_reader(reader)
+    if reader == "cuCIM" and layout.startswith("rgba"):  # cuCIM does not decode it: inference reads it with OpenSlide
+        with pytest.raises(RuntimeError, match="is not supported"):
+            backend.get_data(backend.read(str(path)), location=(0, 0), size=(96, 96), level=0)
+        return
+    wsi = backend.read(str(path))
+    for level, (row, col) in ((0, (100, 200)), (1, (300, 420))):
+        patch, _ = backend.get_data(wsi, location=(row, col), size=(96, 96), level=level)
+        top, left = row >> level, col >> level
+        expected = tifffile.imread(path, level=level)[top : top + 96, left : left + 96]
+        assert np.array_equal(np.moveaxis(np.asarray(patch), 0, -1)[..., :3], expected[..., :3]), (reader, level)
+
+
+@pytest.mark.parametrize("layout", REFUSED)
+def test_a_slide_that_is_not_8_bit_rgb_is_refused_naming_its_format(tmp_path, layout):
+    image, options, words = REFUSED[layout]
+    path = write_layout(tmp_path / f"{layout}.tif", image, **options)
+    with pytest.raises(ValueError, match=re.escape(words)) as refused:
+        check_slide_file(path)
+    assert str(path) in str(refused.value) and "8-bit RGB" in str(refused.value)
+
+
+def test_an_aperio_file_without_mpp_or_with_only_its_label_is_refused_by_every_reader(tmp_path):
+    header = "Aperio Image Library v12.0.5\n1024x1024 [0,0 1024x1024] (256x256) JPEG/RGB Q=70|AppMag = 20"
+    no_mpp = write_layout(tmp_path / "no_mpp.svs", RGB, header, photometric="rgb", compression="jpeg")
+    with_mpp = write_layout(tmp_path / "mpp.svs", RGB, header + "|MPP = 0.4990", photometric="rgb", compression="jpeg")
+    for reader in ("cuCIM", "OpenSlide", "tifffile"):
+        backend = make_reader(reader)
+        with pytest.raises(SlideUnusableError, match="no resolution in the file; pass --assume_mpp"):
+            slide_mpp(backend, backend.read(str(no_mpp)), no_mpp)
+    assert slide_mpp(make_reader("cuCIM"), make_reader("cuCIM").read(str(with_mpp)), with_mpp) == pytest.approx(0.499)
+    label = write_layout(tmp_path / "label.svs", RGB[:400, :400], "Aperio Image Library v10.0.50\nlabel 400x400",
+                         photometric="rgb", compression="jpeg")  # fmt: skip
+    with pytest.raises(SlideUnusableError, match="holds only the slide's label photograph"):
+        check_slide_file(label)
+
+
+def test_a_16_bit_slide_fails_alone_in_a_cohort(demo_cohort, tmp_path):
+    image, options, _ = REFUSED["rgb_16bit"]
+    write_layout(demo_cohort / "sixteen.tif", image, **options)
+    result = bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("slide")
+    assert summary.loc["camelyon16_demo", "status"] == "ok" and summary.loc["sixteen", "status"] == "error"
+    assert "16-bit RGB" in summary.loc["sixteen", "error"]
+    assert "1 slide(s) failed: sixteen" in result.stdout + result.stderr

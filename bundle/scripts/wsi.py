@@ -136,6 +136,7 @@ def check_slide_file(path: str | Path) -> None:
     kind = next((name for magic, name in FILE_SIGNATURES.items() if head.startswith(magic)), None)
     if kind in ("TIFF", "BigTIFF"):
         _check_tiff_complete(path)
+        _check_tiff_pixels(path)
         return
     if kind is None:
         printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) / len(head)
@@ -182,6 +183,28 @@ def slide_fingerprint(path: str | Path) -> dict:
     return {"size": size, "mtime_ns": path.stat().st_mtime_ns, "sha256": digest.hexdigest()}
 
 
+def _check_tiff_pixels(path: Path) -> None:
+    """Refuse a TIFF whose level 0 is not 8-bit RGB (or RGBA), and an Aperio file holding only its label or macro
+    photograph: readers turn 16-bit samples into wrapped 8-bit ones and read a label as tissue, without a word."""
+    with contextlib.suppress(tifffile.TiffFileError, OSError, IndexError), tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        lines = (page.description or "").split("\n")
+        image = lines[1].split()[0].lower() if lines[0].startswith("Aperio") and lines[1:2] and lines[1].split() else ""
+        if image in ("label", "macro"):
+            raise SlideUnusableError(
+                f"{path}: holds only the slide's {image} photograph (its first image), no scanned tissue; export the "
+                "full scan."
+            )
+        photometric = tifffile.PHOTOMETRIC(page.photometric).name
+        rgb = photometric in ("RGB", "YCBCR") and page.samplesperpixel in (3, 4)
+        if not (rgb and page.dtype == np.uint8):
+            raise SlideUnusableError(
+                f"{path}: its pixels are {page.bitspersample}-bit {photometric} with {page.samplesperpixel} "
+                f"sample(s) ({page.dtype}); the bundle reads 8-bit RGB slides: convert it (e.g. vips colourspace "
+                "srgb, then vips cast uchar)."
+            )
+
+
 def find_slides(dataset_dir: str | Path | None, datalist: str | Path | None = None) -> list[str]:
     """The slides of ``datalist`` when given, else every file with a slide suffix directly in ``dataset_dir``."""
     if datalist:
@@ -207,13 +230,19 @@ def make_reader(backend: str) -> WSIReader:
         raise ImportError(f"wsi_reader {backend} is not installed: {fix}, or pass --wsi_reader OpenSlide.") from None
 
 
-def _resolution_tag_is_set(path: str | Path) -> bool:
-    """Whether a TIFF's first page has a non-zero resolution in a physical unit (True for files that are no TIFF:
-    not ours to judge). Writers such as tifffile store 1/1 with unit NONE when given no resolution."""
+def _resolution_recorded(path: str | Path) -> bool:
+    """Whether a TIFF records its level-0 resolution: an Aperio description with ``MPP``, or else a non-zero
+    resolution tag in a physical unit (True for files that are no TIFF: not ours to judge). Readers fill the gap
+    with 1.0 µm/px (cuCIM for a TIFF without tags, and for an Aperio file whose description has no MPP), and
+    tifffile's writer stores 1/1 with unit NONE when given no resolution."""
     try:
         with tifffile.TiffFile(path) as tif:
-            tags = tif.pages[0].tags
-            resolution, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+            page = tif.pages[0]
+            if (page.description or "").startswith("Aperio"):
+                with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
+                    return "MPP" in svs_description_metadata(page.description)
+                return False
+            resolution, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
             if resolution is None or unit is not None and unit.value == tifffile.RESUNIT.NONE:
                 return False
             return resolution.value[0] > 0 and resolution.value[1] > 0
@@ -224,8 +253,8 @@ def _resolution_tag_is_set(path: str | Path) -> bool:
 def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None = None) -> float:
     """Level-0 µm per pixel, or ``assume_mpp`` when the file records none.
 
-    cuCIM reports 1.0 µm/px both for a TIFF without resolution tags (with empty units) and for one whose tag is 0;
-    neither is trusted: the tags are checked in the file itself, because every physical size downstream would
+    Readers report 1.0 µm/px for a TIFF without resolution tags, one whose tag is 0, or an Aperio file without MPP;
+    none is trusted: the file itself is checked, whatever the reader, because every physical size downstream would
     silently be wrong. Values outside ``MPP_RANGE`` (negative, 1,000 µm/px) are no usable resolution either.
     """
     mpp: float | None = None
@@ -234,8 +263,7 @@ def slide_mpp(reader: WSIReader, wsi, path: str | Path, assume_mpp: float | None
     if mpp is None and getattr(wsi, "is_svs", False):  # tifffile: Aperio keeps MPP in the description, not in tags
         with contextlib.suppress(ValueError, KeyError, TypeError):
             mpp = float(svs_description_metadata(wsi.pages[0].description)["MPP"])
-    metadata = getattr(wsi, "metadata", None)
-    if isinstance(metadata, dict) and "aperio" not in metadata and not _resolution_tag_is_set(path):
+    if not _resolution_recorded(path):  # whatever the reader made of it: a guess, not the file's
         mpp = None
     if mpp is not None and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
         return mpp
