@@ -116,6 +116,8 @@ def test_a_skin_slide_is_flagged_out_of_domain(tmp_path):
     assert "CMU-1-Small-Region.svs: OUT OF DOMAIN" in result.stdout + result.stderr
     regions = json.loads((tmp_path / "out" / "CMU-1-Small-Region" / "regions.geojson").read_text())["features"]
     assert all(region["properties"]["out_of_domain"] for region in regions)
+    asap = (tmp_path / "out" / "CMU-1-Small-Region" / "regions.xml").read_text()  # every export carries the mark
+    assert asap.count("(out of domain: not to be read as metastasis)") == asap.count("<Annotation ") > 0
 
 
 def demo_batch(parser: ConfigParser) -> torch.Tensor:

@@ -262,3 +262,22 @@ def test_a_16_bit_slide_fails_alone_in_a_cohort(demo_cohort, tmp_path):
     assert summary.loc["camelyon16_demo", "status"] == "ok" and summary.loc["sixteen", "status"] == "error"
     assert "16-bit RGB" in summary.loc["sixteen", "error"]
     assert "1 slide(s) failed: sixteen" in result.stdout + result.stderr
+
+
+def test_the_tiling_record_cannot_lie(pcam_dir, tiny_checkpoint, tmp_path):
+    """PCam-scale sources are never resampled, so another --target_mpp would be recorded for patches read at 0.972;
+    refitting the statistics keeps the recorded tiling."""
+    from scripts.datasets import normal_tissue_splits
+    from scripts.handlers import LatentStatsHandler
+    from tests_helpers import tiny_net
+
+    with pytest.raises(ValueError, match=r"--target_mpp 0.5: pcam patches are PatchCamelyon-scale \(0.972"):
+        normal_tissue_splits("pcam", pcam_dir, target_mpp=0.5)
+    assert len(normal_tissue_splits("pcam", pcam_dir, target_mpp=0.972).train)  # the recorded scale is accepted
+    model = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, model)
+    shutil.copy(tiny_checkpoint.with_name("normal_stats.pt"), tmp_path / "normal_stats.pt")
+    handler = LatentStatsHandler(tiny_net(), [], lambda batch, device: batch, model, None,
+                                 tiling={"target_mpp": 0.5, "patch_size": 96})  # fmt: skip
+    with pytest.raises(ValueError, match="records that the model was trained at target_mpp 0.972, patch_size 96"):
+        handler.write()

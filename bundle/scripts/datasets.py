@@ -8,6 +8,7 @@ fixed seed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from .wsi import find_slides, make_reader
 logger = logging.getLogger(__name__)
 
 DATA_SOURCES = ("pcam", "tiles", "wsi", "patches")
+# Sources whose patches are taken as they are stored, at PatchCamelyon's scale (tiles, PCam, patch folders)
+FIXED_SCALE_SOURCES = ("pcam", "tiles", "patches", "normals_dir")
 PATCH_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # The last 8 tiles by name of the shared CAMELYON16 tile set form the demo slide; they are never trained on.
 DEMO_TILES = ("10692", "10693", "10694", "10695", "10696", "10697", "10698", "10699")
@@ -347,6 +350,13 @@ def normal_tissue_splits(
         raise ValueError(f"data_source must be one of {list(DATA_SOURCES)}, got {data_source!r}.")
     if data_source == "patches" and normals_dir is None:
         raise ValueError("data_source 'patches' needs --normals_dir, a folder of normal patch images.")
+    fixed_scale = [name for name in (data_source, "normals_dir" if normals_dir else "") if name in FIXED_SCALE_SOURCES]
+    if fixed_scale and not math.isclose(target_mpp, TARGET_MPP, rel_tol=1e-6):
+        raise ValueError(
+            f"--target_mpp {target_mpp}: {' and '.join(fixed_scale)} patches are PatchCamelyon-scale "
+            f"({TARGET_MPP} µm/px) and are not resampled, so the model would be recorded at a resolution it never "
+            "saw; drop --target_mpp, or train on whole slides (--data_source wsi), which are read at it."
+        )
     splits = [] if data_source == "patches" else [
         _source_splits(data_source, dataset_dir, datalist, val_fraction, seed, patch_size, exclude, wsi_reader,
                        target_mpp, min_tissue)

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoints import unwrap
 from .domain import colour_descriptors, fit_colour_stats
-from .model_files import read_weights, save_normal_stats
+from .model_files import read_normal_stats, read_weights, save_normal_stats, stats_path
 from .scores import SCORE_QUANTILES
 from .transforms import ChannelStats
 
@@ -165,9 +165,31 @@ class LatentStatsHandler:
             return
         self.write()
 
+    def _keep_recorded_tiling(self) -> None:
+        """Refuse to write a tiling other than the one already recorded for these weights: the record says what the
+        model was trained at, which refitting statistics does not change."""
+        if not stats_path(self.checkpoint_path).is_file():
+            return
+        try:
+            recorded = read_normal_stats(self.checkpoint_path).get("tiling")
+        except ValueError:  # statistics of other weights: replaced by these
+            return
+        if (
+            recorded
+            and self.tiling
+            and any(not math.isclose(recorded[k], self.tiling[k], rel_tol=1e-6) for k in ("target_mpp", "patch_size"))
+        ):
+            raise ValueError(
+                f"{stats_path(self.checkpoint_path)} records that the model was trained at target_mpp "
+                f"{recorded['target_mpp']}, patch_size {recorded['patch_size']}, not the {self.tiling['target_mpp']}, "
+                f"{self.tiling['patch_size']} given; pass --target_mpp {recorded['target_mpp']} --patch_size "
+                f"{recorded['patch_size']}."
+            )
+
     def write(self) -> Path:
         """Fit the statistics for the weights in ``checkpoint_path`` and write them; also run on its own by the
         training config's ``write_normal_stats`` workflow, for a model trained before a statistic was kept."""
+        self._keep_recorded_tiling()
         network = unwrap(self.network)
         network.load_state_dict(read_weights(self.checkpoint_path))
         network.eval()

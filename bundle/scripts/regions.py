@@ -149,8 +149,13 @@ def json_ready(content):
     return content
 
 
-def to_asap_xml(regions: list[Region]) -> str:
-    """ASAP / CAMELYON16 XML: outer rings in group ``Tumor``, holes in group ``Exclusion``."""
+OUT_OF_DOMAIN_COLOUR = "#A0A0A0"
+OUT_OF_DOMAIN_NOTE = " (out of domain: not to be read as metastasis)"
+
+
+def to_asap_xml(regions: list[Region], out_of_domain: bool = False) -> str:
+    """ASAP / CAMELYON16 XML: outer rings in group ``Tumor``, holes in group ``Exclusion``; a slide flagged
+    ``out_of_domain`` has each annotation named so and drawn grey, since ASAP shows no other property."""
     root = ElementTree.Element("ASAP_Annotations")
     annotations = ElementTree.SubElement(root, "Annotations")
     index = 0
@@ -161,10 +166,10 @@ def to_asap_xml(regions: list[Region]) -> str:
                 annotation = ElementTree.SubElement(
                     annotations,
                     "Annotation",
-                    Name=f"Annotation {index}",
+                    Name=f"Annotation {index}{OUT_OF_DOMAIN_NOTE if out_of_domain else ''}",
                     Type="Polygon",
                     PartOfGroup=group,
-                    Color="#F4FA58" if group == "Tumor" else "#64FE2E",
+                    Color=OUT_OF_DOMAIN_COLOUR if out_of_domain else "#F4FA58" if group == "Tumor" else "#64FE2E",
                 )
                 coordinates = ElementTree.SubElement(annotation, "Coordinates")
                 for order, (x, y) in enumerate(ring.coords[:-1]):  # ASAP rings are implicitly closed

@@ -79,7 +79,7 @@ class SlideOutputs:
                 (out / "regions.geojson").write_text(
                     json.dumps(to_geojson(self.regions, self.geometry.mpp0, {"out_of_domain": facts["out_of_domain"]}))
                 )
-                (out / "regions.xml").write_text(to_asap_xml(self.regions))
+                (out / "regions.xml").write_text(to_asap_xml(self.regions, facts["out_of_domain"]))
                 save_image(out / "thumbnail.jpg", facts["thumbnail"])
                 save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
                 save_heatmap(
