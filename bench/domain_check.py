@@ -6,7 +6,8 @@
 Lymph node: the 32 CAMELYON16 tiles one slide each (35-70 % tumour), the demo slide, and tumour-sparse slides of the
 demo tiles with a tumour-free slide of the held-out PCam normals (``tools/sparse_slides.py``). Not lymph node, or
 not as the model learned it: the real skin slide, and the demo slide grey, pen-marked, at half and double magnification
-and recoloured as if DAB-stained. Every group is scored by ``run inference`` with the shipped model and every other
+and restained with four other dyes (DAB, an IHC-like DAB with light haematoxylin, a trichrome green and a toluidine
+blue in place of the eosin). Every group is scored by ``run inference`` with the shipped model and every other
 setting at its default; the table gives each group's distances against the shipped ``domain_limit``.
 """
 
@@ -29,6 +30,16 @@ from scripts.domain import DOMAIN_LIMIT
 from scripts.pyramid import write_pyramid
 from tools.sparse_slides import SLIDE_MPP, build
 
+# Optical-density directions (R, G, B absorbance, unit length) of dyes a lymph-node H&E model never saw
+FAST_GREEN = np.array([0.87, 0.18, 0.46])
+TOLUIDINE_BLUE = np.array([0.80, 0.55, 0.24])
+
+
+def restained(h: np.ndarray, e: np.ndarray, dye: np.ndarray) -> np.ndarray:
+    """RGB (0-1) of a section whose eosin density is carried by ``dye`` instead, haematoxylin unchanged."""
+    stains = np.stack([color.rgb_from_hed[0], dye / np.linalg.norm(dye), color.rgb_from_hed[2]])
+    return color.combine_stains(np.stack([h, e, np.zeros_like(h)], -1), stains)
+
 
 def foreign_variants(demo: np.ndarray, out: Path) -> None:
     """The demo slide as tissue the model did not learn: grey, pen marks, other magnifications, another stain."""
@@ -41,12 +52,16 @@ def foreign_variants(demo: np.ndarray, out: Path) -> None:
             inside = (rows >= 0) & (rows < demo.shape[0]) & (cols >= 0) & (cols < demo.shape[1])
             pen[rows[inside], cols[inside]] = (30, 90, 40)
     hed = color.rgb2hed(demo)
-    dab = color.hed2rgb(np.stack([hed[..., 0], np.zeros_like(hed[..., 0]), 1.5 * hed[..., 1]], -1))
+    h, e = hed[..., 0], hed[..., 1]
     variants = {
         "demo_grey": np.repeat(grey[..., None], 3, -1), "demo_pen": pen,
         "demo_half_magnification": transform.rescale(demo, 0.5, channel_axis=-1, anti_aliasing=True) * 255,
         "demo_double_magnification": transform.rescale(demo, 2.0, channel_axis=-1) * 255,
-        "demo_dab": dab * 255,
+        # other stains: the eosin's optical density given to another dye, the haematoxylin kept
+        "demo_dab": color.hed2rgb(np.stack([h, np.zeros_like(h), 1.5 * e], -1)) * 255,  # eosin as DAB brown
+        "demo_ihc": color.hed2rgb(np.stack([0.6 * h, np.zeros_like(h), 0.7 * e], -1)) * 255,  # IHC: DAB, light H
+        "demo_trichrome": restained(h, e, FAST_GREEN) * 255,  # collagen counterstain green, as Masson's trichrome
+        "demo_toluidine": restained(h, e, TOLUIDINE_BLUE) * 255,  # a blue metachromatic dye for the eosin
     }  # fmt: skip
     for name, image in variants.items():
         write_pyramid(out / f"{name}.tif", np.clip(image, 0, 255).round().astype(np.uint8), SLIDE_MPP, levels=2)

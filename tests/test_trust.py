@@ -281,3 +281,11 @@ def test_the_tiling_record_cannot_lie(pcam_dir, tiny_checkpoint, tmp_path):
                                  tiling={"target_mpp": 0.5, "patch_size": 96})  # fmt: skip
     with pytest.raises(ValueError, match="records that the model was trained at target_mpp 0.972, patch_size 96"):
         handler.write()
+
+
+def test_a_calibration_file_that_is_a_folder_is_named_as_one(tmp_path):
+    from scripts.calibration import calibrated
+
+    with pytest.raises(IsADirectoryError, match="is a folder; give the calibration.json that calibrate wrote"):
+        calibrated("z_threshold", 2.0, tmp_path)
+    assert calibrated("z_threshold", 2.0, "none") == 2.0 and calibrated("z_threshold", 2.0, "") == 2.0

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The CPU measurements the README and the model card quote, each into bench/results/cpu/<name>.txt with the version,
+# commit, machine and command that produced it on its first lines (the docs' tables are checked against these files):
+#   bash bench/cpu_results.sh FOLDS        (FOLDS: the --out of bench/train_folds.py, about 13 min a fold)
+# Run it from the repository root with .venv built; about 20 minutes on 2 cores, alone on the machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+folds=$(cd "${1:?usage: bash bench/cpu_results.sh FOLDS}" && pwd)
+python=$(pwd)/.venv/bin/python
+results=$(pwd)/bench/results/cpu
+work=$(mktemp -d /tmp/skip96_cpu_results.XXXX)
+tiles=$(cd .. && pwd)/shared/data/camelyon16_tiles
+normals=$(cd .. && pwd)/shared/data/pcam_normals
+skin=$(cd .. && pwd)/shared/data/slides/CMU-1-Small-Region.svs
+version=$($python -c "import json; print(json.load(open('bundle/configs/metadata.json'))['version'])")
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- bundle bench || echo "+changes")
+mkdir -p "$results"
+cd bench
+run() {
+  local name=$1; shift
+  echo "== $name: $*"
+  {
+    echo "version $version, commit $commit, $(date -u +%F), $(nproc) cores, $(uname -m)"
+    echo "command (from bench/): $*"
+    echo
+    "$@" 2>&1 | tr '\r' '\n' | grep -v -E "patches\[|patches: |train\[|train: |Warning|warnings.warn|^\s*$"
+  } > "$results/$name.txt.tmp" && mv "$results/$name.txt.tmp" "$results/$name.txt"
+  tail -n 30 "$results/$name.txt"
+}
+$python -c "from pathlib import Path; from common import demo_mosaic; demo_mosaic(Path('$work/demo_mosaic.tif'))"
+run detection_quality $python detection_quality.py --tiles_dir "$tiles" --folds "$folds"
+run sparse_folds $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$normals" --folds "$folds" \
+  --out "$work/sparse"
+run domain_check $python domain_check.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
+  --out "$work/domain"
+run infer_throughput_demo $python infer_throughput.py ../bundle/sample_data/camelyon16_demo.tif --copies 6
+run infer_throughput_mosaic $python infer_throughput.py "$work/demo_mosaic.tif" --copies 6
+run train_throughput $python train_throughput.py --pcam_from "$normals" --pcam_patches 8192
