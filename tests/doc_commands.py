@@ -38,6 +38,37 @@ CARD_TRAIN = "python -m monai.bundle run training --config_file configs/train.js
 RECIPE = "\"['configs/train.json','configs/shipped_recipe.json']\""
 EVALUATE = "\"['bundle/configs/inference.json','bundle/configs/evaluate.json']\""
 CARD_EVALUATE = "\"['configs/inference.json','configs/evaluate.json']\""
+
+
+def calibrate(configs: str) -> str:
+    return (
+        f"python -m monai.bundle run calibrate --config_file {configs} --dataset_dir CAL --annotation_dir ANN "
+        "--output_dir CAL_OUT"
+    )
+
+
+def evaluate(configs: str) -> str:
+    return (
+        f"python -m monai.bundle run evaluate --config_file {configs} --dataset_dir TEST --annotation_dir ANN "
+        "--output_dir TEST_OUT --calibration_file CAL_OUT/calibration.json"
+    )
+
+
+def evaluation_rows(doc: str, configs: str, prefix: str, expect: tuple[str, ...]) -> dict[tuple[str, str], Run]:
+    """A doc's calibrate command and the evaluate command that applies its calibration, on the demo slide."""
+    cal_out = f"{prefix}cal_out"
+    return {
+        (doc, calibrate(configs)): Run(
+            bind={"CAL": "annotated", "ANN": "annotated", "CAL_OUT": cal_out}, expect=("CAL_OUT/calibration.json",)
+        ),
+        (doc, evaluate(configs)): Run(
+            bind={"TEST": "annotated", "ANN": "annotated", "TEST_OUT": f"{prefix}test_out", "CAL_OUT": cal_out},
+            after=f"{doc}::{calibrate(configs)}",
+            expect=expect,
+        ),
+    }
+
+
 ONE_EPOCH = ("--max_epochs", "1")  # training's 30 (the recipe's 10) epochs, cut to one
 SUMMARY = ("OUT/summary.csv", "OUT/demo_a/regions.geojson", "OUT/demo_b/heatmap.png")
 MODEL = ("bundle/runs/models/model.pt", "bundle/runs/models/normal_stats.pt")
@@ -54,23 +85,7 @@ COMMANDS: dict[tuple[str, str], Run] = {
         "python -m monai.bundle run inference --config_file bundle/configs/inference.json --dataset_dir SLIDES "
         "--output_dir OUT",
     ): Run(bind={"SLIDES": "slides", "OUT": "out"}, expect=SUMMARY),
-    (
-        "README.md",
-        f"python -m monai.bundle run calibrate --config_file {EVALUATE} --dataset_dir CAL --annotation_dir ANN "
-        "--output_dir CAL_OUT",
-    ): Run(bind={"CAL": "annotated", "ANN": "annotated", "CAL_OUT": "cal_out"}, expect=("CAL_OUT/calibration.json",)),
-    (
-        "README.md",
-        f"python -m monai.bundle run evaluate --config_file {EVALUATE} --dataset_dir TEST --annotation_dir ANN "
-        "--output_dir TEST_OUT --calibration_file CAL_OUT/calibration.json",
-    ): Run(
-        bind={"TEST": "annotated", "ANN": "annotated", "TEST_OUT": "test_out", "CAL_OUT": "cal_out"},
-        after=(
-            f"README.md::python -m monai.bundle run calibrate --config_file {EVALUATE} --dataset_dir CAL "
-            "--annotation_dir ANN --output_dir CAL_OUT"
-        ),
-        expect=("TEST_OUT/metrics.json", "TEST_OUT/lesions.csv"),
-    ),
+    **evaluation_rows("README.md", EVALUATE, "", ("TEST_OUT/metrics.json", "TEST_OUT/lesions.csv")),
     ("README.md", README_TRAIN): Run(bind={"DIR": "pcam"}, shorten=ONE_EPOCH, expect=MODEL),
     ("README.md", f"{README_TRAIN} --resume True"): Run(
         bind={"DIR": "pcam"}, shorten=("--max_epochs", "2"), after=f"README.md::{README_TRAIN}", expect=MODEL
@@ -120,24 +135,11 @@ COMMANDS: dict[tuple[str, str], Run] = {
         "bundle/docs/README.md",
         "python -m monai.bundle run inference --config_file configs/inference.json --dataset_dir DIR --output_dir OUT",
     ): Run(bind={"DIR": "slides", "OUT": "out"}, expect=SUMMARY),
-    (
+    **evaluation_rows(
         "bundle/docs/README.md",
-        f"python -m monai.bundle run calibrate --config_file {CARD_EVALUATE} --dataset_dir CAL --annotation_dir ANN "
-        "--output_dir CAL_OUT",
-    ): Run(
-        bind={"CAL": "annotated", "ANN": "annotated", "CAL_OUT": "card_cal_out"}, expect=("CAL_OUT/calibration.json",)
-    ),
-    (
-        "bundle/docs/README.md",
-        f"python -m monai.bundle run evaluate --config_file {CARD_EVALUATE} --dataset_dir TEST --annotation_dir ANN "
-        "--output_dir TEST_OUT --calibration_file CAL_OUT/calibration.json",
-    ): Run(
-        bind={"TEST": "annotated", "ANN": "annotated", "TEST_OUT": "card_test_out", "CAL_OUT": "card_cal_out"},
-        after=(
-            f"bundle/docs/README.md::python -m monai.bundle run calibrate --config_file {CARD_EVALUATE} --dataset_dir "
-            "CAL --annotation_dir ANN --output_dir CAL_OUT"
-        ),
-        expect=("TEST_OUT/metrics.json", "TEST_OUT/camelyon16_demo/errors.png"),
+        CARD_EVALUATE,
+        "card_",
+        ("TEST_OUT/metrics.json", "TEST_OUT/camelyon16_demo/errors.png"),
     ),
     (
         "bundle/docs/README.md",
