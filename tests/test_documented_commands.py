@@ -76,6 +76,7 @@ def test_documented_command_runs_as_written(doc, command, fixture_data, ran, tmp
     output = f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
     assert result.returncode == 0, f"{command_key(doc, command)} exited {result.returncode}:\n{output}"
     assert "Traceback" not in result.stderr, output
+    assert "\r" not in result.stdout + result.stderr, "a progress bar was drawn into a pipe"
     where = done.checkout / "bundle" if doc.startswith("bundle/") else done.checkout
     for expected in spec.expect:
         path = where / bind(expected, spec.bind, fixture_data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from unittest.mock import MagicMock
 
 import pytest
 from ignite.engine import Engine
@@ -27,3 +28,26 @@ def test_every_zero_attaches_nothing():
     engine, handler = Engine(lambda engine, batch: None), ReleaseFreedMemory(every=0)
     handler.attach(engine)
     assert not engine.has_event_handler(handler)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere(terminal, monkeypatch, caplog):
+    import logging
+    import sys
+
+    import scripts.handlers
+    from scripts.handlers import ConsoleProgress
+
+    bars = []
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.setattr(scripts.handlers, "ProgressBar", lambda **kwargs: bars.append(kwargs) or MagicMock())
+    engine = Engine(lambda engine, batch: None)
+    ConsoleProgress("patches", every_seconds=0).attach(engine)
+    with caplog.at_level(logging.INFO, logger="scripts.handlers"):
+        engine.run(range(3), max_epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "scripts.handlers"]
+    if terminal:
+        assert bars == [{"desc": "patches", "persist": False}] and lines == []
+    else:
+        assert not bars
+        assert lines == ["patches: 1/3 batches (33 %)", "patches: 2/3 batches (66 %)", "patches: 3/3 batches (100 %)"]
