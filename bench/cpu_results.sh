@@ -3,6 +3,7 @@
 # commit, machine and command that produced it on its first lines (the docs' tables are checked against these files):
 #   bash bench/cpu_results.sh FOLDS        (FOLDS: the --out of bench/train_folds.py, about 13 min a fold)
 # Run it from the repository root with .venv built; about 20 minutes on 2 cores, alone on the machine.
+# STEPS="domain_check sparse_folds" runs only the steps named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 folds=$(cd "${1:?usage: bash bench/cpu_results.sh FOLDS}" && pwd)
@@ -16,18 +17,29 @@ version=$($python -c "import json; print(json.load(open('bundle/configs/metadata
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- bundle bench || echo "+changes")
 mkdir -p "$results"
 cd bench
+wanted() { [[ -z "${STEPS:-}" || " $STEPS " == *" $1 "* ]]; }  # STEPS="a b": only those steps
 run() {
   local name=$1; shift
+  wanted "$name" || return 0
   echo "== $name: $*"
   {
     echo "version $version, commit $commit, $(date -u +%F), $(nproc) cores, $(uname -m)"
     echo "command (from bench/): $*"
+    [ "$1" = summary ] && echo "(the logs of: python train_folds.py --tiles_dir TILES --out $folds)"
     echo
     "$@" 2>&1 | tr '\r' '\n' | grep -v -E "patches\[|patches: |train\[|train: |Warning|warnings.warn|^\s*$"
   } > "$results/$name.txt.tmp" && mv "$results/$name.txt.tmp" "$results/$name.txt"
   tail -n 30 "$results/$name.txt"
 }
-$python -c "from pathlib import Path; from common import demo_mosaic; demo_mosaic(Path('$work/demo_mosaic.tif'))"
+summary() {  # the lines of each fold's training log that say what it trained on, how long, and how well
+  for log in "$folds"/fold*/train.log; do
+    echo "$log"
+    grep -h -E "training patches:|validation patches:|Epoch\[[0-9]+\] Metrics -- val|Engine run finished" "$log"
+  done
+}
+run train_folds summary
+wanted infer_throughput_mosaic &&
+  $python -c "from pathlib import Path; from common import demo_mosaic; demo_mosaic(Path('$work/demo_mosaic.tif'))"
 run detection_quality $python detection_quality.py --tiles_dir "$tiles" --folds "$folds"
 run sparse_folds $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$normals" --folds "$folds" \
   --out "$work/sparse"
@@ -36,6 +48,7 @@ run domain_check $python domain_check.py --tiles_dir "$tiles" --normals_dir "$no
 run infer_throughput_demo $python infer_throughput.py ../bundle/sample_data/camelyon16_demo.tif --copies 6
 run infer_throughput_mosaic $python infer_throughput.py "$work/demo_mosaic.tif" --copies 6
 run train_throughput $python train_throughput.py --pcam_from "$normals" --pcam_patches 8192
-$python synthetic_slide.py "$work/camelyon16_sized.tif" --tiles_dir "$tiles" > /dev/null
+wanted infer_throughput_camelyon16_sized &&
+  $python synthetic_slide.py "$work/camelyon16_sized.tif" --tiles_dir "$tiles" > /dev/null
 run infer_throughput_camelyon16_sized $python infer_throughput.py "$work/camelyon16_sized.tif" --copies 0
 rm -rf "$work"

@@ -520,5 +520,5 @@ def test_help_shows_what_an_expression_default_comes_to(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
     assert lines["--target_mpp"].endswith("[0.972]")
     assert lines["--stride"].endswith("[96]")
-    assert lines["--domain_limit"].endswith("[8]")
+    assert lines["--domain_limit"].endswith("[5.3]")
     assert lines["--sweep_thresholds"].endswith("... 100 values]]")

@@ -25,6 +25,7 @@ from shapely.geometry import shape
 from conftest import BUNDLE, REPO, tissue_like, write_slide
 from scripts.lesions import read_reference, reference_labels
 from scripts.model_files import read_weights
+from scripts.pyramid import write_pyramid
 from scripts.wsi import SlideUnusableError, check_slide_file, make_reader, slide_mpp
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
@@ -253,15 +254,18 @@ def test_an_aperio_file_without_mpp_or_with_only_its_label_is_refused_by_every_r
         check_slide_file(label)
 
 
-def test_a_16_bit_slide_fails_alone_in_a_cohort(demo_cohort, tmp_path):
+def test_a_16_bit_or_colourless_slide_fails_alone_in_a_cohort(demo_cohort, tmp_path):
     image, options, _ = REFUSED["rgb_16bit"]
     write_layout(demo_cohort / "sixteen.tif", image, **options)
+    demo = tifffile.imread(DEMO.with_suffix(".tif"), level=0)
+    write_pyramid(demo_cohort / "grey.tif", np.repeat(demo.mean(-1, keepdims=True).astype(np.uint8), 3, -1), 0.972)
     result = bundle_run("inference", "--dataset_dir", demo_cohort, "--output_dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("slide")
     assert summary.loc["camelyon16_demo", "status"] == "ok" and summary.loc["sixteen", "status"] == "error"
     assert "16-bit RGB" in summary.loc["sixteen", "error"]
-    assert "1 slide(s) failed: sixteen" in result.stdout + result.stderr
+    assert "has no colour (a greyscale or unstained scan)" in summary.loc["grey", "error"]
+    assert "2 slide(s) failed: grey, sixteen" in result.stdout + result.stderr
 
 
 def test_the_tiling_record_cannot_lie(pcam_dir, tiny_checkpoint, tmp_path):
@@ -289,3 +293,45 @@ def test_a_calibration_file_that_is_a_folder_is_named_as_one(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder; give the calibration.json that calibrate wrote"):
         calibrated("z_threshold", 2.0, tmp_path)
     assert calibrated("z_threshold", 2.0, "none") == 2.0 and calibrated("z_threshold", 2.0, "") == 2.0
+
+
+def test_probe_findings_a_mask_a_class_name_the_sweep_and_a_coarse_or_colourless_slide(tmp_path, capsys):
+    """Hostile inputs found after the first fixes: each gets the right answer or one line."""
+    from scripts.annotations import read_annotation
+    from scripts.errors import one_line_excepthook
+    from scripts.evaluation import Evaluation
+    from scripts.tiling import select_geometry
+
+    # a single-channel mask TIFF (the usual layout) reads like its RGB twin
+    mask = np.zeros((512, 1024), np.uint8)
+    mask[100:300, 200:600] = 255
+    tifffile.imwrite(tmp_path / "a_mask.tif", mask, tile=(256, 256))
+    tifffile.imwrite(tmp_path / "b_mask.tif", np.repeat(mask[..., None], 3, -1), tile=(256, 256), photometric="rgb")
+    one, three = (read_annotation(tmp_path / f"{k}_mask.tif").rasterise((64, 128), 8.0) for k in "ab")
+    assert one.sum() > 0 and np.array_equal(one, three)
+    # a GeoJSON class written as a bare name
+    feature = {
+        "type": "Feature",
+        "properties": {"classification": "Tumor"},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]]},
+    }
+    (tmp_path / "s.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    assert len(read_annotation(tmp_path / "s.geojson").tumour) == 1  # fmt: skip
+    # evaluation settings that made nonsense labels or a crash
+    for settings, words in (
+        ({"min_tumour_fraction": -1}, "--min_tumour_fraction must be a number > 0"),
+        ({"thresholds": []}, "--sweep_thresholds must be a non-empty list"),
+        ({"min_region_tiles": [0]}, "--sweep_min_region_tiles must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            Evaluation(tmp_path, None, **settings)  # fmt: skip
+    # a slide whose finest level is coarser than the model's resolution is not upsampled
+    coarse = write_layout(tmp_path / "coarse.tif", RGB, photometric="rgb", compression="jpeg")
+    reader = make_reader("tifffile")
+    with pytest.raises(SlideUnusableError, match=r"finest level is 0.972 µm/px, coarser than the 0.243 µm/px"):
+        select_geometry(reader, reader.read(str(coarse)), coarse, 0.243, 96, 96)
+    # Ctrl-C: one line, no traceback
+    one_line_excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err.strip() == (
+        "Interrupted: finished slides keep their outputs; the same command finishes the rest."
+    )

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
-from monai.data import WSIReader
 
 from .regions import shoelace_area
 
@@ -215,7 +215,9 @@ def read_geojson(path: str | Path) -> LesionAnnotation:
         where = f"feature {n}"
         if not isinstance(feature, dict):
             raise ValueError(f"{path}: {where} is not a GeoJSON Feature.")
-        classification = str(((feature.get("properties") or {}).get("classification") or {}).get("name", "Tumor"))
+        named = (feature.get("properties") or {}).get("classification") or {}
+        # QuPath writes {"name": ...}; other tools write the class name itself
+        classification = str(named.get("name", "Tumor") if isinstance(named, dict) else named)
         kind = group_kind(classification)
         if kind is None:
             unknown[classification] += 1
@@ -239,21 +241,23 @@ def read_geojson(path: str | Path) -> LesionAnnotation:
 class MaskAnnotation:
     """A binary tumour-mask TIFF (non-zero = tumour, level 0 aligned with the slide), rasterised like the polygons.
 
-    The finest pyramid level not finer than the requested downsample is read and resampled by nearest neighbour.
+    Read with tifffile itself: masks are single-channel, which the slide readers refuse. The finest pyramid level not
+    finer than the requested downsample is read and resampled by nearest neighbour.
     """
 
-    def __init__(self, path: str | Path, backend: str = "tifffile") -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.reader = WSIReader(backend=backend)
-        self.wsi = self.reader.read(str(self.path))
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                self.level_shapes = [tuple(level.shape[:2]) for level in tif.series[0].levels]
+        except (tifffile.TiffFileError, OSError, IndexError) as error:
+            raise ValueError(f"{self.path}: not a readable mask TIFF ({error}); write it as a tiled TIFF.") from None
 
     def rasterise(self, shape: tuple[int, int], downsample: float, origin: tuple[float, float] = (0, 0)) -> np.ndarray:
-        downsamples = [
-            self.reader.get_downsample_ratio(self.wsi, lv) for lv in range(self.reader.get_level_count(self.wsi))
-        ]
+        downsamples = [self.level_shapes[0][1] / width for _, width in self.level_shapes]
         level = max((lv for lv, d in enumerate(downsamples) if d <= downsample), key=lambda lv: downsamples[lv])
-        image, _ = self.reader.get_data(self.wsi, level=level)
-        mask = np.asarray(image)[0] > 0
+        image = tifffile.imread(self.path, series=0, level=level)
+        mask = (image if image.ndim == 2 else image[..., 0]) > 0
         scale = downsamples[level]
         rows = ((origin[1] + (np.arange(shape[0]) + 0.5) * downsample) / scale).astype(int)
         cols = ((origin[0] + (np.arange(shape[1]) + 0.5) * downsample) / scale).astype(int)

@@ -40,9 +40,13 @@ from .settings import require_number
 from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, intact, read_summary
 from .stain import StainNormalizer
 from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
+from .tissue import hsv_saturation
 from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_fingerprint, slide_id
 
 logger = logging.getLogger(__name__)
+
+# Below this 99th-percentile HSV saturation a thumbnail has no stain colour at all (H&E tissue is far above it)
+GREY_SATURATION = 0.02
 
 # The files a run writes beside the slide folders (inference, its shards, evaluation, calibration).
 RUN_FILES = re.compile(
@@ -238,6 +242,11 @@ class SlideInference:
         if 0 in facts["shape"]:
             raise ValueError(f"smaller than one patch ({facts['size0']} level-0 px, a patch is {geometry.size0})")
         if not len(patches):
+            if float(np.percentile(hsv_saturation(facts["thumbnail"]), 99)) < GREY_SATURATION:
+                raise ValueError(
+                    "no tissue found: the slide has no colour (a greyscale or unstained scan), and tissue is found, "
+                    "and scored, by its H&E stain; score the H&E-stained scan"
+                )
             raise ValueError(
                 f"no tissue: no {geometry.size0}-px patch has tissue fraction >= {self.grid_args['min_tissue']} "
                 "(lower --min_tissue if the slide is pale)"

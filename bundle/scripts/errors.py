@@ -38,6 +38,9 @@ def raised_here(error: BaseException) -> bool:
 
 
 def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt) and not os.environ.get("SKIP96_TRACEBACK"):
+        print("Interrupted: finished slides keep their outputs; the same command finishes the rest.", file=sys.stderr)
+        return
     chain = causes(error)
     ours = [e for e in chain if isinstance(e, Exception) and raised_here(e)]
     machine_fault = isinstance(chain[-1], OSError) and chain[-1].errno in WRITE_FIXES  # a full disk, a read-only folder

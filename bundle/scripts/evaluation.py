@@ -44,6 +44,7 @@ from .lesions import (  # noqa: E402
 )
 from .metrics import overlap, pr_auc, roc_auc, strict_json  # noqa: E402
 from .regions import clean_mask, two_scale_map  # noqa: E402
+from .settings import require_number  # noqa: E402
 from .slide_outputs import read_summary  # noqa: E402
 from .wsi import slide_id  # noqa: E402
 
@@ -209,6 +210,13 @@ class Evaluation:
         self.output_dir = Path(output_dir)
         self.annotation_dir = Path(annotation_dir) if annotation_dir else None
         self.label_rule = label_rule
+        require_number("min_tumour_fraction", min_tumour_fraction, 0, 1, exclusive_minimum=True)
+        for name, values, low, integer in (("sweep_thresholds", thresholds, -20, False),
+                                           ("sweep_min_region_tiles", min_region_tiles, 1, True)):  # fmt: skip
+            if isinstance(values, str) or not len(values):
+                raise ValueError(f"--{name} must be a non-empty list (JSON), got {values!r}.")
+            for value in values:
+                require_number(name, value, low, 20 if not integer else None, integer)
         self.min_tumour_fraction = min_tumour_fraction
         self.thresholds = [float(t) for t in thresholds]
         self.min_region_tiles = [int(m) for m in min_region_tiles]

@@ -78,9 +78,9 @@ def select_geometry(
 ) -> PatchGeometry:
     """Choose the level by physical size, not index.
 
-    The level whose µm/px is closest to ``target_mpp`` is used if within 10 %; otherwise the next finer level. The
-    read size is scaled so a patch always covers ``patch_size * target_mpp`` µm (a 0.5 µm/px scan is read at its
-    1.0 µm/px level, 93 px, resized to 96).
+    The level whose µm/px is closest to ``target_mpp`` is used if within 10 %; otherwise the next finer level (a slide
+    with none is refused: upsampling invents no detail). The read size is scaled so a patch always covers
+    ``patch_size * target_mpp`` µm (a 0.5 µm/px scan is read at its 1.0 µm/px level, 93 px, resized to 96).
     """
     mpp0 = slide_mpp(reader, wsi, path, assume_mpp)
     downsamples = np.array([reader.get_downsample_ratio(wsi, lv) for lv in range(reader.get_level_count(wsi))])
@@ -88,7 +88,13 @@ def select_geometry(
     level = int(np.argmin(np.abs(level_mpps - target_mpp)))
     if abs(level_mpps[level] - target_mpp) > MPP_TOLERANCE * target_mpp:
         finer = np.flatnonzero(level_mpps <= target_mpp)
-        level = int(finer[np.argmax(level_mpps[finer])]) if finer.size else 0
+        if not finer.size:
+            raise SlideUnusableError(
+                f"{path}: its finest level is {level_mpps.min():.3f} µm/px, coarser than the {target_mpp} µm/px the "
+                f"model reads (patches would be upsampled {level_mpps.min() / target_mpp:.1f}x, detail it never had); "
+                f"score a scan of at most {target_mpp * (1 + MPP_TOLERANCE):.2f} µm/px."
+            )
+        level = int(finer[np.argmax(level_mpps[finer])])
     scale = target_mpp / level_mpps[level]
     read_size = max(1, round(patch_size * scale))
     size0 = round(read_size * downsamples[level])
