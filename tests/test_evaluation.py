@@ -132,7 +132,9 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     metrics = json.loads((output / "metrics.json").read_text())
     summary = pd.read_csv(output / "heatmap_summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
-    assert summary.loc[0, "n_patches"] == 120 and summary.loc[0, "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.02)
+    # the planted block is 1/7.5 of the tissue; its random colours average towards grey on the thumbnail's level,
+    # where tissue is found, so a few per cent of it read as glass
+    assert summary.loc[0, "n_patches"] == 120 and summary.loc[0, "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.05)
     assert metrics["threshold"]["calibrated"] is True
     assert metrics["threshold"]["z_threshold"] == calibration["z_threshold"]
     assert metrics["pooled"]["auc"] > 0.95  # 16 planted patches against 104 plain ones

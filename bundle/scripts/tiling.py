@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import WSIReader
-from skimage.transform import resize
+from skimage.transform import downscale_local_mean, resize
 
 from .model_files import read_normal_stats, stats_path
 from .settings import require_number
@@ -180,7 +180,12 @@ def check_level(reader: WSIReader, wsi, path: str | Path, level: int, corner0: t
     coarse, _ = reader.get_data(wsi, location=(row0, col0), size=(side, side), level=level)
     fine, _ = reader.get_data(wsi, location=(row0, col0), size=(side0, side0), level=0)
     coarse = np.asarray(coarse, dtype=np.float32)[:3].mean(0)
-    fine = resize(np.asarray(fine, dtype=np.float32)[:3].mean(0), coarse.shape, anti_aliasing=True)
+    fine = np.asarray(fine, dtype=np.float32)[:3].mean(0)
+    factor = round(downsample)
+    if abs(downsample - factor) < 0.01:  # a pyramid's own averaging (box means), which a smoothing resize is not
+        fine = downscale_local_mean(fine, (factor, factor))[: coarse.shape[0], : coarse.shape[1]]
+    else:
+        fine = resize(fine, coarse.shape, anti_aliasing=True)
     if fine.std() < LEVEL_FLAT_STD:
         agree = abs(float(fine.mean() - coarse.mean())) <= LEVEL_MAX_MEAN_DIFFERENCE
         found = f"mean grey {coarse.mean():.0f} where level 0 has {fine.mean():.0f}"
