@@ -160,7 +160,9 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     xml = xml.replace("</Annotations>", others + "</Annotations>")
     (annotations / "planted.xml").write_text(xml)
     (slides / "broken.tif").write_bytes(b"")
-    refusal = run("evaluate", output, "--calibration_file", calibration_file, succeeds=False)
+    # its labels are given (every slide's are checked before any is scored)
+    refusal = run("evaluate", output, "--calibration_file", calibration_file, "--tumour_free_slides", "['broken']",
+                  succeeds=False)  # fmt: skip
     assert "metrics.json covers only the slides scored" in refusal and "1 failed inference (broken)" in refusal
     assert "group(s) 'Stroma' (1 polygon) are neither tumour" in refusal and "fewer than 3 distinct" in refusal
     assert "Traceback" not in refusal

@@ -221,15 +221,12 @@ def slide_patches(
     size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
     grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
     patches = TissueGrid(grid[:, :2].astype(np.int64), grid[:, 2:4].astype(np.int64), grid[:, 4])
-    # the levels the grid comes from and is read at must show level 0's tissue: around the tissue-richest patch, or
-    # where the thumbnail's level shows none (is it the slide, or a blank level?) at the slide's centre
-    if len(patches):
-        corner0 = tuple(patches.corners[int(np.argmax(patches.tissue_fraction))])
-    else:
-        corner0 = (size0[0] // 2 - geometry.size0, size0[1] // 2 - geometry.size0)
-    for level in sorted({geometry.level, mask_level} if len(patches) else {mask_level}):
-        side = round(2 * geometry.size0 / float(reader.get_downsample_ratio(wsi, level)))
-        check_level(reader, wsi, path, level, corner0, side)
+    if len(patches):  # the read level must show level 0's tissue around the tissue-richest patch
+        richest = patches.corners[int(np.argmax(patches.tissue_fraction))]
+        check_level(reader, wsi, path, geometry.level, tuple(richest), 2 * geometry.read_size)
+    else:  # no tissue on the thumbnail's level: is it the slide, or a blank level? Its centre against level 0
+        centre0 = (size0[0] // 2 - geometry.size0, size0[1] // 2 - geometry.size0)
+        check_level(reader, wsi, path, mask_level, centre0, round(2 * geometry.size0 / mask_downsample))
     facts = {
         "shape": (
             max(0, (size0[0] - geometry.size0) // geometry.stride0 + 1),
