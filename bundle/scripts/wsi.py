@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +136,9 @@ def check_slide_file(path: str | Path) -> None:
         return
     kind = next((name for magic, name in FILE_SIGNATURES.items() if head.startswith(magic)), None)
     if kind in ("TIFF", "BigTIFF"):
-        _check_tiff_complete(path)
-        _check_tiff_pixels(path)
+        with _opened_tiff(path) as tif:
+            _check_tiff_complete(path, tif)
+            _check_tiff_pixels(path, tif)
         return
     if kind is None:
         printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) / len(head)
@@ -144,17 +146,27 @@ def check_slide_file(path: str | Path) -> None:
     raise ValueError(f"{path}: not a slide: a {path.suffix} file must be a TIFF, but this one is {kind}.")
 
 
-def _check_tiff_complete(path: Path) -> None:
+@contextlib.contextmanager
+def _opened_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
+    """The TIFF parsed once for the checks below; a structure that cannot be parsed is a cut-off copy."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, IndexError, struct.error) as error:
+        raise ValueError(f"{path}: the TIFF is truncated or damaged ({error}); copy the file again.") from None
+    with tif:
+        yield tif
+
+
+def _check_tiff_complete(path: Path, tif: tifffile.TiffFile) -> None:
     """Refuse a TIFF whose structure or image data stops short: a copy or download cut off (readers only say
     "unsupported or missing image file")."""
     size = path.stat().st_size
     try:
-        with tifffile.TiffFile(path) as tif:
-            end = max(
-                (int(offset) + int(count) for page in tif.pages for offset, count in
-                 zip(page.dataoffsets, page.databytecounts, strict=False)),
-                default=0,
-            )  # fmt: skip
+        end = max(
+            (int(offset) + int(count) for page in tif.pages for offset, count in
+             zip(page.dataoffsets, page.databytecounts, strict=False)),
+            default=0,
+        )  # fmt: skip
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error) as error:
         raise ValueError(f"{path}: the TIFF is truncated or damaged ({error}); copy the file again.") from None
     if end > size:
@@ -183,10 +195,10 @@ def slide_fingerprint(path: str | Path) -> dict:
     return {"size": size, "mtime_ns": path.stat().st_mtime_ns, "sha256": digest.hexdigest()}
 
 
-def _check_tiff_pixels(path: Path) -> None:
+def _check_tiff_pixels(path: Path, tif: tifffile.TiffFile) -> None:
     """Refuse a TIFF whose level 0 is not 8-bit RGB (or RGBA), and an Aperio file holding only its label or macro
     photograph: readers turn 16-bit samples into wrapped 8-bit ones and read a label as tissue, without a word."""
-    with contextlib.suppress(tifffile.TiffFileError, OSError, IndexError), tifffile.TiffFile(path) as tif:
+    with contextlib.suppress(tifffile.TiffFileError, OSError, IndexError):
         page = tif.pages[0]
         lines = (page.description or "").split("\n")
         image = lines[1].split()[0].lower() if lines[0].startswith("Aperio") and lines[1:2] and lines[1].split() else ""
