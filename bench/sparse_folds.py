@@ -51,8 +51,10 @@ def fold_results(
     """Calibrate on slides of ``train_tiles``, evaluate slides of ``test_tiles``; one row per test slide."""
     root = out / fold
     if not (root / "cal").is_dir():
-        build(root / "cal", args.tiles_dir, train_tiles, None, slides=args.slides, seed=1)
-        build(root / "test", args.tiles_dir, test_tiles, args.normals_dir, slides=args.slides, seed=2)
+        build(root / "cal", args.tiles_dir, train_tiles, args.normals_dir, slides=args.slides, seed=1,
+              normal_slides=args.cal_normal_slides, normals_part="rest")  # fmt: skip
+        build(root / "test", args.tiles_dir, test_tiles, args.normals_dir, slides=args.slides, seed=2,
+              normal_slides=args.test_normal_slides, normals_part="held_out")  # fmt: skip
     common = ["--ckpt_path", str(model), "--z_statistics", statistics, *args.extra]
     cal_out, test_out = root / f"cal_{statistics}", root / f"test_{statistics}"
     bundle_run("calibrate", root / f"calibrate_{statistics}.log", "--dataset_dir", str(root / "cal"),
@@ -134,6 +136,8 @@ def main() -> None:
     cli.add_argument("--ckpt", type=Path, default=BUNDLE / "models" / "model.pt", help="the demo tiles' model")
     cli.add_argument("--out", type=Path, required=True)
     cli.add_argument("--slides", type=int, default=6, help="tumour-sparse slides per fold and set")
+    cli.add_argument("--cal_normal_slides", type=int, default=12, help="tumour-free calibration slides per fold")
+    cli.add_argument("--test_normal_slides", type=int, default=6, help="tumour-free test slides per fold")
     cli.add_argument("--z_statistics", nargs="+", default=["mean_std"])
     cli.add_argument("--versus", type=Path, help="the --out of another run on the same slides, for paired differences")
     cli.add_argument("extra", nargs="*", help="more bundle settings after --, e.g. -- --tta False")

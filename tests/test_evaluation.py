@@ -42,7 +42,8 @@ def test_degenerate_metric_cases():
 def grid_slide(slide_id: str, z_map: np.ndarray, labels_map: np.ndarray) -> SlideResult:
     """A slide on a 1-px grid whose patch labels are given directly."""
     rows, cols = np.nonzero(np.isfinite(z_map))
-    patches = pd.DataFrame({"x": cols, "y": rows, "size0": 1, "z": z_map[rows, cols], "label": labels_map[rows, cols]})
+    z = z_map[rows, cols]
+    patches = pd.DataFrame({"x": cols, "y": rows, "size0": 1, "score": z, "z": z, "label": labels_map[rows, cols]})
     grid = {"stride": 1, "size": 1, "mpp0": 1.0, "thumbnail_downsample": 1.0}
     tissue = np.isfinite(z_map)
     return SlideResult(slide_id, patches, z_map, grid, labels_map > 0, tissue, np.zeros((*z_map.shape, 3), np.uint8))
@@ -113,10 +114,27 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
         assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout + result.stderr
 
-    # the same slide stands in for the calibration and the test set: this checks the plumbing, not generalisation
-    run("calibrate", tmp_path / "calibration")
+    # a false-region rate cannot be chosen without a tumour-free slide: refused before any slide is scored
+    refusal = run("calibrate", tmp_path / "no_normal", succeeds=False)
+    assert f"the calibration slides (annotations in {annotations}) include no tumour-free slide" in refusal
+    assert "Traceback" not in refusal and not (tmp_path / "no_normal" / "planted").exists()
+    for bad in ("0", "-1", "nan"):
+        refusal = run("calibrate", tmp_path / "bad_target", "--target_false_regions", bad, succeeds=False)
+        assert "--target_false_regions must be a number > 0" in refusal and "Traceback" not in refusal
+    write_pyramid(slides / "plain.tif", tissue_like(np.random.default_rng(4), (960, 1152)), 0.972, levels=2)
+    (annotations / "plain.xml").write_text(to_asap_xml([]))  # an empty annotation: declared tumour-free
+
+    # the same slides stand in for the calibration and the test set: this checks the plumbing, not generalisation
+    log = run("calibrate", tmp_path / "calibration")
+    assert "include 1 tumour-free slide(s); estimating a rate of 0.25 false regions per slide needs 12" in log
     calibration = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
-    assert calibration["calibration_slides"] == ["planted"] and calibration["mean_iou"] > 0.9
+    assert calibration["calibration_slides"] == ["plain", "planted"] and calibration["tumour_free_slides"] == ["plain"]
+    point = calibration["operating_point"]
+    assert point["target_false_regions"] == 0.25 and point["false_regions_per_tumour_free_slide"]["value"] == 0.0
+    assert point["lesion_sensitivity"] == {"value": 1.0, "interval": [pytest.approx(0.025), 1.0], "found": 1,
+                                           "n_lesions": 1}  # fmt: skip
+    assert point["false_regions_per_tumour_free_slide"]["interval"] == [0.0, pytest.approx(3.689, abs=1e-3)]
+    assert point["patch_precision"]["value"] > 0.9 and point["mean_iou"] > 0.9
     assert calibration["normal_quantile"] == 0.0  # the second scale is the latent score's
     from scripts.model_files import checkpoint_digest
 
@@ -134,17 +152,22 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     assert list(summary.columns) == SUMMARY_COLUMNS
     # the planted block is 1/7.5 of the tissue; its random colours average towards grey on the thumbnail's level,
     # where tissue is found, so a few per cent of it read as glass
-    assert summary.loc[0, "n_patches"] == 120 and summary.loc[0, "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.05)
+    summary = summary.set_index("slide")
+    assert summary.loc["planted", "n_patches"] == 120
+    assert summary.loc["planted", "tumour_fraction"] == pytest.approx(1 / 7.5, rel=0.05)
     assert metrics["threshold"]["calibrated"] is True
     assert metrics["threshold"]["z_threshold"] == calibration["z_threshold"]
     assert metrics["pooled"]["auc"] > 0.95  # 16 planted patches against 104 plain ones
     assert metrics["per_slide"]["planted"]["pixel_auc_tissue"] > 0.9 and metrics["pooled"]["pixel_auc_tissue"] > 0.9
-    assert metrics["pooled"]["iou"] == pytest.approx(calibration["mean_iou"])
+    # the calibration slides evaluated: their operating point is the one calibration states
+    for measure in ("lesion_sensitivity", "false_regions_per_tumour_free_slide", "patch_recall", "patch_precision"):
+        assert metrics["operating_point"][measure] == point[measure]
+    assert metrics["mean_iou"] == pytest.approx(point["mean_iou"])
     assert metrics["froc"]["n_lesions"] == 1 and 0.0 <= metrics["froc"]["score"] <= 1.0
     lesion = pd.read_csv(output / "lesions.csv").iloc[0]  # 384 px at 0.972 µm/px: a 0.43 mm micro-metastasis
     assert lesion["size"] == "micro" and 400 < lesion["diameter_um"] < 460
     assert metrics["lesion_detection"]["lesion_sensitivity"] == float(lesion["found"])
-    assert metrics["slide_level"]["n_tumour"] == 1 and metrics["slide_level"]["auc"] is None  # no normal slide
+    assert metrics["slide_level"]["n_tumour"] == 1 and metrics["slide_level"]["n_normal"] == 1
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000
 

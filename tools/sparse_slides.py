@@ -8,9 +8,10 @@ tumour) chooses thresholds that call most of any slide. Each slide here is a gri
 ``SLIDE_MPP``):
 normal cells are tumour-free crops of the given tiles and tumour cells are crops lying wholly inside their tumour
 masks (so both share the tiles' stains, as on one real slide), the tumour placed as one or two compact (disc-shaped)
-clusters covering 1-10 % of the cells. Burdens and cluster counts cycle through ``BURDENS`` x (1, 2 clusters). One
-more slide has no tumour: the PatchCamelyon normal patches of ``normals_dir`` that training holds out (hard negatives
-from many slides, each used once), where given, else the tiles' normal tissue.
+clusters covering 1-10 % of the cells. Burdens and cluster counts cycle through ``BURDENS`` x (1, 2 clusters).
+``--normal_slides`` more slides have no tumour (a false-region rate is measured on them): they alternate between the
+PatchCamelyon normal patches of ``normals_dir`` that training holds out (hard negatives from many slides, none
+repeated before all are used), where given, and the tiles' normal tissue.
 
 The tiles hold far less distinct normal tissue than a slide needs, so normal cells must repeat tissue; they do so only
 nearby, as tissue continues on a real section: the normal tissue is laid out in ``BLOCK`` x ``BLOCK`` squares of cells,
@@ -52,6 +53,7 @@ CROP_STRIDE = 16
 BLOCK = 4  # normal tissue comes in BLOCK x BLOCK squares of cells, each from one tile region
 REGION = CELL + 4 * CROP_STRIDE  # a region's side: 5 x 5 crop positions
 MIN_REGION_CROPS = 4  # fewer, and a block would be a few crops repeated
+NORMALS_PARTS = ("held_out", "rest")
 logger = logging.getLogger(__name__)
 
 
@@ -166,10 +168,16 @@ def write_sparse_slide(out_dir: Path, slide_id: str, tumour_cells: np.ndarray, n
 
 def build(
     out_dir: Path, tiles_dir: Path, tiles: Sequence[str], normals_dir: Path | None, slides: int = 6,
-    grid: tuple[int, int] = (16, 16), seed: int = 0, normals_holdout: float = 0.2,
+    grid: tuple[int, int] = (16, 16), seed: int = 0, normals_holdout: float = 0.2, normal_slides: int = 1,
+    normals_part: str = "held_out",
 ) -> list[str]:  # fmt: skip
-    """Write ``slides`` tumour-sparse slides and one tumour-free slide; return their ids. The tumour-free slide takes
-    only the ``normals_holdout`` part of ``normals_dir`` that training (same fraction) leaves out."""
+    """Write ``slides`` tumour-sparse slides and ``normal_slides`` tumour-free ones; return their ids. Tumour-free
+    slides alternate between patches of ``normals_dir`` (each used once before any repeats) and the tiles' normal
+    tissue; without ``normals_dir``, all are the tiles'. ``normals_part`` is the part of ``normals_dir`` they take:
+    ``held_out``, the ``normals_holdout`` that training (same fraction) leaves out, or the ``rest``: calibration
+    slides take one, test slides the other, so that the two never share tissue."""
+    if normals_part not in NORMALS_PARTS:
+        raise ValueError(f"normals_part must be one of {list(NORMALS_PARTS)}, got {normals_part!r}.")
     names = [t if Path(t).suffix else f"{t}.jpg" for t in tiles]
     tissue = tile_tissue(tiles_dir, names)
     if not tissue.tumour or not tissue.regions:
@@ -189,20 +197,22 @@ def build(
         logger.info(
             "%s: %d cluster(s), tumour %.1f %% of %d cells", ids[-1], clusters, 100 * fraction, grid[0] * grid[1]
         )
-    ids.append("normal_00")
-    if normals_dir is None:
-        normal = normal_blocks(grid, tissue.regions, rng)
-    else:
-        held_out = PatchFolderNormals(held_out_normals(normal_patch_files(normals_dir), normals_holdout)[1], CELL)
-        normal = patch_grid(grid, [np.moveaxis(patch, 0, -1) for patch in held_out.patches], rng)
-    write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, [])
-    logger.info("%s: tumour-free (%d cells)", ids[-1], grid[0] * grid[1])
+    cells = grid[0] * grid[1]
+    if normals_dir is not None:
+        rest, held_out = held_out_normals(normal_patch_files(normals_dir), normals_holdout)
+        part = PatchFolderNormals(held_out if normals_part == "held_out" else rest, CELL)
+        patches = [np.moveaxis(patch, 0, -1) for patch in part.patches]
+        order = each_once(len(patches), cells * -(-normal_slides // 2), rng)
+    for k in range(normal_slides):
+        ids.append(f"normal_{k:02d}")
+        if normals_dir is not None and k % 2 == 0:
+            pcam = order[k // 2 * cells : (k // 2 + 1) * cells]
+            normal, source = cells_image(np.stack([patches[i] for i in pcam]), *grid), "PatchCamelyon normals"
+        else:
+            normal, source = normal_blocks(grid, tissue.regions, rng), "the tiles' normal tissue"
+        write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, [])
+        logger.info("%s: tumour-free, %s (%d cells)", ids[-1], source, cells)
     return ids
-
-
-def patch_grid(shape: tuple[int, int], patches: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """A grid of ``shape`` cells from separate patches, each used once while there are enough."""
-    return cells_image(np.stack([patches[k] for k in each_once(len(patches), shape[0] * shape[1], rng)]), *shape)
 
 
 def main() -> None:
@@ -214,12 +224,19 @@ def main() -> None:
     cli.add_argument("--slides", type=int, default=6)
     cli.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="cells per slide: rows cols")
     cli.add_argument("--normals_holdout", type=float, default=0.2, help="as train.json's normals_holdout")
+    cli.add_argument("--normal_slides", type=int, default=1, help="tumour-free slides (a rate needs several)")
+    cli.add_argument(
+        "--normals_part",
+        choices=NORMALS_PARTS,
+        default="held_out",
+        help="the part of --normals_dir to take: held_out (never trained on) or the rest",
+    )
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     build(
         args.out_dir, args.tiles_dir, args.tiles, args.normals_dir, args.slides, tuple(args.grid), args.seed,
-        args.normals_holdout,
+        args.normals_holdout, args.normal_slides, args.normals_part,
     )  # fmt: skip
 
 

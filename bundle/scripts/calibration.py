@@ -20,8 +20,13 @@ from .settings import require_number
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATED_RANGES = {"z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0)}
-CALIBRATED_SINCE_0_12 = ("normal_quantile",)  # a calibration written before holds none: its default applies
+CALIBRATED_RANGES = {
+    "z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
+    "min_slide_score": (-20.0, 20.0),
+}  # fmt: skip
+# a calibration written before these existed holds none of them, and its decision had none: the default (off) applies
+# (and null, as JSON writes -inf, is off too)
+CALIBRATED_LATER = {"normal_quantile": 0.0, "min_slide_score": -math.inf}
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / CALIBRATION_FILE
 
 
@@ -53,7 +58,7 @@ def calibrated(
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"calibration_file {path} is not valid JSON ({error}).") from None
-    if isinstance(content, dict) and name not in content and name in CALIBRATED_SINCE_0_12:
+    if isinstance(content, dict) and name in CALIBRATED_LATER and content.get(name) is None:
         return default
     if not isinstance(content, dict) or name not in content:
         held = sorted(content) if isinstance(content, dict) else type(content).__name__
@@ -125,7 +130,8 @@ def thresholds_calibrated(
     content = json.loads(Path(calibration_file).read_text())
     if calibration_mismatch(content, ckpt_path, scoring):
         return False
-    held = {name: content.get(name, 0.0 if name in CALIBRATED_SINCE_0_12 else None) for name in values}
+    held = {name: content.get(name) for name in values}
+    held |= {name: CALIBRATED_LATER[name] for name in values if name in CALIBRATED_LATER and held[name] is None}
     return all(held[name] is not None and same_setting(held[name], value) for name, value in values.items())
 
 

@@ -278,6 +278,7 @@ class SlideInference:
             **post.score.settings(), **inferer_settings(),
             "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
             "min_region_tiles": post.min_region_tiles, "score_floor": post.recorded_floor,
+            "min_slide_score": post.recorded_gate,
             "domain_limit": self.domain.limit, "weights": weights_digest(self.evaluator.network.state_dict()),
         }  # fmt: skip
 

@@ -1,12 +1,15 @@
 """Evaluation and calibration against lesion annotations, with the test labels never choosing the threshold.
 
-``calibrate`` sweeps (z threshold, min_region_tiles) on calibration slides and keeps the pair with the best mean IoU;
-``evaluate`` applies a calibration file to test slides. The per-slide IoU- and F1-optimal thresholds that a
-label-peeking study would report are computed too, but only as *oracle* numbers beside the honest ones.
+``calibrate`` chooses an operating point, as CAD systems are judged: of every (z threshold, min_region_tiles,
+normal_quantile, slide gate) on the calibration slides, the one that finds the most lesions while calling at most
+``target_false_regions`` regions per tumour-free slide. ``evaluate`` applies a calibration file to test slides. The
+per-slide IoU- and F1-optimal thresholds that a label-peeking study would report are computed too, but only as
+*oracle* numbers beside the honest ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -36,14 +39,24 @@ from .atomic import atomic_path, folder_lock  # noqa: E402
 from .calibration import write_calibration  # noqa: E402
 from .lesions import (  # noqa: E402
     BURDEN_STRATA,
+    LesionCells,
+    LesionRaster,
     lesion_detection,
     lesion_froc,
     lesion_raster,
     reference_labels,
     slide_level,
 )
-from .metrics import overlap, pr_auc, roc_auc, strict_json  # noqa: E402
-from .regions import clean_mask, two_scale_map  # noqa: E402
+from .metrics import (  # noqa: E402
+    overlap,
+    pr_auc,
+    proportion_interval,
+    rate_interval,
+    roc_auc,
+    slide_resampled_ratio,
+    strict_json,
+)
+from .regions import called_map, clean_mask, slide_score, two_scale_map  # noqa: E402
 from .settings import require_number  # noqa: E402
 from .slide_outputs import read_summary  # noqa: E402
 from .wsi import slide_id  # noqa: E402
@@ -71,6 +84,7 @@ class SlideResult:
     thumbnail: np.ndarray
     annotation: LesionAnnotation | MaskAnnotation | None = None
     score_floor: float = -math.inf  # the decision's second scale (``two_scale_map``), as inference applied it
+    min_slide_score: float = -math.inf  # the slide gate, likewise
 
     @property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
@@ -84,13 +98,14 @@ class SlideResult:
         """Annotated tumour area as a fraction of the tissue area (the burden used for strata)."""
         return float((self.truth & self.tissue).sum() / max(self.tissue.sum(), 1))
 
+    @property
+    def is_tumour_free(self) -> bool:
+        return not self.truth.any()
+
     def called_map(self, z_threshold: float, min_region_tiles: int) -> np.ndarray:
-        """The grid cells inference calls tumour at these settings (both scales of the decision)."""
-        candidates = self.z_map
-        if self.score_floor > -math.inf:
-            scores = self.patches["score"].to_numpy()
-            candidates = two_scale_map(self.z_map, np.stack(self.cells, 1), scores, self.score_floor)
-        return clean_mask(candidates, z_threshold, min_region_tiles)
+        """The grid cells inference calls tumour at these settings (with this slide's floor and gate)."""
+        return called_map(self.z_map, np.stack(self.cells, 1), self.patches["score"].to_numpy(), z_threshold,
+                          min_region_tiles, self.score_floor, self.min_slide_score)  # fmt: skip
 
     def predict(self, z_threshold: float, min_region_tiles: int) -> np.ndarray:
         rows, cols = self.cells
@@ -184,6 +199,150 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
+RULE_OF_THREE = 3.0  # no event in n trials puts the 95 % upper bound of the rate near 3 / n
+
+
+def operating_point(
+    found: int, n_lesions: int, false_regions: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
+) -> dict:
+    """An operating point as it is stated: lesion sensitivity, false regions per tumour-free slide (``false_regions``
+    holds one count per tumour-free slide) and recall and precision of the called patches (``tp``, ``fp``, ``fn``
+    per slide), each with its 95 % interval."""
+    false_regions, tp, fp, fn = (np.asarray(v, dtype=float) for v in (false_regions, tp, fp, fn))
+    n_free, n_false = len(false_regions), int(false_regions.sum())
+    return {
+        "lesion_sensitivity": {
+            "value": found / n_lesions if n_lesions else None,
+            "interval": proportion_interval(found, n_lesions),
+            "found": found,
+            "n_lesions": n_lesions,
+        },  # fmt: skip
+        "false_regions_per_tumour_free_slide": {
+            "value": n_false / n_free if n_free else None,
+            "interval": rate_interval(n_false, n_free) if n_free else None,
+            "false_regions": n_false,
+            "n_slides": n_free,
+        },
+        "patch_recall": {
+            "value": tp.sum() / (tp + fn).sum() if (tp + fn).sum() else None,
+            "interval": slide_resampled_ratio(tp, tp + fn),
+        },  # fmt: skip
+        "patch_precision": {
+            "value": tp.sum() / (tp + fp).sum() if (tp + fp).sum() else None,
+            "interval": slide_resampled_ratio(tp, tp + fp),
+        },  # fmt: skip
+        "intervals": "95 %: exact Poisson (false regions), Clopper-Pearson (lesions), slides resampled (patches)",
+    }
+
+
+@dataclass
+class Outcomes:
+    """Each decision setting's outcome on each calibration slide (rows: ``settings``, columns: slides): lesions
+    found, false regions, called patches right (``tp``) and wrong (``fp``). A slide gate only silences whole slides,
+    so every gate's totals follow from these without calling again."""
+
+    settings: pd.DataFrame  # normal_quantile, min_region_tiles, z_threshold
+    found: np.ndarray
+    false_regions: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    lesions: np.ndarray  # per slide: the lesions that can be found (ITC aside)
+    positives: np.ndarray  # per slide: the patches labelled tumour
+
+    @classmethod
+    def of(
+        cls, slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], thresholds: Sequence[float],
+        min_region_tiles: Sequence[int], score_floors: dict[float, float],
+    ) -> Outcomes:  # fmt: skip
+        settings = [(q, m, t) for q in score_floors for m in min_region_tiles for t in thresholds]
+        found, false_regions, tp, fp = (np.zeros((len(settings), len(slides)), int) for _ in range(4))
+        lesions, positives = np.zeros(len(slides), int), np.zeros(len(slides), int)
+        for k, (s, raster) in enumerate(zip(slides, rasters, strict=True)):
+            lesion_cells, (rows, cols) = LesionCells.of(raster), s.cells
+            labels = s.patches["label"].to_numpy() > 0
+            lesions[k], positives[k] = len(lesion_cells.counted), labels.sum()
+            floored = {q: two_scale_map(s.z_map, np.stack(s.cells, 1), s.patches["score"].to_numpy(), floor)
+                       for q, floor in score_floors.items()}  # fmt: skip
+            highest = {q: np.nanmax(m, initial=-np.inf) for q, m in floored.items()}
+            for row, (quantile, tiles, threshold) in enumerate(settings):
+                if threshold >= highest[quantile]:
+                    continue  # nothing called: all zero
+                called = clean_mask(floored[quantile], threshold, tiles)
+                hits, false_regions[row, k] = lesion_cells.match(called)
+                found[row, k] = len(hits)
+                predicted = called[rows, cols]
+                tp[row, k], fp[row, k] = (predicted & labels).sum(), (predicted & ~labels).sum()
+        table = pd.DataFrame(settings, columns=["normal_quantile", "min_region_tiles", "z_threshold"])
+        return cls(table, found, false_regions, tp, fp, lesions, positives)
+
+
+def slide_gates(scores: np.ndarray, tumour_free: np.ndarray) -> np.ndarray:
+    """The slide gates worth trying: none (-inf), and one between each two neighbouring slide scores up to just above
+    the highest tumour-free slide's (a higher gate silences only tumour slides)."""
+    ordered = np.unique(scores)
+    between = (ordered[1:] + ordered[:-1]) / 2
+    ceiling = scores[tumour_free].max()
+    above = ordered[ordered > ceiling]
+    top = (ceiling + above[0]) / 2 if len(above) else ceiling + 1.0
+    return np.concatenate([[-np.inf], between[between < ceiling], [top]])
+
+
+def choose_operating_point(
+    slides: Sequence[SlideResult], outcomes: Outcomes, target: float
+) -> tuple[dict, dict, np.ndarray]:
+    """The decision settings that find the most lesions with at most ``target`` false regions per tumour-free slide;
+    ties go to fewer false regions, then to the higher mean IoU, then to the first setting (no floor, fewest
+    tiles, lowest threshold, no gate) so the choice is reproducible. Returns the settings, their operating point on
+    these slides and which slides the gate leaves open."""
+    free = np.array([s.is_tumour_free for s in slides])
+    scores = np.array([slide_score(s.z_map) for s in slides])
+    gates = slide_gates(scores, free)
+    open_ = (scores[None, :] >= gates[:, None]).astype(float)  # (gates, slides)
+    positives, lesions = outcomes.positives.astype(float), outcomes.lesions
+    found = outcomes.found @ open_.T  # (settings, gates)
+    false_free = outcomes.false_regions[:, free] @ open_[:, free].T / free.sum()
+    tp, fp = outcomes.tp[:, None, :] * open_[None], outcomes.fp[:, None, :] * open_[None]  # (settings, gates, slides)
+    union = positives[None, None] + fp
+    mean_iou = np.where(union > 0, tp / np.maximum(union, 1), 1.0).mean(-1)
+    sensitivity = found / max(lesions.sum(), 1)
+    candidates = pd.DataFrame({
+        "setting": np.repeat(np.arange(len(outcomes.settings)), len(gates)), "gate": np.tile(np.arange(len(gates)),
+        len(outcomes.settings)), "sensitivity": sensitivity.ravel(), "false": false_free.ravel(),
+        "iou": mean_iou.ravel(),
+    })  # fmt: skip
+    within = candidates[candidates["false"] <= target + 1e-9]
+    best = within.sort_values(["sensitivity", "false", "iou"], ascending=[False, True, False], kind="stable").iloc[0]
+    row, gate = int(best["setting"]), int(best["gate"])
+    chosen = outcomes.settings.iloc[row]
+    settings = {
+        "z_threshold": float(chosen["z_threshold"]),
+        "min_region_tiles": int(chosen["min_region_tiles"]),
+        "normal_quantile": float(chosen["normal_quantile"]),
+        "min_slide_score": None if np.isinf(gates[gate]) else float(gates[gate]),
+    }
+    gate_open = open_[gate] > 0
+    point = operating_point(
+        int(found[row, gate]), int(lesions.sum()), outcomes.false_regions[row, free & gate_open].tolist()
+        + [0] * int((free & ~gate_open).sum()), tp[row, gate], fp[row, gate], positives - tp[row, gate],
+    )  # fmt: skip
+    point["mean_iou"] = float(mean_iou[row, gate])
+    return settings, point, gate_open
+
+
+def stated(point: dict, target: float | None = None) -> str:
+    """An operating point in one line, as a log states it."""
+    false, found = point["false_regions_per_tumour_free_slide"], point["lesion_sensitivity"]
+    recall, precision = point["patch_recall"]["value"], point["patch_precision"]["value"]
+    return (
+        f"{false['value']:.3f} false regions per tumour-free slide ({false['false_regions']} on {false['n_slides']}"
+        + (f", target {target:g}" if target is not None else "")
+        + f"), lesion sensitivity {found['found']}/{found['n_lesions']}, patch recall "
+        + ("-" if recall is None else f"{recall:.3f}")
+        + ", precision "
+        + ("-" if precision is None else f"{precision:.3f}")
+    )
+
+
 # What evaluate writes beside the slide folders (calibrate writes calibration.json)
 EVALUATE_FILES = ("metrics.json", "heatmap_summary.csv", "lesions.csv", "roc.png", "pr.png")
 
@@ -202,6 +361,7 @@ class Evaluation:
         tumour_free_slides: Sequence[str] = (),
         reference_csv: str | Path | None = None,
         score_floors: dict[float, float] | None = None,
+        target_false_regions: float = 0.25,
     ) -> None:
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
@@ -211,6 +371,8 @@ class Evaluation:
         self.annotation_dir = Path(annotation_dir) if annotation_dir else None
         self.label_rule = label_rule
         require_number("min_tumour_fraction", min_tumour_fraction, 0, 1, exclusive_minimum=True)
+        require_number("target_false_regions", target_false_regions, 0, exclusive_minimum=True)
+        self.target_false_regions = float(target_false_regions)
         for name, values, low, integer in (("sweep_thresholds", thresholds, -20, False),
                                            ("sweep_min_region_tiles", min_region_tiles, 1, True)):  # fmt: skip
             if isinstance(values, str) or not len(values):
@@ -227,7 +389,7 @@ class Evaluation:
         self.score_floors = score_floors or {0.0: -math.inf}  # normal_quantile -> the score floor it sets
         self.failed: list[str] = []  # slides of the cohort whose inference failed, left out of the numbers
 
-    def is_tumour_free(self, slide_id: str) -> bool:
+    def declared_tumour_free(self, slide_id: str) -> bool:
         """Whether ``slide_id`` matches an id or shell pattern (``normal_*``) of ``tumour_free_slides``."""
         return any(fnmatch.fnmatchcase(slide_id, pattern) for pattern in self.tumour_free_slides)
 
@@ -236,8 +398,10 @@ class Evaluation:
         its reference row), and the previous run's ``cohort_files`` are gone, so that a run that fails later leaves
         no metrics of other settings beside slide folders it rescored."""
         ids = [slide_id(s) for s in slides]
-        for s in ids:
-            slide_annotation(s, self.annotation_dir, self.is_tumour_free(s))
+        annotations = {s: slide_annotation(s, self.annotation_dir, self.declared_tumour_free(s)) for s in ids}
+        if "calibration.json" in cohort_files:  # a mask's tumour is known once it is read
+            maybe_free = [s for s, a in annotations.items() if not isinstance(a, LesionAnnotation) or not a.tumour]
+            self._require_tumour_free(maybe_free, warn_few=False)
         if self.reference_csv:
             reference_labels(self.reference_csv, ids, warn=False)
         for name in cohort_files:
@@ -252,7 +416,7 @@ class Evaluation:
         self.failed = summary.loc[summary["status"] != "ok", "slide"].tolist()
         for slide, error in summary.loc[summary["status"] != "ok", ["slide", "error"]].itertuples(index=False):
             logger.error("slide %s is left out of the metrics: its inference failed (%s).", slide, error)
-        annotations = {s: slide_annotation(s, self.annotation_dir, self.is_tumour_free(s)) for s in ok}
+        annotations = {s: slide_annotation(s, self.annotation_dir, self.declared_tumour_free(s)) for s in ok}
         if self.annotation_dir:
             matched = {n.casefold() for s in ok + self.failed for n in annotation_names(s)}
             unused = sorted(
@@ -281,10 +445,11 @@ class Evaluation:
         return calibration
 
     def evaluate(
-        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float = -math.inf
-    ) -> dict:
+        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float = -math.inf,
+        min_slide_score: float = -math.inf,
+    ) -> dict:  # fmt: skip
         with folder_lock(self.output_dir):
-            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated, score_floor)
+            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated, score_floor, min_slide_score)
         self._refuse_partial_cohort("metrics.json")
         return metrics
 
@@ -298,6 +463,23 @@ class Evaluation:
                 "and rerun inference (finished slides are skipped), or score the cohort without them."
             )
 
+    def _require_tumour_free(self, tumour_free: Sequence[str], warn_few: bool = True) -> None:
+        """Refuse a calibration set without a tumour-free slide, and say when it has too few to tell the target rate
+        from zero (``RULE_OF_THREE``): the rate is what calibration chooses for."""
+        where = self.annotation_dir or self.output_dir
+        if not tumour_free:
+            raise ValueError(
+                f"the calibration slides (annotations in {where}) include no tumour-free slide: a false-region rate "
+                "cannot be chosen without one; add tumour-free slides (an empty annotation, or --tumour_free_slides)."
+            )
+        needed = math.ceil(RULE_OF_THREE / self.target_false_regions)
+        if warn_few and len(tumour_free) < needed:
+            logger.warning(
+                "the calibration slides (annotations in %s) include %d tumour-free slide(s); estimating a rate of %g "
+                "false regions per slide needs %d (none called on %d bounds the rate below %g at 95 %%).", where,
+                len(tumour_free), self.target_false_regions, needed, needed, self.target_false_regions,
+            )  # fmt: skip
+
     def _calibrate(self, weights: str | None, scoring: dict | None) -> dict:
         slides = self.slides()
         if not any(s.patches["label"].any() for s in slides):
@@ -305,43 +487,51 @@ class Evaluation:
                 f"none of the {len(slides)} calibration slides in {self.output_dir} has a tumour patch; a threshold "
                 "chosen on them would be meaningless: calibrate on slides with annotated tumour."
             )
-        tables = []
-        for quantile, floor in self.score_floors.items():
-            for s in slides:
-                s.score_floor = floor
-            tables.append(sweep(slides, self.thresholds, self.min_region_tiles).assign(normal_quantile=quantile))
-        table = pd.concat(tables, ignore_index=True)
-        best = best_of(table)
+        self._require_tumour_free([s.slide_id for s in slides if s.is_tumour_free])
+        rasters = [lesion_raster(s) for s in slides]
+        outcomes = Outcomes.of(slides, rasters, self.thresholds, self.min_region_tiles, self.score_floors)
+        settings, point, gate_open = choose_operating_point(slides, outcomes, self.target_false_regions)
         calibration = {
-            "z_threshold": float(best["z_threshold"]),
-            "min_region_tiles": int(best["min_region_tiles"]),
-            "normal_quantile": float(best["normal_quantile"]),
-            "mean_iou": float(best["mean_iou"]),
+            **settings,
+            "operating_point": {
+                "objective": "the most lesions found with at most target_false_regions called regions per tumour-free "
+                "calibration slide",
+                "target_false_regions": self.target_false_regions,
+                **point,
+            },
             "calibration_slides": [s.slide_id for s in slides],
+            "tumour_free_slides": [s.slide_id for s in slides if s.is_tumour_free],
+            "slides_silenced_by_gate": [s.slide_id for s, open_ in zip(slides, gate_open, strict=True) if not open_],
             "slides_failed_inference": list(self.failed),
             "label_rule": self.label_rule,
             "weights": weights,
             "scoring": scoring,
         }
-        write_calibration(self.output_dir, calibration)
+        write_calibration(self.output_dir, strict_json(calibration))
         logger.info(
-            "calibrated on %d slides: z_threshold %.3f, min_region_tiles %d, normal_quantile %.3f (mean IoU %.3f)",
-            len(slides), calibration["z_threshold"], calibration["min_region_tiles"], calibration["normal_quantile"],
-            calibration["mean_iou"],
+            "calibrated on %d slides (%d tumour-free): z_threshold %.3f, min_region_tiles %d, normal_quantile %.3f, "
+            "min_slide_score %s; %s", len(slides), len(calibration["tumour_free_slides"]), settings["z_threshold"],
+            settings["min_region_tiles"], settings["normal_quantile"], settings["min_slide_score"],
+            stated(point, self.target_false_regions),
         )  # fmt: skip
         return calibration
 
-    def _evaluate(self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float) -> dict:
+    def _evaluate(
+        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float, min_slide_score: float
+    ) -> dict:
         slides = self.slides()
         for s in slides:
-            s.score_floor = score_floor
+            s.score_floor, s.min_slide_score = score_floor, min_slide_score
         rows, per_slide = [], {}
         for s in slides:
             labels, z = s.patches["label"].to_numpy(), s.patches["z"].to_numpy()
             result = overlap(s.predict(z_threshold, min_region_tiles), labels)
-            oracle = best_of(sweep([s], self.thresholds, self.min_region_tiles))
+            ungated = dataclasses.replace(s, min_slide_score=-math.inf)  # the oracle opens the gate too
+            oracle = best_of(sweep([ungated], self.thresholds, self.min_region_tiles))
             oracle_f1 = max(
-                (overlap(s.predict(t, m), labels)["dice"], t, m) for m in self.min_region_tiles for t in self.thresholds
+                (overlap(ungated.predict(t, m), labels)["dice"], t, m)
+                for m in self.min_region_tiles
+                for t in self.thresholds
             )
             rows.append(
                 {
@@ -370,7 +560,13 @@ class Evaluation:
             false_regions=[lesion_task["false_regions"][s.slide_id] for s in slides],
         )[SUMMARY_COLUMNS]
         metrics = self._pooled(slides, table, lesion_table, per_slide, z_threshold, min_region_tiles, calibrated)
-        metrics |= {"slide_level": slide_task, "lesion_detection": lesion_task, "froc": lesion_froc(slides, rasters)}
+        free_regions = [lesion_task["false_regions"][s.slide_id] for s in slides if s.is_tumour_free]
+        point = operating_point(int(lesion_table["found"].sum()), len(lesion_table), free_regions, table["tp"],
+                                table["fp"], table["fn"])  # fmt: skip
+        metrics |= {
+            "operating_point": point, "slide_level": slide_task, "lesion_detection": lesion_task,
+            "froc": lesion_froc(slides, rasters),
+        }  # fmt: skip
         with atomic_path(self.output_dir / "heatmap_summary.csv") as tmp:
             table.to_csv(tmp, index=False)
         with atomic_path(self.output_dir / "lesions.csv") as tmp:
@@ -378,8 +574,8 @@ class Evaluation:
         with atomic_path(self.output_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
         self._save_curves(slides)
-        logger.info("pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f)", metrics["pooled"]["auc"],
-                    metrics["mean_iou"], metrics["oracle"]["mean_iou"])  # fmt: skip
+        logger.info("pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f); %s", metrics["pooled"]["auc"],
+                    metrics["mean_iou"], metrics["oracle"]["mean_iou"], stated(point))  # fmt: skip
         return metrics
 
     def _pooled(self, slides, table, lesion_table, per_slide, z_threshold, min_region_tiles, calibrated) -> dict:

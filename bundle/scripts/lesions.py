@@ -27,6 +27,7 @@ from scipy import ndimage
 from skimage import measure
 
 from .metrics import roc_auc
+from .regions import slide_score
 from .wsi import SLIDE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ FROC_FP_RATES = (0.25, 0.5, 1, 2, 4, 8)
 REFERENCE_CLASSES = {"tumor": 1, "tumour": 1, "normal": 0}
 REFERENCE_SIZES = {"macro": "macro", "micro": "micro", "itc": "itc", "": "", "none": "", "nan": ""}
 BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02), "small (<0.5%)": (0.0, 0.005)}
-SLIDE_SCORE_WINDOW = 3  # patches: a slide's score is its highest mean z over a window of this side
 
 
 @dataclass
@@ -115,6 +115,31 @@ def lesion_froc(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) 
     }
 
 
+@dataclass
+class LesionCells:
+    """The grid cells each lesion of a slide (grown by ``GROW_UM``) touches: all that matching called regions to
+    lesions needs, so that a sweep over thresholds matches on the grid, not on the raster."""
+
+    cells: np.ndarray  # (k, 2) grid rows and columns
+    lesion: np.ndarray  # (k,) the lesion label of each
+    counted: frozenset[int]  # the lesions found or missed: all but isolated tumour cells
+
+    @classmethod
+    def of(cls, raster: LesionRaster) -> LesionCells:
+        y, x = np.nonzero(raster.instances)
+        pairs = np.unique(np.stack([raster.rows[y], raster.cols[x], raster.instances[y, x]], 1), axis=0)
+        counted = frozenset(label for label in raster.diameters_um if label not in raster.itc)
+        return cls(pairs[:, :2].reshape(-1, 2), pairs[:, 2], counted)
+
+    def match(self, called: np.ndarray) -> tuple[set[int], int]:
+        """The counted lesions that a called region touches, and the number of called regions touching no lesion
+        (a region touching only isolated tumour cells is neither)."""
+        regions, n_regions = ndimage.label(called, structure=np.ones((3, 3)))
+        hit = regions[self.cells[:, 0], self.cells[:, 1]]
+        touched = np.unique(hit[hit > 0])
+        return set(np.unique(self.lesion[hit > 0]).tolist()) & self.counted, n_regions - len(touched)
+
+
 def lesion_detection(
     slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], z_threshold: float, min_region_tiles: int
 ) -> tuple[dict, pd.DataFrame]:
@@ -126,19 +151,14 @@ def lesion_detection(
     """
     lesions, false_regions = [], {}
     for s, raster in zip(slides, rasters, strict=True):
-        called_grid = s.called_map(z_threshold, min_region_tiles)
-        regions, n_regions = ndimage.label(called_grid, structure=np.ones((3, 3)))
-        called = regions[np.ix_(raster.rows, raster.cols)]
-        touched = set(np.unique(called[raster.instances > 0]).tolist()) - {0}
-        false_regions[s.slide_id] = n_regions - len(touched)
+        lesion_cells = LesionCells.of(raster)
+        found, false_regions[s.slide_id] = lesion_cells.match(s.called_map(z_threshold, min_region_tiles))
         for label, diameter in sorted(raster.diameters_um.items()):
-            if label in raster.itc:
-                continue
-            found = bool((called[raster.instances == label] > 0).any())
-            lesions.append({"slide": s.slide_id, "lesion": label, "diameter_um": round(diameter, 1),
-                            "size": size_class(diameter), "found": found})  # fmt: skip
+            if label in lesion_cells.counted:
+                lesions.append({"slide": s.slide_id, "lesion": label, "diameter_um": round(diameter, 1),
+                                "size": size_class(diameter), "found": label in found})  # fmt: skip
     table = pd.DataFrame(lesions, columns=["slide", "lesion", "diameter_um", "size", "found"])
-    tumour_free = [k for k, s in enumerate(slides) if not rasters[k].diameters_um]
+    tumour_free = [k for k, s in enumerate(slides) if s.is_tumour_free]
     totals = {
         "note": "at the calibrated threshold and minimum region size; ITC (< 0.2 mm) neither found nor missed",
         "n_lesions": len(table),
@@ -159,17 +179,6 @@ def lesion_detection(
         "false_regions": false_regions,
     }
     return totals, table
-
-
-def slide_score(s: SlideResult) -> float:
-    """Task 1's score: the slide's highest mean z over any ``SLIDE_SCORE_WINDOW``² window of tissue patches, so one
-    unusual patch counts less than a cluster of them."""
-    z = np.nan_to_num(s.z_map, nan=0.0)
-    tissue = np.isfinite(s.z_map).astype(float)
-    total = ndimage.uniform_filter(z, SLIDE_SCORE_WINDOW, mode="constant")
-    count = ndimage.uniform_filter(tissue, SLIDE_SCORE_WINDOW, mode="constant")
-    mean = np.where(count > 0.5 / SLIDE_SCORE_WINDOW**2, total / np.maximum(count, 1e-12), -np.inf)
-    return float(mean[tissue > 0].max()) if tissue.any() else float("nan")
 
 
 def read_text_any_utf(path: Path, what: str) -> str:
@@ -282,7 +291,7 @@ def slide_level(
     """Task 1: each slide's score and label, and the slide-level ROC AUC overall and of macro- and of
     micro-metastasis slides each against the normal slides."""
     table = slide_labels(slides, rasters, reference_csv)
-    table["score"] = [slide_score(s) for s in slides]
+    table["score"] = [slide_score(s.z_map) for s in slides]
     normal = table[table["tumour"] == 0]
 
     def auc(tumour: pd.DataFrame) -> float | None:

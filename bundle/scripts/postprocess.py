@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from .regions import clean_mask, trace_regions, two_scale_map
+from .regions import called_map, slide_score, trace_regions
 from .scores import Z_STATISTICS, AnomalyScore, slide_reference
 from .settings import require_number
 from .slide_outputs import PATCH_COLUMNS, SlideOutputs
@@ -61,6 +61,7 @@ class SlidePostprocessor:
         min_region_tiles: int = 5,
         z_statistics: str = "mean_std",
         score_floor: float = -math.inf,
+        min_slide_score: float = -math.inf,
     ):
         if z_statistics not in Z_STATISTICS:
             raise ValueError(f"--z_statistics must be one of {list(Z_STATISTICS)}, got {z_statistics!r}.")
@@ -72,6 +73,9 @@ class SlidePostprocessor:
         self.z_threshold = float(z_threshold)
         self.min_region_tiles = int(min_region_tiles)
         self.score_floor = float(score_floor)
+        if min_slide_score != -math.inf:
+            require_number("min_slide_score", min_slide_score, -20, 20)
+        self.min_slide_score = float(min_slide_score)
         self.job: SlideJob | None = None
         self.summary: dict = {}
         self.outputs: Callable[[], None] | None = None  # writes the slide's files once ``finish`` has run
@@ -80,6 +84,11 @@ class SlidePostprocessor:
     def recorded_floor(self) -> float | None:
         """``score_floor`` as JSON can hold it (None: no floor)."""
         return None if math.isinf(self.score_floor) else self.score_floor
+
+    @property
+    def recorded_gate(self) -> float | None:
+        """``min_slide_score`` as JSON can hold it (None: no gate)."""
+        return None if math.isinf(self.min_slide_score) else self.min_slide_score
 
     def begin(self, job: SlideJob) -> None:
         self.job = job
@@ -113,8 +122,8 @@ class SlidePostprocessor:
         z = (scores - centre) / spread if spread > 0 else np.zeros_like(scores)
         z_map = np.full(facts["shape"], np.nan, dtype=np.float32)
         z_map[grid[:, 0], grid[:, 1]] = z
-        tumour_map = clean_mask(two_scale_map(z_map, grid, scores, self.score_floor), self.z_threshold,
-                                self.min_region_tiles)  # fmt: skip
+        tumour_map = called_map(z_map, grid, scores, self.z_threshold, self.min_region_tiles, self.score_floor,
+                                self.min_slide_score)  # fmt: skip
         regions = trace_regions(tumour_map, z_map, geometry.stride0, size=geometry.size0)
 
         patches = pd.DataFrame(
@@ -149,6 +158,8 @@ class SlidePostprocessor:
             "z_threshold": self.z_threshold,
             "min_region_tiles": self.min_region_tiles,
             "score_floor": self.recorded_floor,
+            "slide_score": slide_score(z_map),
+            "min_slide_score": self.recorded_gate,
             "thumbnail_downsample": facts["mask_downsample"],
             "domain_distance": distance,
             "out_of_domain": facts["out_of_domain"],
@@ -170,7 +181,9 @@ class SlidePostprocessor:
         )  # fmt: skip
         self.outputs = functools.partial(outputs.write, self.output_dir / job.slide_id)
         # an empty region file is a result too: say how close the slide came to the threshold
+        gated = grid_info["slide_score"] < self.min_slide_score
         logger.info(
-            "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f)",
+            "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f, slide score %.2f%s)",
             job.slide_id, len(regions), self.summary["tumour_mm2"], self.z_threshold, self.min_region_tiles, z.max(),
+            grid_info["slide_score"], f" < min_slide_score {self.min_slide_score:.2f}: none called" if gated else "",
         )  # fmt: skip

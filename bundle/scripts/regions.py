@@ -1,4 +1,5 @@
-"""Tumour regions on the patch grid: threshold, clean-up, polygons in level-0 pixels, GeoJSON and ASAP XML."""
+"""Tumour regions on the patch grid: the decision (slide gate, threshold, clean-up), polygons in level-0 pixels,
+GeoJSON and ASAP XML."""
 
 from __future__ import annotations
 
@@ -34,6 +35,33 @@ def two_scale_map(z_map: np.ndarray, cells: np.ndarray, scores: np.ndarray, scor
     below = np.asarray(scores) < score_floor
     candidates[cells[below, 0], cells[below, 1]] = np.nan
     return candidates
+
+
+SLIDE_SCORE_WINDOW = 3  # patches: a slide's score is its highest mean z over a window of this side
+
+
+def slide_score(z_map: np.ndarray) -> float:
+    """A slide's tumour score (CAMELYON16 Task 1): its highest mean z over any ``SLIDE_SCORE_WINDOW``² window of tissue
+    patches (NaN = off tissue), so one unusual patch counts less than a cluster of them."""
+    tissue = np.isfinite(z_map)
+    if not tissue.any():
+        return float("nan")
+    total = ndimage.uniform_filter(np.where(tissue, z_map, 0.0), SLIDE_SCORE_WINDOW, mode="constant")
+    count = ndimage.uniform_filter(tissue.astype(float), SLIDE_SCORE_WINDOW, mode="constant")
+    mean = np.where(count > 0.5 / SLIDE_SCORE_WINDOW**2, total / np.maximum(count, 1e-12), -np.inf)
+    return float(mean[tissue].max())
+
+
+def called_map(
+    z_map: np.ndarray, cells: np.ndarray, scores: np.ndarray, z_threshold: float, min_region_tiles: int,
+    score_floor: float = -math.inf, min_slide_score: float = -math.inf,
+) -> np.ndarray:  # fmt: skip
+    """The grid cells called tumour: none on a slide whose ``slide_score`` is below ``min_slide_score`` (most slides a
+    user scores are tumour-free, and every region on them is a false alarm), else ``clean_mask`` of the cells that
+    pass both scales of ``two_scale_map``."""
+    if slide_score(z_map) < min_slide_score:
+        return np.zeros(z_map.shape, bool)
+    return clean_mask(two_scale_map(z_map, cells, scores, score_floor), z_threshold, min_region_tiles)
 
 
 def shoelace_area(ring: np.ndarray) -> float:

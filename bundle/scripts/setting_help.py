@@ -48,14 +48,19 @@ STAGES: dict[str, dict[str, str]] = {
         "rarity_exclusion": "rarity score: neighbourhood (in patches) left out of the comparison",
     },
     "Decision": {
-        "calibration_file": "calibration.json that sets z_threshold, min_region_tiles and normal_quantile",
+        "calibration_file": "calibration.json that sets z_threshold, min_region_tiles, normal_quantile and "
+        "min_slide_score",
         "z_statistics": "per-slide z-score from mean_std or median_mad",
         "z_threshold": "per-slide z-score a patch must reach to be called",
         "min_region_tiles": "smallest called region, in patches",
         "normal_quantile": "quantile of the training normals' scores a patch must also exceed (0: off)",
+        "min_slide_score": "slide gate: no region on a slide whose score (highest 3x3-patch mean z) is below it "
+        "(-inf: off)",
         "domain_limit": "colour distance above which a slide is flagged out of domain",
     },
     "Evaluation": {
+        "target_false_regions": "calibrate finds the most lesions with at most this many false regions per "
+        "tumour-free slide",
         "label_rule": "patch label from its annotation: centre pixel or tumour fraction",
         "min_tumour_fraction": "tumour fraction that makes a patch tumour under the fraction rule",
         "sweep_thresholds": "z thresholds calibrate tries",
