@@ -29,6 +29,7 @@ from common import BUNDLE
 from detection_quality import tile_folds
 
 from scripts.datasets import DEMO_TILES, tile_names
+from scripts.metrics import rate_interval
 from tools.sparse_slides import build
 
 CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
@@ -65,8 +66,9 @@ def fold_results(
     return collect(root, fold, statistics)
 
 
-def collect(root: Path, fold: str, statistics: str) -> list[dict]:
-    """One row per test slide of a fold from the outputs of its ``run calibrate`` and ``run evaluate``."""
+def collect(root: Path, fold: str, statistics: str) -> tuple[list[dict], list[dict]]:
+    """One row per test slide and one per lesion of a fold, from the outputs of its ``run calibrate`` and
+    ``run evaluate``."""
     cal_out, test_out = root / f"cal_{statistics}", root / f"test_{statistics}"
     metrics = json.loads((test_out / "metrics.json").read_text())
     calibration = json.loads((cal_out / "calibration.json").read_text())
@@ -78,54 +80,86 @@ def collect(root: Path, fold: str, statistics: str) -> list[dict]:
             **row, "fold": fold, "tumour_free": row["tumour_fraction"] == 0,
             "dice": metrics["per_slide"][slide]["dice"],
             "regions": len(json.loads((test_out / slide / "regions.geojson").read_text())["features"]),
+            "false_mm2": metrics["tumour_free_false_positive_mm2"].get(slide),
             "z_threshold": calibration["z_threshold"], "min_region_tiles": calibration["min_region_tiles"],
             "normal_quantile": calibration.get("normal_quantile", 0.0),
+            "min_slide_score": calibration.get("min_slide_score"),
+            "target": calibration.get("operating_point", {}).get("target_false_regions"),
             "lesion_sensitivity": metrics["lesion_detection"]["lesion_sensitivity"],
             "froc": metrics["froc"].get("score"), "pooled_auc": metrics["pooled"]["auc"],
         })  # fmt: skip
-    return rows
+    lesions = pd.read_csv(test_out / "lesions.csv", dtype={"slide": str}).assign(fold=fold)
+    return rows, lesions.to_dict("records")
 
 
-def interval(values: np.ndarray, statistic=np.mean) -> str:
-    """The statistic and its 95 % interval over ``DRAWS`` resamples of the slides."""
+def interval(values: np.ndarray, statistic=np.mean, groups: np.ndarray | None = None) -> str:
+    """The statistic and its 95 % interval over ``DRAWS`` resamples of the slides (of ``groups``, where values of
+    one slide, such as its lesions, are resampled together)."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return "-"
+    if groups is None:
+        members = [np.array([k]) for k in range(len(values))]
+    else:
+        members = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
     rng = np.random.default_rng(0)
-    draws = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(DRAWS)]
+    draws = []
+    for _ in range(DRAWS):
+        picked = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        draws.append(statistic(values[picked]))
     low, high = np.percentile(draws, [2.5, 97.5])
     return f"{statistic(values):.3f} [{low:.2f}, {high:.2f}]"
 
 
-def paired(rows: list[dict], versus: list[dict]) -> None:
-    """Differences from the same slides' rows of another run (``--versus``): IoU per tumour slide and false regions
-    per tumour-free slide resampled by slide, FROC and lesion sensitivity by fold (only 4 folds: a rough interval)."""
+def slide_keys(table: pd.DataFrame) -> np.ndarray:
+    return (table["fold"] + "/" + table["slide"]).to_numpy()
+
+
+def paired(rows: list[dict], lesions: list[dict], versus: list[dict], versus_lesions: list[dict]) -> None:
+    """Differences from the same slides' rows of another run (``--versus``), resampled by slide: IoU per tumour slide,
+    false regions and mm² per tumour-free slide, each lesion found or not; FROC by fold (4 folds: a rough interval)."""
     keys = ["fold", "slide"]
     both = pd.DataFrame(rows).merge(pd.DataFrame(versus), on=keys, suffixes=("", "_versus"), validate="one_to_one")
     tumour, normal = both[~both["tumour_free"]], both[both["tumour_free"]]
-    folds = both.groupby("fold")[["froc", "froc_versus", "lesion_sensitivity", "lesion_sensitivity_versus"]].first()
-    print(f"\n  paired against --versus ({len(tumour)} tumour, {len(normal)} tumour-free slides):")
+    found = pd.DataFrame(lesions).merge(pd.DataFrame(versus_lesions), on=[*keys, "lesion"], suffixes=("", "_versus"),
+                                        validate="one_to_one")  # fmt: skip
+    folds = both.groupby("fold")[["froc", "froc_versus"]].first()
+    print(
+        f"\n  paired against --versus ({len(tumour)} tumour, {len(normal)} tumour-free slides, {len(found)} lesions):"
+    )
     print(f"  IoU difference                  {interval(tumour['iou'] - tumour['iou_versus'])}")
     print(f"  false regions difference        {interval(normal['regions'] - normal['regions_versus'])}")
+    print(f"  false mm² difference            {interval(normal['false_mm2'] - normal['false_mm2_versus'])}")
+    difference = found["found"].astype(float) - found["found_versus"].astype(float)
+    print(f"  lesion sensitivity difference   {interval(difference, groups=slide_keys(found))}")
     print(f"  FROC difference (by fold)       {interval(folds['froc'] - folds['froc_versus'])}")
-    sensitivity = folds["lesion_sensitivity"] - folds["lesion_sensitivity_versus"]
-    print(f"  lesion sensitivity difference   {interval(sensitivity)}")
 
 
-def summarise(rows: list[dict], title: str) -> None:
-    table = pd.DataFrame(rows)
+def summarise(rows: list[dict], lesions: list[dict], title: str) -> None:
+    table, found = pd.DataFrame(rows), pd.DataFrame(lesions, columns=["fold", "slide", "lesion", "size", "found"])
     tumour, normal = table[~table["tumour_free"]], table[table["tumour_free"]]
     print(f"\n{title}: {len(tumour)} tumour-sparse and {len(normal)} tumour-free test slides")
     print(f"  IoU (calibrated threshold)      {interval(tumour['iou'])}    oracle {tumour['oracle_iou'].mean():.3f}")
     print(f"  Dice                            {interval(tumour['dice'])}")
     print(f"  FROC (per fold, mean)           {table.groupby('fold')['froc'].first().mean():.3f}")
     print(f"  pooled patch AUC (per fold, mean) {table.groupby('fold')['pooled_auc'].first().mean():.3f}")
-    print(f"  tumour-free slides: false regions {interval(normal['regions'])}, false patches {interval(normal['fp'])}")
-    print(f"  lesion sensitivity (per fold, mean) {table.groupby('fold')['lesion_sensitivity'].first().mean():.3f}")
-    thresholds = table.groupby("fold")[["z_threshold", "min_region_tiles", "normal_quantile"]].first()
+    poisson = rate_interval(int(normal["regions"].sum()), len(normal)) if len(normal) else [np.nan] * 2
+    target = table["target"].dropna().max()  # the calibrations' target (NaN: calibrated before targets existed)
+    met = "met" if normal["regions"].mean() <= target else "MISSED"
+    within = "" if pd.isna(target) else f"; target {target:g} {met}"
+    print(f"  tumour-free slides: false regions {interval(normal['regions'])} (exact Poisson [{poisson[0]:.2f}, "
+          f"{poisson[1]:.2f}]{within}), false mm² {interval(normal['false_mm2'])}, false patches "
+          f"{interval(normal['fp'])}")  # fmt: skip
+    for size in ("all", "macro", "micro"):
+        chosen = found if size == "all" else found[found["size"] == size]
+        if len(chosen):
+            print(f"  lesion sensitivity, {size:5} ({len(chosen):2} lesions) "
+                  f"{interval(chosen['found'].astype(float), groups=slide_keys(chosen))}")  # fmt: skip
+    thresholds = table.groupby("fold")[["z_threshold", "min_region_tiles", "normal_quantile", "min_slide_score"]]
     print("  calibrated per fold: " + ", ".join(
-        f"{f}: z {r.z_threshold:.2f} / {r.min_region_tiles:.0f} / normal quantile {r.normal_quantile:.2f}"
-        for f, r in thresholds.iterrows()))  # fmt: skip
+        f"{f}: z {r.z_threshold:.2f} / {r.min_region_tiles:.0f} / normal quantile {r.normal_quantile:.2f} / "
+        f"slide gate {'-' if pd.isna(r.min_slide_score) else f'{r.min_slide_score:.2f}'}"
+        for f, r in thresholds.first().iterrows()))  # fmt: skip
 
 
 def main() -> None:
@@ -147,14 +181,15 @@ def main() -> None:
              for k, held_out in enumerate(tile_folds(training))]  # fmt: skip
     folds.append(("demo", args.ckpt, training, list(DEMO_TILES)))
     for statistics in args.z_statistics:
-        rows = []
+        rows, lesions = [], []
         for fold, model, train_tiles, test_tiles in folds:
-            fold_rows = fold_results(args.out, fold, model, train_tiles, test_tiles, args, statistics)
-            summarise(fold_rows, f"{fold} ({statistics})")
-            rows += fold_rows
-        summarise(rows, f"all folds ({statistics})")
+            fold_rows, fold_lesions = fold_results(args.out, fold, model, train_tiles, test_tiles, args, statistics)
+            summarise(fold_rows, fold_lesions, f"{fold} ({statistics})")
+            rows, lesions = rows + fold_rows, lesions + fold_lesions
+        summarise(rows, lesions, f"all folds ({statistics})")
         if args.versus:
-            paired(rows, [row for fold, *_ in folds for row in collect(args.versus / fold, fold, statistics)])
+            versus = [collect(args.versus / fold, fold, statistics) for fold, *_ in folds]
+            paired(rows, lesions, [r for v in versus for r in v[0]], [r for v in versus for r in v[1]])
 
 
 if __name__ == "__main__":

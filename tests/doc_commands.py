@@ -38,6 +38,10 @@ CARD_TRAIN = "python -m monai.bundle run training --config_file configs/train.js
 RECIPE = "\"['configs/train.json','configs/shipped_recipe.json']\""
 EVALUATE = "\"['bundle/configs/inference.json','bundle/configs/evaluate.json']\""
 CARD_EVALUATE = "\"['configs/inference.json','configs/evaluate.json']\""
+SHIPPED_CALIBRATION_SLIDES = (
+    "python ../tools/sparse_slides.py CAL --tiles_dir TILES --normals_dir NORMALS --normal_slides 12 "
+    "--normals_part rest --seed 1"
+)
 
 
 def calibrate(configs: str) -> str:
@@ -76,7 +80,8 @@ CARD_MODEL = ("runs/models/model.pt", "runs/models/normal_stats.pt")
 
 # (document, command as written) -> how it runs. Placeholders: SLIDES/DIR (inference) two copies of the demo slide;
 # CAL/TEST with ANN the demo slide and its annotation; DIR (training) PCam HDF5 files; TILES/DIR (tiles) images/ and
-# masks/; slides.json two normal slides; OUT, CAL_OUT, TEST_OUT empty folders; N is 2 (CPU processes).
+# masks/; slides.json two normal slides; OUT, CAL_OUT, TEST_OUT empty folders; N is 2 (CPU processes); TILES and NORMALS
+# of the calibration slides four 512-px tiles and 60 normal patches.
 COMMANDS: dict[tuple[str, str], Run] = {
     ("README.md", "make demo"): Run(expect=("demo_output/camelyon16_demo/regions.geojson", "demo_output/summary.csv")),
     ("README.md", "make test"): Run(skip="it is the command that runs these tests"),
@@ -152,6 +157,10 @@ COMMANDS: dict[tuple[str, str], Run] = {
         "--meta_file configs/metadata.json --config_file configs/inference.json",
     ): Run(expect=("models/model.ts",)),
     ("bundle/docs/README.md", "python -m monai.bundle download_large_files --bundle_path ."): Run(),
+    ("bundle/docs/README.md", SHIPPED_CALIBRATION_SLIDES): Run(
+        bind={"TILES": "calibration_tiles", "NORMALS": "normal_patches", "CAL": "cal_slides"},
+        expect=("CAL/sparse_05.xml", "CAL/normal_11.tif"),
+    ),
 }
 
 

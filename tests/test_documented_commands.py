@@ -15,9 +15,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from skimage import io
 
 from conftest import BUNDLE, REPO, tissue_like, write_slide
 from doc_commands import COMMANDS, Ran, all_documented, bind, command_key, run_documented
+from scripts.regions import to_asap_xml
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
 
@@ -39,6 +41,8 @@ def fixture_data(tmp_path_factory, tiles_dir) -> dict[str, Path]:
         (slides / f"{name}.tif").symlink_to(DEMO.with_suffix(".tif"))
     for suffix in (".tif", ".xml"):
         (annotated / DEMO.with_suffix(suffix).name).symlink_to(DEMO.with_suffix(suffix))
+    write_slide(annotated / "normal.tif", 0.972, size=(1024, 1536), levels=2)  # calibrate needs a tumour-free slide
+    (annotated / "normal.xml").write_text(to_asap_xml([]))
     pcam = root / "pcam"
     pcam.mkdir()
     rng = np.random.default_rng(0)
@@ -50,9 +54,23 @@ def fixture_data(tmp_path_factory, tiles_dir) -> dict[str, Path]:
     normal_slides = [write_slide(root / f"normal_{k}.tif", 0.972, size=(2048, 3072), levels=2) for k in range(2)]
     datalist = root / "slides.json"
     datalist.write_text(json.dumps([str(s) for s in normal_slides]))
-    outputs = {name: root / name for name in ("out", "cal_out", "test_out", "card_cal_out", "card_test_out")}
+    calibration_tiles = root / "calibration_tiles"  # tissue for 6 sparse and 12 tumour-free slides of 16 x 16 cells
+    for folder in ("images", "masks"):
+        (calibration_tiles / folder).mkdir(parents=True)
+    for k in range(4):  # 5 normal regions and 9 tumour crops that share no pixels a tile
+        mask = np.zeros((512, 512), np.uint8)
+        mask[:288, :288] = 255
+        io.imsave(calibration_tiles / "images" / f"t{k}.png", tissue_like(rng, (512, 512)), check_contrast=False)
+        io.imsave(calibration_tiles / "masks" / f"t{k}.png", mask, check_contrast=False)
+    normals = root / "normal_patches"
+    normals.mkdir()
+    for k in range(60):
+        io.imsave(normals / f"p{k:02d}.png", tissue_like(rng, (96, 96)), check_contrast=False)
+    outputs = {
+        name: root / name for name in ("out", "cal_out", "test_out", "card_cal_out", "card_test_out", "cal_slides")
+    }
     return {"slides": slides, "annotated": annotated, "pcam": pcam, "tiles": tiles_dir, "normal_slides": datalist,
-            **outputs}  # fmt: skip
+            "calibration_tiles": calibration_tiles, "normal_patches": normals, **outputs}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def slide(name: str, lesions: list[np.ndarray], hot: list[tuple[slice, slice]]) 
     grid = {"size": STRIDE, "stride": STRIDE, "mpp0": MPP0, "thumbnail_downsample": 32.0}
     annotation = LesionAnnotation(tumour=lesions) if lesions else None
     truth = annotation.rasterise((192, 192), 32.0) if annotation else np.zeros((192, 192), bool)
-    empty = pd.DataFrame(columns=["x", "y", "z", "label"])
+    empty = pd.DataFrame(columns=["x", "y", "score", "z", "label"])
     return SlideResult(name, empty, z_map, grid, truth, np.ones_like(truth), np.zeros((192, 192, 3)), annotation)
 
 

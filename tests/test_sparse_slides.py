@@ -107,3 +107,38 @@ def test_median_mad_is_not_dragged_by_a_tumour_tail():
     assert abs(median) < 0.15 and spread == pytest.approx(1.0, abs=0.15)
     assert std > 1.4  # the tail inflates the plain spread, so tumour z falls
     assert (6 - median) / spread > (6 - mean) / std + 1
+
+
+def test_tumour_free_slides_alternate_sources_and_calibration_and_test_share_no_patch(large_tiles, tmp_path):
+    """PCam-like patches, each a flat colour of its own, show which patch every cell of a tumour-free slide is."""
+    from skimage import io
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for k in range(100):  # grey 40 + 2k: patch k
+        io.imsave(normals / f"p{k:03d}.png", np.full((CELL, CELL, 3), 40 + 2 * k, np.uint8), check_contrast=False)
+    reader = make_reader("tifffile")
+
+    def cells(folder, slide: str) -> np.ndarray:  # the patch each cell shows (its grey, JPEG-compressed)
+        image, _ = reader.get_data(reader.read(str(folder / f"{slide}.tif")), level=0)
+        grey = np.asarray(image)[0, CELL // 2 :: CELL, CELL // 2 :: CELL].astype(float)
+        return np.round((grey - 40) / 2).astype(int)
+
+    names = ["t0.png", "t1.png", "t2.png"]
+    kept = {}
+    for part in ("held_out", "rest"):
+        out = tmp_path / part
+        ids = build(out, large_tiles, names, normals, slides=1, grid=(4, 5), seed=0, normal_slides=3, normals_part=part)
+        assert ids == ["sparse_00", "normal_00", "normal_01", "normal_02"]
+        assert all(read_asap_xml(out / f"{s}.xml").area_px() == 0 for s in ids[1:])
+        kept[part] = [cells(out, "normal_00"), cells(out, "normal_02")]  # normal_01 is the tiles' tissue
+        assert len(np.unique(cells(out, "normal_01"))) > 3
+    # each slide's 20 cells are 20 patches; the held-out fifth (20) is used once before any repeats, the rest (80)
+    # fills both slides without repeating
+    for part in ("held_out", "rest"):
+        assert all(len(np.unique(c)) == 20 for c in kept[part])
+    assert len(np.unique(np.concatenate([c.ravel() for c in kept["rest"]]))) == 40
+    held_out, rest = (set(np.concatenate([c.ravel() for c in kept[p]]).tolist()) for p in ("held_out", "rest"))
+    assert not held_out & rest
+    with pytest.raises(ValueError, match="normals_part must be one of"):
+        build(tmp_path / "x", large_tiles, names, normals, slides=1, grid=(4, 5), normals_part="training")

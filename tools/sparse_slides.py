@@ -1,7 +1,7 @@
 """Annotated slides of realistic tumour burden, assembled from real tissue, for calibrating thresholds.
 
     python -m tools.sparse_slides OUT --tiles_dir ../shared/data/camelyon16_tiles \\
-        --normals_dir ../shared/data/pcam_normals --tiles 10692 10693 ... [--slides 6 --seed 0]
+        --normals_dir ../shared/data/pcam_normals [--tiles 10700 10701 ...] [--slides 6 --normal_slides 12 --seed 0]
 
 CAMELYON16 metastases cover a few per cent of a slide's tissue, often less; calibrating on tumour-heavy tiles (35-70 %
 tumour) chooses thresholds that call most of any slide. Each slide here is a grid of model patches (``CELL`` px at
@@ -36,11 +36,13 @@ import numpy as np
 
 from scripts.atomic import atomic_path
 from scripts.datasets import (
+    DEMO_TILES,
     PatchFolderNormals,
     crop_corners,
     held_out_normals,
     normal_patch_files,
     read_tile,
+    tile_names,
 )
 from scripts.pyramid import write_pyramid
 from scripts.regions import to_asap_xml, trace_regions
@@ -219,7 +221,12 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("out_dir", type=Path)
     cli.add_argument("--tiles_dir", type=Path, required=True, help="images/ and masks/ (camelyon16_tiles)")
-    cli.add_argument("--tiles", nargs="+", required=True, help="tile names (stems) to cut tissue from")
+    cli.add_argument(
+        "--tiles",
+        nargs="+",
+        help="tile names (stems) to cut tissue from; default: all but the demo "
+        "slide's, the tiles the shipped model was trained on",
+    )
     cli.add_argument("--normals_dir", type=Path, help="normal patch images (pcam_normals) for the tumour-free slide")
     cli.add_argument("--slides", type=int, default=6)
     cli.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="cells per slide: rows cols")
@@ -234,8 +241,9 @@ def main() -> None:
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tiles = args.tiles or tile_names(args.tiles_dir, DEMO_TILES)
     build(
-        args.out_dir, args.tiles_dir, args.tiles, args.normals_dir, args.slides, tuple(args.grid), args.seed,
+        args.out_dir, args.tiles_dir, tiles, args.normals_dir, args.slides, tuple(args.grid), args.seed,
         args.normals_holdout, args.normal_slides, args.normals_part,
     )  # fmt: skip
 

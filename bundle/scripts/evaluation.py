@@ -52,6 +52,7 @@ from .metrics import (  # noqa: E402
     pr_auc,
     proportion_interval,
     rate_interval,
+    rate_upper_bound,
     roc_auc,
     slide_resampled_ratio,
     strict_json,
@@ -199,7 +200,21 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
-RULE_OF_THREE = 3.0  # no event in n trials puts the 95 % upper bound of the rate near 3 / n
+RATE_CONFIDENCE = 0.95  # the chosen false-region rate is within the target at this confidence
+
+
+def allowed_false_regions(target: float, tumour_free_slides: int) -> int | None:
+    """The most false regions on ``tumour_free_slides`` whose exact upper bound (``RATE_CONFIDENCE``) is still within
+    ``target``: the calibration slides' own rate is optimistic (calibration picks the best of many settings on them),
+    so it must be shown, not merely estimated, to be within the target. None: too few slides for even 0 to show it."""
+    fits = [k for k in range(int(target * tumour_free_slides) + 1)
+            if rate_upper_bound(k, tumour_free_slides, RATE_CONFIDENCE) <= target]  # fmt: skip
+    return max(fits) if fits else None
+
+
+def slides_needed(target: float) -> int:
+    """The fewest tumour-free slides on which no false region shows a rate within ``target``."""
+    return math.ceil(-math.log(1 - RATE_CONFIDENCE) / target)
 
 
 def operating_point(
@@ -268,7 +283,7 @@ class Outcomes:
                 if threshold >= highest[quantile]:
                     continue  # nothing called: all zero
                 called = clean_mask(floored[quantile], threshold, tiles)
-                hits, false_regions[row, k] = lesion_cells.match(called)
+                hits, false_regions[row, k] = lesion_cells.match(called, s.z_map)
                 found[row, k] = len(hits)
                 predicted = called[rows, cols]
                 tp[row, k], fp[row, k] = (predicted & labels).sum(), (predicted & ~labels).sum()
@@ -290,17 +305,19 @@ def slide_gates(scores: np.ndarray, tumour_free: np.ndarray) -> np.ndarray:
 def choose_operating_point(
     slides: Sequence[SlideResult], outcomes: Outcomes, target: float
 ) -> tuple[dict, dict, np.ndarray]:
-    """The decision settings that find the most lesions with at most ``target`` false regions per tumour-free slide;
-    ties go to fewer false regions, then to the higher mean IoU, then to the first setting (no floor, fewest
-    tiles, lowest threshold, no gate) so the choice is reproducible. Returns the settings, their operating point on
-    these slides and which slides the gate leaves open."""
+    """The decision settings that find the most lesions with a false-region rate on the tumour-free slides within
+    ``target`` (``allowed_false_regions``; with too few slides to show any, none at all). Ties go to fewer false
+    regions on the tumour-free slides, then on all slides, then to the higher mean IoU, then to the lowest gate (none
+    first), then to the first setting (no floor, fewest tiles, lowest threshold), so the choice is reproducible.
+    Returns the settings, their operating point on these slides and which slides the gate leaves open."""
     free = np.array([s.is_tumour_free for s in slides])
     scores = np.array([slide_score(s.z_map) for s in slides])
     gates = slide_gates(scores, free)
     open_ = (scores[None, :] >= gates[:, None]).astype(float)  # (gates, slides)
     positives, lesions = outcomes.positives.astype(float), outcomes.lesions
     found = outcomes.found @ open_.T  # (settings, gates)
-    false_free = outcomes.false_regions[:, free] @ open_[:, free].T / free.sum()
+    false_free = outcomes.false_regions[:, free] @ open_[:, free].T  # (settings, gates): on all tumour-free slides
+    false_all = outcomes.false_regions @ open_.T / len(slides)
     tp, fp = outcomes.tp[:, None, :] * open_[None], outcomes.fp[:, None, :] * open_[None]  # (settings, gates, slides)
     union = positives[None, None] + fp
     mean_iou = np.where(union > 0, tp / np.maximum(union, 1), 1.0).mean(-1)
@@ -308,10 +325,11 @@ def choose_operating_point(
     candidates = pd.DataFrame({
         "setting": np.repeat(np.arange(len(outcomes.settings)), len(gates)), "gate": np.tile(np.arange(len(gates)),
         len(outcomes.settings)), "sensitivity": sensitivity.ravel(), "false": false_free.ravel(),
-        "iou": mean_iou.ravel(),
+        "false_all": false_all.ravel(), "iou": mean_iou.ravel(),
     })  # fmt: skip
-    within = candidates[candidates["false"] <= target + 1e-9]
-    best = within.sort_values(["sensitivity", "false", "iou"], ascending=[False, True, False], kind="stable").iloc[0]
+    within = candidates[candidates["false"] <= (allowed_false_regions(target, int(free.sum())) or 0)]
+    order = ["sensitivity", "false", "false_all", "iou", "gate"]
+    best = within.sort_values(order, ascending=[False, True, True, False, True], kind="stable").iloc[0]
     row, gate = int(best["setting"]), int(best["gate"])
     chosen = outcomes.settings.iloc[row]
     settings = {
@@ -325,6 +343,7 @@ def choose_operating_point(
         int(found[row, gate]), int(lesions.sum()), outcomes.false_regions[row, free & gate_open].tolist()
         + [0] * int((free & ~gate_open).sum()), tp[row, gate], fp[row, gate], positives - tp[row, gate],
     )  # fmt: skip
+    point["false_regions_per_tumour_free_slide"]["allowed"] = allowed_false_regions(target, int(free.sum())) or 0
     point["mean_iou"] = float(mean_iou[row, gate])
     return settings, point, gate_open
 
@@ -464,20 +483,21 @@ class Evaluation:
             )
 
     def _require_tumour_free(self, tumour_free: Sequence[str], warn_few: bool = True) -> None:
-        """Refuse a calibration set without a tumour-free slide, and say when it has too few to tell the target rate
-        from zero (``RULE_OF_THREE``): the rate is what calibration chooses for."""
+        """Refuse a calibration set without a tumour-free slide, and say when it has too few to show a rate within the
+        target (``slides_needed``): the rate is what calibration chooses for."""
         where = self.annotation_dir or self.output_dir
         if not tumour_free:
             raise ValueError(
                 f"the calibration slides (annotations in {where}) include no tumour-free slide: a false-region rate "
                 "cannot be chosen without one; add tumour-free slides (an empty annotation, or --tumour_free_slides)."
             )
-        needed = math.ceil(RULE_OF_THREE / self.target_false_regions)
+        needed = slides_needed(self.target_false_regions)
         if warn_few and len(tumour_free) < needed:
             logger.warning(
-                "the calibration slides (annotations in %s) include %d tumour-free slide(s); estimating a rate of %g "
-                "false regions per slide needs %d (none called on %d bounds the rate below %g at 95 %%).", where,
-                len(tumour_free), self.target_false_regions, needed, needed, self.target_false_regions,
+                "the calibration slides (annotations in %s) include %d tumour-free slide(s); showing a rate within %g "
+                "false regions per slide needs %d (none called on %d bounds it below %g at 95 %%): no false region is "
+                "allowed on them; add tumour-free slides.", where, len(tumour_free), self.target_false_regions, needed,
+                needed, self.target_false_regions,
             )  # fmt: skip
 
     def _calibrate(self, weights: str | None, scoring: dict | None) -> dict:
@@ -494,8 +514,8 @@ class Evaluation:
         calibration = {
             **settings,
             "operating_point": {
-                "objective": "the most lesions found with at most target_false_regions called regions per tumour-free "
-                "calibration slide",
+                "objective": "the most lesions found with a false-region rate on the tumour-free calibration slides "
+                f"within target_false_regions at {RATE_CONFIDENCE:.0%} (exact Poisson upper bound)",
                 "target_false_regions": self.target_false_regions,
                 **point,
             },

@@ -55,6 +55,8 @@ class LesionRaster:
     z: np.ndarray
     rows: np.ndarray  # the grid row of each raster row
     cols: np.ndarray
+    centre_rows: np.ndarray  # the raster row of each grid row's centre
+    centre_cols: np.ndarray
     instances: np.ndarray  # 0 background, k lesion k (grown by GROW_UM)
     itc: list[int]
     diameters_um: dict[int, float]  # longest axis of each lesion's own (ungrown) tumour pixels
@@ -76,7 +78,11 @@ def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
         for region in measure.regionprops(np.where(truth, instances, 0).astype(np.int32))
     }
     z = s.z_map[np.ix_(rows, cols)].astype(np.float64)
-    return LesionRaster(level, z, rows, cols, instances, list(itc), diameters, spacing)
+    centre_rows, centre_cols = (
+        np.minimum(((np.arange(n) * s.grid["stride"] + s.grid["size"] / 2) / scale).astype(int), side - 1)
+        for n, side in zip(s.z_map.shape, shape, strict=True)
+    )
+    return LesionRaster(level, z, rows, cols, centre_rows, centre_cols, instances, list(itc), diameters, spacing)
 
 
 def size_class(diameter_um: float) -> str:
@@ -117,34 +123,36 @@ def lesion_froc(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) 
 
 @dataclass
 class LesionCells:
-    """The grid cells each lesion of a slide (grown by ``GROW_UM``) touches: all that matching called regions to
+    """Where a slide's lesions (grown by ``GROW_UM``) lie on the patch grid: all that matching called regions to
     lesions needs, so that a sweep over thresholds matches on the grid, not on the raster."""
 
-    cells: np.ndarray  # (k, 2) grid rows and columns
-    lesion: np.ndarray  # (k,) the lesion label of each
+    at_centre: np.ndarray  # per grid cell: the lesion its centre lies in (0: none; ITC included)
     counted: frozenset[int]  # the lesions found or missed: all but isolated tumour cells
 
     @classmethod
     def of(cls, raster: LesionRaster) -> LesionCells:
-        y, x = np.nonzero(raster.instances)
-        pairs = np.unique(np.stack([raster.rows[y], raster.cols[x], raster.instances[y, x]], 1), axis=0)
         counted = frozenset(label for label in raster.diameters_um if label not in raster.itc)
-        return cls(pairs[:, :2].reshape(-1, 2), pairs[:, 2], counted)
+        return cls(raster.instances[np.ix_(raster.centre_rows, raster.centre_cols)], counted)
 
-    def match(self, called: np.ndarray) -> tuple[set[int], int]:
-        """The counted lesions that a called region touches, and the number of called regions touching no lesion
-        (a region touching only isolated tumour cells is neither)."""
+    def match(self, called: np.ndarray, z_map: np.ndarray) -> tuple[set[int], int]:
+        """The counted lesions found, and the number of false regions. Each called region is one detection, at its
+        highest-z patch, as the challenge's FROC takes one point per detection: it finds the lesion that patch's
+        centre lies in, and is false where that is no lesion (in an isolated tumour cell cluster it is neither). A
+        region spilling far past a lesion still finds it; its precision says how far (``operating_point``)."""
         regions, n_regions = ndimage.label(called, structure=np.ones((3, 3)))
-        hit = regions[self.cells[:, 0], self.cells[:, 1]]
-        touched = np.unique(hit[hit > 0])
-        return set(np.unique(self.lesion[hit > 0]).tolist()) & self.counted, n_regions - len(touched)
+        if not n_regions:
+            return set(), 0
+        peaks = ndimage.maximum_position(np.nan_to_num(z_map, nan=-np.inf), regions, np.arange(1, n_regions + 1))
+        hit = self.at_centre[tuple(np.array(peaks).T)]
+        return set(hit[hit > 0].tolist()) & self.counted, int((hit == 0).sum())
 
 
 def lesion_detection(
     slides: Sequence[SlideResult], rasters: Sequence[LesionRaster], z_threshold: float, min_region_tiles: int
 ) -> tuple[dict, pd.DataFrame]:
-    """What the called regions find: each lesion (ITC aside) is found when a called region touches it (grown by
-    75 µm, as the FROC matches), and each called region touching no lesion is a false one.
+    """What the called regions find (``LesionCells.match``): each lesion (ITC aside) is found when a called region's
+    highest-z patch lies in it (lesions grown by 75 µm, as the FROC matches them), and a region whose highest patch
+    lies in no lesion is a false one.
 
     Returns the totals (lesion sensitivity by size class, false regions per slide, overall and on tumour-free slides)
     and one row per lesion.
@@ -152,7 +160,7 @@ def lesion_detection(
     lesions, false_regions = [], {}
     for s, raster in zip(slides, rasters, strict=True):
         lesion_cells = LesionCells.of(raster)
-        found, false_regions[s.slide_id] = lesion_cells.match(s.called_map(z_threshold, min_region_tiles))
+        found, false_regions[s.slide_id] = lesion_cells.match(s.called_map(z_threshold, min_region_tiles), s.z_map)
         for label, diameter in sorted(raster.diameters_um.items()):
             if label in lesion_cells.counted:
                 lesions.append({"slide": s.slide_id, "lesion": label, "diameter_um": round(diameter, 1),

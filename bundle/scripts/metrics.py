@@ -42,11 +42,17 @@ def overlap(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
+def rate_upper_bound(count: int, slides: int, confidence: float = 0.95) -> float:
+    """Exact one-sided upper bound of a Poisson rate per slide, ``count`` events on ``slides`` slides: none on 12
+    slides bounds the rate below 0.25 at 95 % (the rule of three)."""
+    return float(stats.chi2.ppf(confidence, 2 * count + 2) / 2 / slides)
+
+
 def rate_interval(count: int, slides: int) -> list[float]:
-    """Exact (Garwood) 95 % interval of a Poisson rate per slide, ``count`` events on ``slides`` slides: honest where
-    the count is 0 (no false region on 4 slides still allows 0.92 a slide)."""
-    low = stats.chi2.ppf(0.025, 2 * count) / 2 if count else 0.0
-    return [float(low / slides), float(stats.chi2.ppf(0.975, 2 * count + 2) / 2 / slides)]
+    """Exact (Garwood) 95 % interval of a Poisson rate per slide: honest where the count is 0 (no false region on 4
+    slides still allows 0.92 a slide)."""
+    low = stats.chi2.ppf(0.025, 2 * count) / 2 / slides if count else 0.0
+    return [float(low), rate_upper_bound(count, slides, 0.975)]
 
 
 def proportion_interval(successes: int, trials: int) -> list[float] | None:
