@@ -30,7 +30,7 @@ from detection_quality import tile_folds
 
 from scripts.datasets import DEMO_TILES, tile_names
 from scripts.metrics import rate_interval
-from tools.sparse_slides import build
+from tools.sparse_slides import SOURCES, build
 
 CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")])
 DRAWS = 1000
@@ -73,11 +73,12 @@ def collect(root: Path, fold: str, statistics: str) -> tuple[list[dict], list[di
     metrics = json.loads((test_out / "metrics.json").read_text())
     calibration = json.loads((cal_out / "calibration.json").read_text())
     table = pd.read_csv(test_out / "heatmap_summary.csv", dtype={"slide": str})
+    tissue = pd.read_csv(root / "test" / SOURCES, dtype=str).set_index("slide")["tissue"]
     rows = []
     for row in table.to_dict("records"):
         slide = row["slide"]
         rows.append({
-            **row, "fold": fold, "tumour_free": row["tumour_fraction"] == 0,
+            **row, "fold": fold, "tumour_free": row["tumour_fraction"] == 0, "tissue": tissue[slide],
             "dice": metrics["per_slide"][slide]["dice"],
             "regions": len(json.loads((test_out / slide / "regions.geojson").read_text())["features"]),
             "false_mm2": metrics["tumour_free_false_positive_mm2"].get(slide),
@@ -150,6 +151,9 @@ def summarise(rows: list[dict], lesions: list[dict], title: str) -> None:
     print(f"  tumour-free slides: false regions {interval(normal['regions'])} (exact Poisson [{poisson[0]:.2f}, "
           f"{poisson[1]:.2f}]{within}), false mm² {interval(normal['false_mm2'])}, false patches "
           f"{interval(normal['fp'])}")  # fmt: skip
+    for source, slides in normal.groupby("tissue"):
+        print(f"    of which normal tissue from the {source} ({len(slides)} slides): false regions "
+              f"{interval(slides['regions'])}")  # fmt: skip
     for size in ("all", "macro", "micro"):
         chosen = found if size == "all" else found[found["size"] == size]
         if len(chosen):

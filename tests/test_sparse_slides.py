@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import requires_shared, tissue_like
@@ -130,6 +131,8 @@ def test_tumour_free_slides_alternate_sources_and_calibration_and_test_share_no_
         out = tmp_path / part
         ids = build(out, large_tiles, names, normals, slides=1, grid=(4, 5), seed=0, normal_slides=3, normals_part=part)
         assert ids == ["sparse_00", "normal_00", "normal_01", "normal_02"]
+        sources = pd.read_csv(out / "sources.csv")
+        assert list(sources["slide"]) == ids and list(sources["tissue"]) == ["tiles", "patches", "tiles", "patches"]
         assert all(read_asap_xml(out / f"{s}.xml").area_px() == 0 for s in ids[1:])
         kept[part] = [cells(out, "normal_00"), cells(out, "normal_02")]  # normal_01 is the tiles' tissue
         assert len(np.unique(cells(out, "normal_01"))) > 3

@@ -19,8 +19,9 @@ each filled with (overlapping) crops of one ``REGION``-px square of one tile, an
 the same region, so cells more than ``BLOCK`` - 1 cells apart never share pixels; no two tumour cells of a slide share
 pixels. A score that compares a patch with the rest of its slide beyond a neighbourhood of that size then never meets
 a copy of it.
-Each slide is written as ``<id>.tif`` (pyramidal) with its ``<id>.xml`` (ASAP, group Tumor; an empty file for the
-tumour-free slide, so evaluation reads it as declared tumour-free). Only the tiles named are used, so a fold's
+Each slide is written as ``<id>.tif`` (pyramidal) with its ``<id>.xml`` (ASAP, group Tumor; an empty file for a
+tumour-free slide, so evaluation reads it as declared tumour-free), and ``sources.csv`` says whose normal tissue each
+slide shows (``tiles`` or ``patches``). Only the tiles named are used, so a fold's
 calibration slides can be built from its training tiles alone.
 """
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from scripts.atomic import atomic_path
 from scripts.datasets import (
@@ -56,6 +58,7 @@ BLOCK = 4  # normal tissue comes in BLOCK x BLOCK squares of cells, each from on
 REGION = CELL + 4 * CROP_STRIDE  # a region's side: 5 x 5 crop positions
 MIN_REGION_CROPS = 4  # fewer, and a block would be a few crops repeated
 NORMALS_PARTS = ("held_out", "rest")
+SOURCES = "sources.csv"  # beside the slides: each one's normal tissue, from the tiles or the normal patches
 logger = logging.getLogger(__name__)
 
 
@@ -189,13 +192,14 @@ def build(
         )
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids = []
+    ids, tissue_of = [], []
     for k in range(slides):
         burden, clusters = BURDENS[k % len(BURDENS)], 1 + (k // len(BURDENS)) % 2
         ids.append(f"sparse_{k:02d}")
         cells = cluster_mask(grid, burden, clusters, rng)
         normal = normal_blocks(grid, tissue.regions, rng)
         fraction = write_sparse_slide(out_dir, ids[-1], cells, normal, disjoint_tumour(tissue, int(cells.sum()), rng))
+        tissue_of.append("tiles")
         logger.info(
             "%s: %d cluster(s), tumour %.1f %% of %d cells", ids[-1], clusters, 100 * fraction, grid[0] * grid[1]
         )
@@ -209,11 +213,14 @@ def build(
         ids.append(f"normal_{k:02d}")
         if normals_dir is not None and k % 2 == 0:
             pcam = order[k // 2 * cells : (k // 2 + 1) * cells]
-            normal, source = cells_image(np.stack([patches[i] for i in pcam]), *grid), "PatchCamelyon normals"
+            normal, source = cells_image(np.stack([patches[i] for i in pcam]), *grid), "patches"
         else:
-            normal, source = normal_blocks(grid, tissue.regions, rng), "the tiles' normal tissue"
+            normal, source = normal_blocks(grid, tissue.regions, rng), "tiles"
         write_sparse_slide(out_dir, ids[-1], np.zeros(grid, bool), normal, [])
-        logger.info("%s: tumour-free, %s (%d cells)", ids[-1], source, cells)
+        tissue_of.append(source)
+        logger.info("%s: tumour-free, from the %s (%d cells)", ids[-1], source, cells)
+    with atomic_path(out_dir / SOURCES) as tmp:  # which results come from which tissue
+        pd.DataFrame({"slide": ids, "tissue": tissue_of}).to_csv(tmp, index=False)
     return ids
 
 
