@@ -36,6 +36,15 @@ CONFIGS = str([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs
 DRAWS = 1000
 
 
+def fold_tiles(tiles_dir: Path) -> list[tuple[str, list[str], list[str]]]:
+    """Each fold's name, training tiles and test tiles: the three of ``bench/train_folds.py`` and the demo tiles (the
+    shipped model's test tiles)."""
+    training = [Path(name).stem for name in tile_names(tiles_dir, DEMO_TILES)]
+    folds = [(f"fold{k}", [t for t in training if t not in held_out], held_out)
+             for k, held_out in enumerate(tile_folds(training))]  # fmt: skip
+    return [*folds, ("demo", training, list(DEMO_TILES))]
+
+
 def bundle_run(workflow: str, log: Path, *args: str) -> None:
     """``python -m monai.bundle run <workflow>`` from the repository root, as the docs write it; output to ``log``."""
     command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", CONFIGS, *args]
@@ -180,10 +189,8 @@ def main() -> None:
     cli.add_argument("--versus", type=Path, help="the --out of another run on the same slides, for paired differences")
     cli.add_argument("extra", nargs="*", help="more bundle settings after --, e.g. -- --tta False")
     args = cli.parse_args()
-    training = [Path(name).stem for name in tile_names(args.tiles_dir, DEMO_TILES)]
-    folds = [(f"fold{k}", args.folds / f"fold{k}" / "model.pt", [t for t in training if t not in held_out], held_out)
-             for k, held_out in enumerate(tile_folds(training))]  # fmt: skip
-    folds.append(("demo", args.ckpt, training, list(DEMO_TILES)))
+    folds = [(fold, args.folds / fold / "model.pt" if fold != "demo" else args.ckpt, train_tiles, test_tiles)
+             for fold, train_tiles, test_tiles in fold_tiles(args.tiles_dir)]  # fmt: skip
     for statistics in args.z_statistics:
         rows, lesions = [], []
         for fold, model, train_tiles, test_tiles in folds:
