@@ -3,7 +3,8 @@
 # commit, machine and command that produced it on its first lines (the docs' tables are checked against these files):
 #   bash bench/cpu_results.sh FOLDS        (FOLDS: the --out of bench/train_folds.py, about 13 min a fold)
 # Run it from the repository root with .venv built; about 20 minutes on 2 cores, alone on the machine.
-# STEPS="domain_check sparse_folds" runs only the steps named.
+# STEPS="domain_check sparse_folds" runs only the steps named; VERSUS=DIR (bash bench/rule_0_14_0.sh FOLDS DIR) pairs
+# sparse_folds with 0.14.0's calibration rule on the same slides.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 folds=$(cd "${1:?usage: bash bench/cpu_results.sh FOLDS}" && pwd)
@@ -42,7 +43,9 @@ wanted infer_throughput_mosaic &&
   $python -c "from pathlib import Path; from common import demo_mosaic; demo_mosaic(Path('$work/demo_mosaic.tif'))"
 run detection_quality $python detection_quality.py --tiles_dir "$tiles" --folds "$folds"
 run sparse_folds $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$normals" --folds "$folds" \
-  --out "$work/sparse"
+  --out "$work/sparse" ${VERSUS:+--versus "$VERSUS"}
+run unseen_tumour_free $python unseen_tumour_free.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
+  --out "$work/unseen"
 run domain_check $python domain_check.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
   --out "$work/domain"
 run infer_throughput_demo $python infer_throughput.py ../bundle/sample_data/camelyon16_demo.tif --copies 6

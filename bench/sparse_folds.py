@@ -137,12 +137,16 @@ def paired(rows: list[dict], lesions: list[dict], versus: list[dict], versus_les
     print(
         f"\n  paired against --versus ({len(tumour)} tumour, {len(normal)} tumour-free slides, {len(found)} lesions):"
     )
-    print(f"  IoU difference                  {interval(tumour['iou'] - tumour['iou_versus'])}")
-    print(f"  false regions difference        {interval(normal['regions'] - normal['regions_versus'])}")
-    print(f"  false mm² difference            {interval(normal['false_mm2'] - normal['false_mm2_versus'])}")
-    difference = found["found"].astype(float) - found["found_versus"].astype(float)
-    print(f"  lesion sensitivity difference   {interval(difference, groups=slide_keys(found))}")
-    print(f"  FROC difference (by fold)       {interval(folds['froc'] - folds['froc_versus'])}")
+    print("  measure                          this run    --versus    difference [95 %]")
+    for name, values, versus_values, groups in (
+        ("IoU, tumour slides", tumour["iou"], tumour["iou_versus"], None),
+        ("false regions, tumour-free slides", normal["regions"], normal["regions_versus"], None),
+        ("false mm², tumour-free slides", normal["false_mm2"], normal["false_mm2_versus"], None),
+        ("lesion sensitivity", found["found"], found["found_versus"], slide_keys(found)),
+        ("FROC (by fold)", folds["froc"], folds["froc_versus"], None),
+    ):
+        this, other = values.astype(float), versus_values.astype(float)
+        print(f"  {name:32} {this.mean():8.3f}    {other.mean():8.3f}    {interval(this - other, groups=groups)}")
 
 
 def summarise(rows: list[dict], lesions: list[dict], title: str) -> None:

@@ -1,10 +1,10 @@
 """Evaluation and calibration against lesion annotations, with the test labels never choosing the threshold.
 
 ``calibrate`` chooses an operating point, as CAD systems are judged: of every (z threshold, min_region_tiles,
-normal_quantile, slide gate) on the calibration slides, the one that finds the most lesions while calling at most
-``target_false_regions`` regions per tumour-free slide. ``evaluate`` applies a calibration file to test slides. The
-per-slide IoU- and F1-optimal thresholds that a label-peeking study would report are computed too, but only as
-*oracle* numbers beside the honest ones.
+normal_quantile, slide gate) on the calibration slides, the one that finds the most lesions while its false regions on
+the tumour-free slides show a rate within ``target_false_regions`` a slide. ``evaluate`` applies a calibration file to
+test slides. The per-slide IoU- and F1-optimal thresholds that a label-peeking study would report are computed too,
+but only as *oracle* numbers beside the honest ones.
 """
 
 from __future__ import annotations
@@ -327,7 +327,8 @@ def choose_operating_point(
         len(outcomes.settings)), "sensitivity": sensitivity.ravel(), "false": false_free.ravel(),
         "false_all": false_all.ravel(), "iou": mean_iou.ravel(),
     })  # fmt: skip
-    within = candidates[candidates["false"] <= (allowed_false_regions(target, int(free.sum())) or 0)]
+    allowed = allowed_false_regions(target, int(free.sum())) or 0
+    within = candidates[candidates["false"] <= allowed]
     order = ["sensitivity", "false", "false_all", "iou", "gate"]
     best = within.sort_values(order, ascending=[False, True, True, False, True], kind="stable").iloc[0]
     row, gate = int(best["setting"]), int(best["gate"])
@@ -340,25 +341,26 @@ def choose_operating_point(
     }
     gate_open = open_[gate] > 0
     point = operating_point(
-        int(found[row, gate]), int(lesions.sum()), outcomes.false_regions[row, free & gate_open].tolist()
-        + [0] * int((free & ~gate_open).sum()), tp[row, gate], fp[row, gate], positives - tp[row, gate],
+        int(found[row, gate]), int(lesions.sum()), outcomes.false_regions[row, free] * gate_open[free], tp[row, gate],
+        fp[row, gate], positives - tp[row, gate],
     )  # fmt: skip
-    point["false_regions_per_tumour_free_slide"]["allowed"] = allowed_false_regions(target, int(free.sum())) or 0
+    point["false_regions_per_tumour_free_slide"]["allowed"] = allowed
     point["mean_iou"] = float(mean_iou[row, gate])
     return settings, point, gate_open
 
 
 def stated(point: dict, target: float | None = None) -> str:
-    """An operating point in one line, as a log states it."""
+    """An operating point in one line, as a log states it ('-' for what the slides cannot tell)."""
     false, found = point["false_regions_per_tumour_free_slide"], point["lesion_sensitivity"]
-    recall, precision = point["patch_recall"]["value"], point["patch_precision"]["value"]
+
+    def value(measure: dict) -> str:
+        return "-" if measure["value"] is None else f"{measure['value']:.3f}"
+
     return (
-        f"{false['value']:.3f} false regions per tumour-free slide ({false['false_regions']} on {false['n_slides']}"
+        f"{value(false)} false regions per tumour-free slide ({false['false_regions']} on {false['n_slides']}"
         + (f", target {target:g}" if target is not None else "")
-        + f"), lesion sensitivity {found['found']}/{found['n_lesions']}, patch recall "
-        + ("-" if recall is None else f"{recall:.3f}")
-        + ", precision "
-        + ("-" if precision is None else f"{precision:.3f}")
+        + f"), lesion sensitivity {found['found']}/{found['n_lesions']}, patch recall {value(point['patch_recall'])}, "
+        f"precision {value(point['patch_precision'])}"
     )
 
 
