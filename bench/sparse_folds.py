@@ -2,16 +2,18 @@
 
     python bench/sparse_folds.py --tiles_dir ../shared/data/camelyon16_tiles \\
         --normals_dir ../shared/data/pcam_normals --folds FOLDS --ckpt bundle/models/model.pt --out OUT \\
-        [--z_statistics mean_std median_mad] [-- --tta False]
+        [--versus BASE] [--z_statistics mean_std median_mad] [-- --tta False]
 
 For every fold (the three of ``bench/train_folds.py`` and the demo tiles with ``--ckpt``): calibration slides are
-built (``tools/sparse_slides.py``) from the tiles that fold's model was trained on, test slides from the tiles it
-never saw plus a tumour-free slide of the PCam normals that training holds out; ``run calibrate`` chooses the
-threshold on the calibration slides and ``run evaluate`` applies it to the test slides, both through the bundle's
-CLI with every other setting at its default. Prints, per fold and over all folds, the mean IoU and Dice of the tumour
-slides, the CAMELYON16 FROC score, false regions and false tumour mm² on the tumour-free slides and the pooled patch
-AUC, with 95 % intervals from resampling the test slides; the oracle IoU (threshold chosen on each slide's own
-labels) is shown beside them. Each ``--z_statistics`` value is run in turn, so they compare on the same slides.
+built (``tools/sparse_slides.py``) from the tiles that fold's model was trained on (tumour-sparse slides, and
+``--cal_normal_slides`` tumour-free ones, half of them of the PCam normals outside the held-out fifth), test slides from
+the tiles it never saw (and ``--test_normal_slides`` tumour-free ones, half of the held-out PCam fifth); ``run
+calibrate`` chooses the operating point on the calibration slides and ``run evaluate`` applies it to the test slides,
+both through the bundle's CLI with every other setting at its default. Prints, per fold and over all folds, the false
+regions and false mm² per tumour-free slide (by the source of its tissue), lesion sensitivity by size, mean IoU and
+Dice of the tumour slides, the CAMELYON16 FROC score and the pooled patch AUC, with 95 % intervals from resampling the
+test slides; the oracle IoU (threshold chosen on each slide's own labels) is shown beside them. Each
+``--z_statistics`` value is run in turn, so they compare on the same slides.
 """
 
 from __future__ import annotations
