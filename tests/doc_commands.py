@@ -81,7 +81,7 @@ CARD_MODEL = ("runs/models/model.pt", "runs/models/normal_stats.pt")
 # (document, command as written) -> how it runs. Placeholders: SLIDES/DIR (inference) two copies of the demo slide;
 # CAL/TEST with ANN the demo slide and its annotation; DIR (training) PCam HDF5 files; TILES/DIR (tiles) images/ and
 # masks/; slides.json two normal slides; OUT, CAL_OUT, TEST_OUT empty folders; N is 2 (CPU processes); TILES and NORMALS
-# of the calibration slides four 512-px tiles and 60 normal patches.
+# of the calibration slides six 512-px tiles and 60 normal patches.
 COMMANDS: dict[tuple[str, str], Run] = {
     ("README.md", "make demo"): Run(expect=("demo_output/camelyon16_demo/regions.geojson", "demo_output/summary.csv")),
     ("README.md", "make test"): Run(skip="it is the command that runs these tests"),

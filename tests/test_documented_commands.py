@@ -57,7 +57,7 @@ def fixture_data(tmp_path_factory, tiles_dir) -> dict[str, Path]:
     calibration_tiles = root / "calibration_tiles"  # tissue for 6 sparse and 12 tumour-free slides of 16 x 16 cells
     for folder in ("images", "masks"):
         (calibration_tiles / folder).mkdir(parents=True)
-    for k in range(4):  # 5 normal regions and 9 tumour crops that share no pixels a tile
+    for k in range(6):  # 5 normal regions a tile, and tumour crops enough for 23 that share no pixels
         mask = np.zeros((512, 512), np.uint8)
         mask[:288, :288] = 255
         io.imsave(calibration_tiles / "images" / f"t{k}.png", tissue_like(rng, (512, 512)), check_contrast=False)

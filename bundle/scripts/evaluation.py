@@ -36,7 +36,7 @@ from .annotations import (  # noqa: E402
     read_annotation,
 )
 from .atomic import atomic_path, folder_lock  # noqa: E402
-from .calibration import write_calibration  # noqa: E402
+from .calibration import CALIBRATED_RANGES, write_calibration  # noqa: E402
 from .lesions import (  # noqa: E402
     BURDEN_STRATA,
     LesionCells,
@@ -293,13 +293,19 @@ class Outcomes:
 
 def slide_gates(scores: np.ndarray, tumour_free: np.ndarray) -> np.ndarray:
     """The slide gates worth trying: none (-inf), and one between each two neighbouring slide scores up to just above
-    the highest tumour-free slide's (a higher gate silences only tumour slides)."""
-    ordered = np.unique(scores)
-    between = (ordered[1:] + ordered[:-1]) / 2
-    ceiling = scores[tumour_free].max()
+    the highest tumour-free slide's (a higher gate silences only tumour slides), within the range a calibration file
+    may hold. A slide without a score (no tissue patch) is never gated, as in inference."""
+    low, high = CALIBRATED_RANGES["min_slide_score"]
+    finite = np.isfinite(scores)
+    if not (finite & tumour_free).any():
+        return np.array([-np.inf])
+    ordered = np.unique(scores[finite])
+    ceiling = scores[finite & tumour_free].max()
     above = ordered[ordered > ceiling]
     top = (ceiling + above[0]) / 2 if len(above) else ceiling + 1.0
-    return np.concatenate([[-np.inf], between[between < ceiling], [top]])
+    between = (ordered[1:] + ordered[:-1]) / 2
+    gates = np.append(between[between < top], top)
+    return np.concatenate([[-np.inf], gates[(gates >= low) & (gates <= high)]])
 
 
 def choose_operating_point(
@@ -313,23 +319,24 @@ def choose_operating_point(
     free = np.array([s.is_tumour_free for s in slides])
     scores = np.array([slide_score(s.z_map) for s in slides])
     gates = slide_gates(scores, free)
-    open_ = (scores[None, :] >= gates[:, None]).astype(float)  # (gates, slides)
-    positives, lesions = outcomes.positives.astype(float), outcomes.lesions
-    found = outcomes.found @ open_.T  # (settings, gates)
-    false_free = outcomes.false_regions[:, free] @ open_[:, free].T  # (settings, gates): on all tumour-free slides
+    open_ = ~(scores[None, :] < gates[:, None])  # (gates, slides); as inference gates: a NaN score is never below
+    positives = outcomes.positives.astype(float)
+    # every total is a sum over the open slides: (settings, slides) @ (slides, gates)
+    found = outcomes.found @ open_.T
+    false_free = outcomes.false_regions[:, free] @ open_[:, free].T
     false_all = outcomes.false_regions @ open_.T / len(slides)
-    tp, fp = outcomes.tp[:, None, :] * open_[None], outcomes.fp[:, None, :] * open_[None]  # (settings, gates, slides)
-    union = positives[None, None] + fp
-    mean_iou = np.where(union > 0, tp / np.maximum(union, 1), 1.0).mean(-1)
-    sensitivity = found / max(lesions.sum(), 1)
+    union = positives + outcomes.fp
+    iou_open = np.where(union > 0, outcomes.tp / np.maximum(union, 1), 1.0)
+    iou_closed = (positives == 0).astype(float)  # a silenced slide: perfect if tumour-free, else 0
+    mean_iou = (iou_open @ open_.T + iou_closed @ ~open_.T) / len(slides)
     candidates = pd.DataFrame({
         "setting": np.repeat(np.arange(len(outcomes.settings)), len(gates)), "gate": np.tile(np.arange(len(gates)),
-        len(outcomes.settings)), "sensitivity": sensitivity.ravel(), "false": false_free.ravel(),
-        "false_all": false_all.ravel(), "iou": mean_iou.ravel(),
+        len(outcomes.settings)), "found": found.ravel(), "false": false_free.ravel(), "false_all": false_all.ravel(),
+        "iou": mean_iou.ravel(),
     })  # fmt: skip
-    allowed = allowed_false_regions(target, int(free.sum())) or 0
-    within = candidates[candidates["false"] <= allowed]
-    order = ["sensitivity", "false", "false_all", "iou", "gate"]
+    allowed = allowed_false_regions(target, int(free.sum()))
+    within = candidates[candidates["false"] <= (allowed or 0)]
+    order = ["found", "false", "false_all", "iou", "gate"]
     best = within.sort_values(order, ascending=[False, True, True, False, True], kind="stable").iloc[0]
     row, gate = int(best["setting"]), int(best["gate"])
     chosen = outcomes.settings.iloc[row]
@@ -339,12 +346,12 @@ def choose_operating_point(
         "normal_quantile": float(chosen["normal_quantile"]),
         "min_slide_score": None if np.isinf(gates[gate]) else float(gates[gate]),
     }
-    gate_open = open_[gate] > 0
-    point = operating_point(
-        int(found[row, gate]), int(lesions.sum()), outcomes.false_regions[row, free] * gate_open[free], tp[row, gate],
-        fp[row, gate], positives - tp[row, gate],
-    )  # fmt: skip
-    point["false_regions_per_tumour_free_slide"]["allowed"] = allowed
+    gate_open = open_[gate]
+    tp, fp = outcomes.tp[row] * gate_open, outcomes.fp[row] * gate_open
+    point = operating_point(int(found[row, gate]), int(outcomes.lesions.sum()),
+                            outcomes.false_regions[row, free] * gate_open[free], tp, fp, positives - tp)  # fmt: skip
+    point["allowed_false_regions"] = allowed
+    point["tumour_free_slides_needed"] = slides_needed(target)
     point["mean_iou"] = float(mean_iou[row, gate])
     return settings, point, gate_open
 
@@ -452,7 +459,7 @@ class Evaluation:
             if drawn and not slide.patches["label"].any():
                 logger.warning(
                     "slide %s: its annotation draws tumour but labels no scored patch (off the tissue, or coordinates "
-                    "not at level 0?); it counts as tumour-free", slide.slide_id,
+                    "not at level 0?); all its patches count as normal", slide.slide_id,
                 )  # fmt: skip
         return slides
 
@@ -604,7 +611,6 @@ class Evaluation:
         labels = np.concatenate([s.patches["label"].to_numpy() for s in slides])
         z = np.concatenate([s.patches["z"].to_numpy() for s in slides])
         predicted = np.concatenate([s.predict(z_threshold, min_region_tiles) for s in slides])
-        tumour_free = table[table["tumour_fraction"] == 0]
         strata = {}
         lesion_burden = lesion_table["slide"].map(dict(zip(table["slide"], table["tumour_fraction"], strict=True)))
         for name, (low, high) in BURDEN_STRATA.items():
@@ -617,11 +623,17 @@ class Evaluation:
             }
         fp_area = {}
         for s in slides:
-            if s.slide_id in set(tumour_free["slide"]):
+            if s.is_tumour_free:
                 cell_mm2 = (s.grid["size"] * s.grid["mpp0"]) ** 2 / 1e6
                 fp_area[s.slide_id] = float(s.predict(z_threshold, min_region_tiles).sum() * cell_mm2)
         return {
-            "threshold": {"z_threshold": z_threshold, "min_region_tiles": min_region_tiles, "calibrated": calibrated},
+            "threshold": {
+                "z_threshold": z_threshold,
+                "min_region_tiles": min_region_tiles,
+                "score_floor": None if math.isinf(slides[0].score_floor) else slides[0].score_floor,
+                "min_slide_score": None if math.isinf(slides[0].min_slide_score) else slides[0].min_slide_score,
+                "calibrated": calibrated,
+            },  # fmt: skip
             "label_rule": self.label_rule,
             "n_slides": len(slides),
             "slides_failed_inference": list(self.failed),
