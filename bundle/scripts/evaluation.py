@@ -421,13 +421,13 @@ class Evaluation:
         """Whether ``slide_id`` matches an id or shell pattern (``normal_*``) of ``tumour_free_slides``."""
         return any(fnmatch.fnmatchcase(slide_id, pattern) for pattern in self.tumour_free_slides)
 
-    def start(self, slides: Sequence[str], cohort_files: Sequence[str]) -> None:
+    def start(self, slides: Sequence[str], cohort_files: Sequence[str], calibrating: bool = False) -> None:
         """Before the first slide is scored: every slide's labels can be had (its annotation or tumour-free entry,
-        its reference row), and the previous run's ``cohort_files`` are gone, so that a run that fails later leaves
-        no metrics of other settings beside slide folders it rescored."""
+        its reference row), a calibration set has a tumour-free slide, and the previous run's ``cohort_files`` are
+        gone, so that a run that fails later leaves no metrics of other settings beside slide folders it rescored."""
         ids = [slide_id(s) for s in slides]
         annotations = {s: slide_annotation(s, self.annotation_dir, self.declared_tumour_free(s)) for s in ids}
-        if "calibration.json" in cohort_files:  # a mask's tumour is known once it is read
+        if calibrating:  # a mask's tumour is known once it is read
             maybe_free = [s for s, a in annotations.items() if not isinstance(a, LesionAnnotation) or not a.tumour]
             self._require_tumour_free(maybe_free, warn_few=False)
         if self.reference_csv:

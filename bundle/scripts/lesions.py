@@ -49,18 +49,16 @@ BURDEN_STRATA = {"large (>2%)": (0.02, np.inf), "medium (0.5-2%)": (0.005, 0.02)
 @dataclass
 class LesionRaster:
     """One slide on the raster the lesion metrics use (level ``L = log2(size0 / raster_px)``, as the challenge works
-    at one power-of-two level): z-scores, lesions grown and labelled, which labels are ITC, and the µm per pixel."""
+    at one power-of-two level): z-scores, lesions grown and labelled, which labels are ITC, and where each grid cell's
+    centre lies."""
 
     level: int
     z: np.ndarray
-    rows: np.ndarray  # the grid row of each raster row
-    cols: np.ndarray
     centre_rows: np.ndarray  # the raster row of each grid row's centre
     centre_cols: np.ndarray
     instances: np.ndarray  # 0 background, k lesion k (grown by GROW_UM)
     itc: list[int]
     diameters_um: dict[int, float]  # longest axis of each lesion's own (ungrown) tumour pixels
-    spacing: float
 
 
 def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
@@ -82,7 +80,7 @@ def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
         np.minimum(((np.arange(n) * s.grid["stride"] + s.grid["size"] / 2) / scale).astype(int), side - 1)
         for n, side in zip(s.z_map.shape, shape, strict=True)
     )
-    return LesionRaster(level, z, rows, cols, centre_rows, centre_cols, instances, list(itc), diameters, spacing)
+    return LesionRaster(level, z, centre_rows, centre_cols, instances, list(itc), diameters)
 
 
 def size_class(diameter_um: float) -> str:

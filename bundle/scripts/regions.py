@@ -59,7 +59,7 @@ def called_map(
     """The grid cells called tumour: none on a slide whose ``slide_score`` is below ``min_slide_score`` (most slides a
     user scores are tumour-free, and every region on them is a false alarm), else ``clean_mask`` of the cells that
     pass both scales of ``two_scale_map``."""
-    if slide_score(z_map) < min_slide_score:
+    if min_slide_score > -math.inf and slide_score(z_map) < min_slide_score:
         return np.zeros(z_map.shape, bool)
     return clean_mask(two_scale_map(z_map, cells, scores, score_floor), z_threshold, min_region_tiles)
 
