@@ -33,7 +33,7 @@ from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from monai.bundle import ConfigParser
 
 from scripts.patch_stream import patch_loader
-from scripts.tiling import PatchGeometry, TissueGrid
+from scripts.tiling import PatchGeometry, TissuePatches
 
 SAMPLE_PATCHES = 4096  # patches the slower stages are timed on, then extrapolated
 
@@ -78,7 +78,7 @@ def bare_model_seconds(parser: ConfigParser, n: int) -> float:
     return time.perf_counter() - start
 
 
-def cucim_batched_read_seconds(slide: str, patches: TissueGrid, geometry: PatchGeometry, threads: int) -> float:
+def cucim_batched_read_seconds(slide: str, patches: TissuePatches, geometry: PatchGeometry, threads: int) -> float:
     """All patches read with cuCIM's multi-location ``read_region`` (one region per patch, ``threads`` threads),
     extrapolated from the first ``SAMPLE_PATCHES``."""
     from cucim import CuImage

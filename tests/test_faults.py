@@ -213,16 +213,17 @@ def write_bad_level(path: Path, broken, monkeypatch) -> Path:
 
 @pytest.mark.parametrize("reader", ["cuCIM", "OpenSlide", "tifffile"])
 def test_a_pyramid_level_unlike_level_0_is_refused_naming_the_level(tmp_path, monkeypatch, reader):
-    from scripts.tiling import slide_patches
+    from scripts.tiling import slide_tiling
     from scripts.wsi import SlideUnusableError, make_reader
 
     good = write_slide(tmp_path / "good.tif", 0.486, size=(1536, 2048), levels=2)
-    patches, geometry, _ = slide_patches(good, make_reader(reader), 0.972, 96, 96, 0.5)
+    tiling = slide_tiling(good, make_reader(reader), 0.972, 96, 96, 0.5)
+    patches, geometry = tiling.patches, tiling.geometry
     assert geometry.level == 1 and len(patches) > 0
     for name, broken in {"blank": lambda level: np.full_like(level, 240), "flipped": lambda level: level[::-1]}.items():
         slide = write_bad_level(tmp_path / f"{name}.tif", broken, monkeypatch)
         with pytest.raises(SlideUnusableError, match=r"pyramid level 1 does not show what level 0 shows") as refused:
-            slide_patches(slide, make_reader(reader), 0.972, 96, 96, 0.5)
+            slide_tiling(slide, make_reader(reader), 0.972, 96, 96, 0.5)
         assert str(slide) in str(refused.value) and "\n" not in str(refused.value)
 
 
@@ -251,7 +252,7 @@ def test_files_that_are_no_slide_say_what_they_are(tmp_path, slide_0243):
 def test_an_aperio_decimal_comma_resolution_names_the_value_to_pass(tmp_path, reader):
     import tifffile
 
-    from scripts.tiling import slide_patches
+    from scripts.tiling import slide_tiling
     from scripts.wsi import SlideUnusableError, make_reader
 
     path = tmp_path / "comma.svs"
@@ -259,7 +260,7 @@ def test_an_aperio_decimal_comma_resolution_names_the_value_to_pass(tmp_path, re
     image = np.full((1536, 2048, 3), 200, np.uint8)
     tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", compression="jpeg", description=description)
     with pytest.raises(SlideUnusableError, match=r"MPP = 0,4990 with a decimal comma.*pass --assume_mpp 0\.4990"):
-        slide_patches(path, make_reader(reader), 0.972, 96, 96, 0.5)
+        slide_tiling(path, make_reader(reader), 0.972, 96, 96, 0.5)
 
 
 def test_a_datalist_path_with_stray_spaces_is_named(tmp_path, slide_0243):

@@ -24,7 +24,7 @@ from scripts.evaluation import slide_annotation
 from scripts.isolation import IsolatedWorker, ReaderCrashError, run_isolated
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.slide_outputs import read_summary
-from scripts.tiling import slide_patches
+from scripts.tiling import slide_tiling
 from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp
 from tests_helpers import write_flat_tiff
 
@@ -153,7 +153,7 @@ def test_a_flat_slide_too_big_for_a_thumbnail_is_refused_before_reading(tmp_path
     path = write_flat_tiff(tmp_path / "flat.tif", side=8448)  # one level of 71 M pixels: too big for a thumbnail
     for backend in ("cuCIM", "tifffile"):
         with pytest.raises(ValueError, match=r"no pyramid level small enough .* 8448 x 8448 px"):
-            slide_patches(path, make_reader(backend), 0.972, 96, 96, 0.5)
+            slide_tiling(path, make_reader(backend), 0.972, 96, 96, 0.5)
 
 
 def _segfault() -> None:

@@ -14,18 +14,18 @@ import pandas as pd
 import pytest
 from monai.bundle import ConfigParser
 
-import scripts.cohort
+import scripts.prepare
 from conftest import BUNDLE
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo.tif"
-real_slide_patches = scripts.cohort.slide_patches
+real_slide_tiling = scripts.prepare.slide_tiling
 
 
-def crashing_slide_patches(path, *args, **kwargs):
+def crashing_slide_tiling(path, *args, **kwargs):
     """What a reader's C code does on a bad file, for the slide named crash: the probe child dies of SIGSEGV."""
     if Path(path).stem == "crash":
         os.kill(os.getpid(), signal.SIGSEGV)
-    return real_slide_patches(path, *args, **kwargs)
+    return real_slide_tiling(path, *args, **kwargs)
 
 
 def run_cohort(slides: list[Path], output_dir: Path, overlap: bool | str) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def test_overlapped_and_serial_streams_write_the_same_bytes(tmp_path, monkeypatc
     slides.mkdir()
     for name in ("first", "crash", "last"):
         shutil.copy(DEMO, slides / f"{name}.tif")
-    monkeypatch.setattr(scripts.cohort, "slide_patches", crashing_slide_patches)
+    monkeypatch.setattr(scripts.prepare, "slide_tiling", crashing_slide_tiling)
     faulthandler.disable()  # the child's crash is the point; pytest's handler would print its stack
     try:
         cohorts = [slides / f"{n}.tif" for n in ("first", "crash", "last")]

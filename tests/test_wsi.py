@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import requires_shared, write_slide
-from scripts.tiling import select_geometry, slide_patches
+from scripts.tiling import select_geometry, slide_tiling
 from scripts.wsi import make_reader
 
 
@@ -32,8 +32,8 @@ def test_missing_resolution_needs_assume_mpp(tmp_path, backend):
     slide = write_slide(tmp_path / "nompp.tif", None, levels=2)
     reader = make_reader(backend)
     with pytest.raises(ValueError, match="assume_mpp"):
-        slide_patches(slide, reader, 0.972, 96, 96, 0.5)
-    _, geometry, _ = slide_patches(slide, reader, 0.972, 96, 96, 0.5, assume_mpp=0.5)
+        slide_tiling(slide, reader, 0.972, 96, 96, 0.5)
+    geometry = slide_tiling(slide, reader, 0.972, 96, 96, 0.5, assume_mpp=0.5).geometry
     assert geometry.mpp0 == 0.5
 
 
@@ -46,8 +46,8 @@ def test_real_svs_gives_the_same_grid_with_cucim_and_openslide():
     svs = requires_shared("slides", "CMU-1-Small-Region.svs")
     grids = {}
     for backend in ("cuCIM", "OpenSlide"):
-        patches, geometry, _ = slide_patches(svs, make_reader(backend), 0.972, 96, 96, 0.5)
-        grids[backend] = (patches.corners.tolist(), geometry)
+        tiling = slide_tiling(svs, make_reader(backend), 0.972, 96, 96, 0.5)
+        grids[backend] = (tiling.patches.corners.tolist(), tiling.geometry)
     assert grids["cuCIM"] == grids["OpenSlide"]
     locations, geometry = grids["cuCIM"]
     assert geometry.mpp0 == pytest.approx(0.499)
@@ -64,17 +64,18 @@ def test_streamed_block_reads_give_monais_per_patch_reads_byte_for_byte(request,
     from monai.data import PatchWSIDataset
     from monai.transforms import Resize
 
-    from scripts.patch_stream import patch_loader
+    from scripts.patch_stream import PatchLoaders
 
     path = request.getfixturevalue(slide)
     reader = make_reader(backend)
-    patches, geometry, _ = slide_patches(path, reader, 0.972, 96, stride, 0.5)
+    tiling = slide_tiling(path, reader, 0.972, 96, stride, 0.5)
+    patches, geometry = tiling.patches, tiling.geometry
     single = PatchWSIDataset(patches.samples(path, geometry), reader=reader, center_location=False, include_label=False)
     resize = Resize((96, 96), mode="area")
     expected = [
         np.asarray(resize(item["image"][:3]) if geometry.read_size != 96 else item["image"][:3]) for item in single
     ]
-    loader = patch_loader(reader, path, patches, geometry, read_block=3, batch_size=7, num_workers=workers)
+    loader = PatchLoaders(batch_size=7, read_block=3, num_workers=workers)(reader, path, patches, geometry)
     assert len(loader.dataset.blocks) < len(patches)
     batches = list(loader)
     assert len(batches) == loader.dataset.batches(7, workers)

@@ -36,6 +36,14 @@ def scoring_settings(score: AnomalyScore, **settings: object) -> dict:
     return {**score.settings(), **settings}
 
 
+def output_settings(scoring: dict, **settings: object) -> dict:
+    """What a slide's outputs depend on: the ``scoring`` record extended by the tissue, reading and decision
+    ``settings``, an infinite (off) floor or gate held as None, as JSON holds it. A finished slide whose
+    ``complete.json`` records other settings is scored again."""
+    off = {name: None for name, value in settings.items() if isinstance(value, float) and math.isinf(value)}
+    return {**scoring, **settings, **off}
+
+
 def calibrated(
     name: str, default: float, calibration_file: str | Path | None, ckpt_path: str | Path | None = None,
     scoring: dict | None = None,

@@ -1,26 +1,22 @@
-"""The cohort runner: one evaluator run per slide, whose post-processing handler turns its scores into outputs.
+"""The cohort runner: each slide through the stages ``inference.json`` declares, and what only a runner does:
+resuming finished slides, the output folder's lock, shards, a failed slide recorded without costing the others, and
+the overlap of one slide's preparation and writing with the next one's scoring.
 
-Slides are scored one at a time, so memory is bounded by a slide or two; the next slide's grid and stain fit are
-prepared, and the previous slide's outputs written, while a slide is scored; a slide that fails is recorded in
-``summary.csv`` without costing the others.
+Slides are scored one at a time, so memory is bounded by a slide or two.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from ignite.engine import Engine
 
 from .atomic import (
     OutputWriteError,
@@ -31,22 +27,14 @@ from .atomic import (
     require_output_folder,
     write_failure,
 )
-from .domain import DomainCheck
-from .isolation import IsolatedWorker
-from .model_files import weights_digest
-from .patch_stream import patch_loader
-from .postprocess import SlideJob, SlidePostprocessor
+from .errors import reported
+from .prepare import PreparedSlide, SlidePreparer
 from .settings import require_number
-from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, intact, read_summary
-from .stain import StainNormalizer
-from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
-from .tissue import hsv_saturation
-from .wsi import MPP_RANGE, SlideUnusableError, check_slide_file, make_reader, slide_fingerprint, slide_id
+from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, SlideWriter, intact, read_summary, summary_row, write_slide
+from .slide_scorer import ScoredSlide, SlideScorer
+from .wsi import slide_fingerprint, slide_id
 
 logger = logging.getLogger(__name__)
-
-# Below this 99th-percentile HSV saturation a thumbnail has no stain colour at all (H&E tissue is far above it)
-GREY_SATURATION = 0.02
 
 # The files a run writes beside the slide folders (inference, its shards, evaluation, calibration).
 RUN_FILES = re.compile(
@@ -108,10 +96,13 @@ class RunLogFile(logging.FileHandler):
 
 
 class SlideInference:
-    """Score every slide of ``slides`` with ``evaluator``; write ``summary.csv``; never let one slide stop the rest.
+    """Take every slide of ``slides`` through the stages ``inference.json`` declares: ``preparer`` (open, tissue,
+    stain fit, domain) -> ``scorer`` (the evaluator over its patches) -> ``postprocessing`` (z-scores to regions) ->
+    ``writers`` (its files); write ``summary.csv``; never let one slide stop the rest.
 
     A slide's outputs go to ``output_dir/<slide id>/``, the id being the file name without its suffix
-    (``summary.csv`` maps each id to its ``path``); two slides with one id are refused before any is scored.
+    (``summary.csv`` maps each id to its ``path``); two slides with one id are refused before any is scored. Outputs
+    made with other ``settings`` (the config's record of what they depend on) are made again, not reused.
 
     ``num_shards`` > 1 splits the cohort across processes (torchrun ranks or cluster array tasks) that share
     ``output_dir``: shard ``shard_index`` takes every ``num_shards``-th slide, writes its rows to
@@ -123,164 +114,45 @@ class SlideInference:
     def __init__(
         self,
         slides: Sequence[str],
-        evaluator: Engine,
-        postprocessor: SlidePostprocessor,
-        stain: StainNormalizer,
+        preparer: SlidePreparer,
+        scorer: SlideScorer,
+        postprocessing: Callable[[ScoredSlide], ScoredSlide],
+        writers: Sequence[SlideWriter],
+        settings: dict,
         output_dir: str | Path,
-        wsi_reader: str = "cuCIM",
-        read_device: str = "cpu",
-        target_mpp: float = TARGET_MPP,
-        patch_size: int = PATCH_SIZE,
-        stride: int = PATCH_SIZE,
-        min_tissue: float = 0.5,
-        assume_mpp: float | None = None,
-        batch_size: int = 64,
-        read_block: int = 4,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        stain_fit_patches: int = 64,
-        seed: int = 0,
         overwrite: bool = False,
         strict: bool = False,
         shard_index: int = 0,
         num_shards: int = 1,
-        domain: DomainCheck | None = None,
         overlap: bool | str = "auto",
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")
-        for name, value, low, high, integer in (
-            ("target_mpp", target_mpp, *MPP_RANGE, False), ("patch_size", patch_size, 8, 4096, True),
-            ("stride", stride, 1, 4096, True), ("min_tissue", min_tissue, 0, 1, False),
-            ("batch_size", batch_size, 1, None, True), ("read_block", read_block, 1, 64, True),
-            ("num_workers", num_workers, 0, None, True), ("stain_fit_patches", stain_fit_patches, 1, None, True),
-            ("num_shards", num_shards, 1, None, True), ("shard_index", shard_index, 0, num_shards - 1, True),
-        ):  # fmt: skip
-            require_number(name, value, low, high, integer)
-        if assume_mpp is not None:
-            require_number("assume_mpp", assume_mpp, *MPP_RANGE)
-        make_reader(wsi_reader)  # an unknown reader name stops here, before any slide is touched
-        if read_device != "cpu":
-            raise ValueError(
-                f"read_device {read_device!r} is not offered: cuCIM's GPU decoding was measured "
-                "about 100x slower than decoding on the CPU (bench/research/README.md); use --read_device cpu."
-            )
-        self.read_device = read_device
+        require_number("num_shards", num_shards, 1, integer=True)
+        require_number("shard_index", shard_index, 0, num_shards - 1, integer=True)
         # With overlap the next slide is prepared, and the last one written, while a slide is scored; without, the two
         # of them overlap each other between slides. "auto" overlaps beside a model on a GPU only: beside a model on
         # the CPU they took its cores and made each slide slower (bench/research/README.md).
         if overlap not in (True, False, "auto"):
             raise ValueError(f"--overlap must be auto, True or False, got {overlap!r}.")
-        on_gpu = torch.device(evaluator.state.device or "cpu").type == "cuda"
-        self.overlap = on_gpu if overlap == "auto" else overlap
+        self.overlap = scorer.on_gpu if overlap == "auto" else overlap
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
         self.shard_index = shard_index
         self.num_shards = num_shards
-        self.evaluator = evaluator
-        self.postprocessor = postprocessor
-        self.stain = stain
+        self.preparer = preparer
+        self.scorer = scorer
+        self.postprocessing = postprocessing
+        self.writers = list(writers)
+        self.settings = {**settings, **scorer.settings()}
         self.output_dir = require_output_folder(output_dir)
-        self.wsi_reader = wsi_reader
-        self.grid_args = {
-            "target_mpp": target_mpp,
-            "patch_size": patch_size,
-            "stride": stride,
-            "min_tissue": min_tissue,
-        }
-        self.assume_mpp = assume_mpp
-        self.batch_size = batch_size
-        self.read_block = read_block
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.stain_fit_patches = stain_fit_patches
-        self.seed = seed
         self.overwrite = overwrite
         self.strict = strict
-        self.domain = domain or DomainCheck(None)
-        self._prober = IsolatedWorker(self._probe)  # one child for the cohort, forked at the first slide
 
-    def _probe(self, slide: str, backend: str) -> tuple:
-        """The slide's tissue grid and its stain fit, read with ``backend`` (runs in a child process); the patches of
-        the fit also measure how far the slide's tissue is from the training tissue (``facts['domain_distance']``)."""
-        reader = make_reader(backend)
-        patches, geometry, facts = slide_patches(slide, reader, assume_mpp=self.assume_mpp, **self.grid_args)
-        facts.update(domain_distance=math.nan, out_of_domain=False)
-        if not len(patches) or (self.stain.mode != "slide" and self.domain.colour_stats is None):
-            return patches, geometry, facts, None
-        rng = np.random.default_rng(self.seed)
-        chosen = rng.choice(len(patches), size=min(self.stain_fit_patches, len(patches)), replace=False)
-        wsi = reader.read(slide)
-        fit_patches = []
-        for corner in patches.corners[chosen]:
-            patch, _ = reader.get_data(wsi, location=corner.tolist(), size=(geometry.read_size,) * 2,
-                                       level=geometry.level)  # fmt: skip
-            fit_patches.append(np.moveaxis(np.asarray(patch)[:3], 0, -1))
-        distance = self.domain.distance(fit_patches)
-        facts.update(domain_distance=distance, out_of_domain=self.domain.out_of_domain(distance))
-        fit = self.stain.fit_slide(fit_patches, slide) if self.stain.mode == "slide" else None
-        return patches, geometry, facts, fit
-
-    def prepare(self, slide: str) -> tuple:
-        """The slide's reader, tissue grid, geometry, grid facts and stain fit: the file is checked, then read in a
-        child process (kept for the next slide), so that a reader crashing natively on a bad file costs this slide
-        only; a cuCIM failure falls back to OpenSlide once."""
-        check_slide_file(slide)
-        fingerprint = slide_fingerprint(slide)
-        try:
-            opened = (make_reader(self.wsi_reader), *self._prober(slide, self.wsi_reader))
-        except Exception as error:
-            if self.wsi_reader.lower() != "cucim" or isinstance(error, SlideUnusableError):
-                raise  # the file's resolution or levels are the problem, whatever the reader
-            logger.info("%s: cuCIM cannot read it (%s); reading with OpenSlide.", slide, str(error).splitlines()[0])
-            opened = (make_reader("OpenSlide"), *self._prober(slide, "OpenSlide"))
-        opened[3]["fingerprint"] = fingerprint  # taken before the reading: the content these outputs describe
-        return opened
-
-    def _score(self, slide: str, opened: tuple, settings: dict) -> dict:
-        reader, patches, geometry, facts, fit = opened
-        if 0 in facts["shape"]:
-            raise ValueError(f"smaller than one patch ({facts['size0']} level-0 px, a patch is {geometry.size0})")
-        if not len(patches):
-            if float(np.percentile(hsv_saturation(facts["thumbnail"]), 99)) < GREY_SATURATION:
-                raise ValueError(
-                    "no tissue found: the slide has no colour (a greyscale or unstained scan), and tissue is found, "
-                    "and scored, by its H&E stain; score the H&E-stained scan"
-                )
-            raise ValueError(
-                f"no tissue: no {geometry.size0}-px patch has tissue fraction >= {self.grid_args['min_tissue']} "
-                "(lower --min_tissue if the slide is pale)"
-            )
-        logger.info(
-            "%s: %d tissue patches at level %d (%.3f µm/px, %d px read, %d level-0 px)",
-            slide, len(patches), geometry.level, geometry.level_mpp, geometry.read_size, geometry.size0,
-        )  # fmt: skip
-        if facts["out_of_domain"]:
-            logger.warning(
-                "%s: OUT OF DOMAIN: its tissue's colour is %.1f standard deviations from the normal tissue the model "
-                "learned (limit %.1f): another organ, stain or scanner? Its regions are marked out_of_domain; do not "
-                "read them as metastases without checking.", slide, facts["domain_distance"], self.domain.limit,
-            )  # fmt: skip
-        self.stain.fit = fit
-        loader = patch_loader(reader, slide, patches, geometry, self.read_block, self.batch_size, self.num_workers,
-                              self.pin_memory)  # fmt: skip
-        self.evaluator.data_loader = loader
-        self.evaluator.state.epoch_length = loader.dataset.batches(self.batch_size, self.num_workers)
-        self.postprocessor.begin(SlideJob(slide, patches, geometry, facts, settings))
-        self.evaluator.run()
-        return self.postprocessor.summary
-
-    def settings(self) -> dict:
-        """What a slide's outputs depend on; outputs made with other settings (or weights) are redone, not reused."""
-        post, inferer_settings = self.postprocessor, getattr(self.evaluator.inferer, "settings", dict)
-        return {
-            **self.grid_args, "assume_mpp": self.assume_mpp, "read_device": self.read_device, "stain": self.stain.mode,
-            **post.score.settings(), **inferer_settings(),
-            "z_statistics": post.z_statistics, "z_threshold": post.z_threshold,
-            "min_region_tiles": post.min_region_tiles, "score_floor": post.recorded_floor,
-            "min_slide_score": post.recorded_gate,
-            "domain_limit": self.domain.limit, "weights": weights_digest(self.evaluator.network.state_dict()),
-        }  # fmt: skip
+    def _score(self, prepared: PreparedSlide) -> tuple[ScoredSlide, dict]:
+        """A prepared slide's post-processed scores and its summary row."""
+        result = self.postprocessing(self.scorer(prepared))
+        return result, summary_row(result)
 
     def _completed(self, slide: str, settings: dict) -> dict | None:
         """The summary of this slide file that an earlier run with the same settings finished, or None.
@@ -313,6 +185,7 @@ class SlideInference:
 
     @staticmethod
     def _fail(row: dict, slide: str, error: BaseException) -> None:
+        error = reported(error)
         cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         message = cause if cause.startswith(str(slide)) else f"{slide}: {cause}"  # named once, by whoever raised
         logger.error("%s", message)
@@ -344,7 +217,7 @@ class SlideInference:
             with folder_lock(self.output_dir, f".skip96{self._shard_suffix(self.shard_index)}.lock"):
                 return self._run_all()
         finally:
-            self._prober.close()
+            self.preparer.close()
             package_logger.removeHandler(log_file)
             log_file.close()
 
@@ -353,7 +226,7 @@ class SlideInference:
         previous one's outputs are written (in a thread), and beside a model on a GPU both go on while a slide is
         scored, so a slide costs about what its patches cost; at most one slide's outputs wait, so memory stays that of
         two slides."""
-        settings = self.settings()
+        settings = self.settings
         rows: dict[str, dict] = {}
         todo = []  # (place in the cohort, slide) of the slides to score
         for k, slide in enumerate(self.slides, 1):
@@ -379,20 +252,25 @@ class SlideInference:
             opening = None
             for n, (k, slide) in enumerate(todo, 1):
                 start = time.perf_counter()
-                opened = opening or opener.submit(self.prepare, slide)
+                preparing = opening or opener.submit(self.preparer, slide)
                 following = todo[n][1] if n < len(todo) else None
-                opening = opener.submit(self.prepare, following) if self.overlap and following else None
+                opening = opener.submit(self.preparer, following) if self.overlap and following else None
                 logger.info("[%d/%d] %s", k, len(self.slides), slide)
+                result = None
                 try:
-                    rows[slide].update(self._score(slide, opened.result(), settings))
+                    result, summary = self._score(preparing.result())
+                    rows[slide].update(summary)
                 except Exception as error:  # one bad slide must not lose the others
                     self._fail(rows[slide], slide, error)
                 if writing is not None:
                     self._written(rows, *writing)
-                outputs = self.postprocessor.outputs if rows[slide]["status"] == "ok" else None
-                writing = (slide, writer.submit(outputs)) if outputs else None
+                writing = None
+                if result is not None:
+                    folder = self.output_dir / slide_id(slide)
+                    job = writer.submit(write_slide, result, self.writers, folder, self.settings, summary)
+                    writing = (slide, job)
                 if not self.overlap and following:
-                    opening = opener.submit(self.prepare, following)
+                    opening = opener.submit(self.preparer, following)
                 if writing is not None and not self.overlap:
                     self._written(rows, *writing)
                     writing = None

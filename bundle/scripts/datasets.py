@@ -24,7 +24,7 @@ from monai.transforms import Resized
 from skimage import io
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from .tiling import PATCH_SIZE, TARGET_MPP, slide_patches
+from .tiling import PATCH_SIZE, TARGET_MPP, slide_tiling
 from .tissue import tissue_mask, window_fraction
 from .wsi import find_slides, make_reader
 
@@ -261,7 +261,8 @@ def wsi_normal_patches(
     reader = make_reader(wsi_reader)
     datasets: list[PatchWSIDataset] = []
     for slide in slides:
-        patches, geometry, _ = slide_patches(slide, reader, target_mpp, patch_size, stride, min_tissue)
+        tiling = slide_tiling(slide, reader, target_mpp, patch_size, stride, min_tissue)
+        patches, geometry = tiling.patches, tiling.geometry
         logger.info(
             "%s: %d tissue patches at level %d (%.3f µm/px)", slide, len(patches), geometry.level, geometry.level_mpp
         )

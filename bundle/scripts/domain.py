@@ -4,9 +4,9 @@ with the weights, and a per-slide distance from it.
 Per-slide z-scores hide a slide the model should not judge (another organ, stain or scanner): every slide gets its top
 few per cent called unusual, whatever it is. Each patch is described by its mean optical density (one value per RGB
 channel, before stain normalisation); the training normals' descriptors give a Gaussian, and a slide's distance is the
-median Mahalanobis distance of a sample of its tissue patches from it, so a tumour minority cannot move it. The latent
-score was tried first and does not separate a skin slide from tumour-heavy lymph-node tiles; this colour distance does
-(``bench/domain_check.py``, whose table chose ``DOMAIN_LIMIT``).
+median Mahalanobis distance of a sample of its tissue patches from it, so a tumour minority cannot move it. Colour,
+not the latent score: the latent score does not separate a skin slide from tumour-heavy lymph-node tiles, and this
+distance does (``bench/domain_check.py``, whose table chose ``DOMAIN_LIMIT``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .gaussian import fit_gaussian, mahalanobis
 from .model_files import read_normal_stats
 from .settings import require_number
 from .stain import optical_density
@@ -41,17 +42,25 @@ def fit_colour_stats(descriptors: np.ndarray) -> dict:
     """The Gaussian of the training normals' descriptors (mean and precision), as ``normal_stats.pt`` keeps it."""
     if len(descriptors) < 4:
         raise ValueError(f"colour statistics need at least 4 normal patches, got {len(descriptors)}.")
-    covariance = np.cov(descriptors.T) + 1e-6 * np.eye(descriptors.shape[1])
-    return {
-        "mean": torch.from_numpy(descriptors.mean(0)).float(),
-        "precision": torch.from_numpy(np.linalg.inv(covariance)).float(),
-        "num_samples": len(descriptors),
-    }
+    gaussian = fit_gaussian(torch.from_numpy(descriptors).double(), ridge=1e-6)
+    return {**gaussian, "mean": gaussian["mean"].float(), "precision": gaussian["precision"].float()}
+
+
+@dataclass(frozen=True)
+class DomainReading:
+    """How far a slide's tissue colour is from the training normals' (NaN: not measured), and the flag's limit."""
+
+    distance: float
+    limit: float
+
+    @property
+    def out_of_domain(self) -> bool:
+        return bool(self.distance > self.limit)
 
 
 @dataclass(frozen=True)
 class DomainCheck:
-    """The training normals' colour Gaussian (None for a model trained before it was kept) and the distance above
+    """The training normals' colour Gaussian (None for a model whose statistics hold none) and the distance above
     which a slide is flagged ``out_of_domain``."""
 
     colour_stats: dict | None
@@ -64,7 +73,7 @@ class DomainCheck:
     def from_checkpoint(cls, path: str | Path, limit: float = DOMAIN_LIMIT) -> DomainCheck:
         stats = read_normal_stats(path).get("colour_stats")
         if stats is None:
-            logger.info("%s keeps no colour statistics (trained before 0.12.0): slides are not checked for being "
+            logger.info("%s keeps no colour statistics: slides are not checked for being "
                         "out of domain; run train.json's write_normal_stats workflow to add them.", path)  # fmt: skip
         return cls(stats, limit)
 
@@ -73,9 +82,13 @@ class DomainCheck:
         the model keeps no statistics."""
         if self.colour_stats is None or not len(patches):
             return math.nan
-        delta = colour_descriptors(patches) - self.colour_stats["mean"].double().numpy()
-        squared = np.einsum("bi,ij,bj->b", delta, self.colour_stats["precision"].double().numpy(), delta)
-        return float(np.median(np.sqrt(np.clip(squared, 0, None))))
+        stats = self.colour_stats
+        distances = mahalanobis(colour_descriptors(patches), stats["mean"].double().numpy(),
+                                stats["precision"].double().numpy())  # fmt: skip
+        return float(np.median(distances))
+
+    def reading(self, patches: Sequence[np.ndarray]) -> DomainReading:
+        return DomainReading(self.distance(patches), self.limit)
 
     def out_of_domain(self, distance: float) -> bool:
-        return bool(distance > self.limit)
+        return DomainReading(distance, self.limit).out_of_domain

@@ -37,6 +37,16 @@ def raised_here(error: BaseException) -> bool:
     return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(SCRIPTS_DIR)
 
 
+def reported(error: BaseException) -> BaseException:
+    """The error a user is told of: ``error``, or where MONAI wrapped it (``raise RuntimeError("applying transform
+    ...") from it``), the innermost error this bundle raised that it was raised from."""
+    wrapped = [error]
+    while wrapped[-1].__cause__ is not None:
+        wrapped.append(wrapped[-1].__cause__)
+    ours = [e for e in wrapped if isinstance(e, Exception) and raised_here(e)]
+    return ours[-1] if ours else error
+
+
 def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt) and not os.environ.get("SKIP96_TRACEBACK"):
         print("Interrupted: finished slides keep their outputs; the same command finishes the rest.", file=sys.stderr)

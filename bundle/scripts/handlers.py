@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoints import unwrap
 from .domain import colour_descriptors, fit_colour_stats
+from .gaussian import fit_gaussian, mahalanobis
 from .model_files import read_normal_stats, read_weights, save_normal_stats, stats_path
 from .scores import SCORE_QUANTILES
 from .transforms import ChannelStats
@@ -203,16 +204,11 @@ class LatentStatsHandler:
                 colours.append(colour_descriptors(torch.as_tensor(batch["image"])))
                 mus.append(network.encode(self.prepare_batch(batch, device)[0])[0].flatten(1).double().cpu())
         mu = torch.cat(mus)
-        mean = mu.mean(0)
-        covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
-        target = torch.eye(len(mean), dtype=mu.dtype) * covariance.diagonal().mean().clamp(min=1e-6)
-        shrunk = (1 - self.shrinkage) * covariance + self.shrinkage * target
-        precision = torch.linalg.inv(shrunk)
-        delta = mu - mean
-        scores = torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
+        gaussian = fit_gaussian(mu, shrinkage=self.shrinkage)
+        scores = mahalanobis(mu, gaussian["mean"], gaussian["precision"])
         probabilities = torch.linspace(0, 1, SCORE_QUANTILES, dtype=scores.dtype)
         latent_stats = {
-            "mean": mean.float(), "precision": precision.float(), "num_samples": len(mu),
+            "mean": gaussian["mean"].float(), "precision": gaussian["precision"].float(), "num_samples": len(mu),
             "score_quantiles": torch.quantile(scores, probabilities).float(),
         }  # fmt: skip
         colour_stats = fit_colour_stats(np.concatenate(colours)) if len(mu) >= 4 else None

@@ -19,12 +19,13 @@ from monai.data import DataLoader, PatchWSIDataset, WSIReader
 from monai.transforms import Compose, Resized
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .tiling import PatchGeometry, TissueGrid, block_samples
+from .settings import require_number
+from .tiling import PatchGeometry, TissuePatches, block_samples
 from .transforms import SplitBlockd
 
 
 def block_dataset(
-    reader: WSIReader, path: str | Path, patches: TissueGrid, geometry: PatchGeometry, read_block: int
+    reader: WSIReader, path: str | Path, patches: TissuePatches, geometry: PatchGeometry, read_block: int
 ) -> PatchWSIDataset:
     """MONAI's ``PatchWSIDataset`` over blocks of up to ``read_block`` x ``read_block`` patches, each cut into its
     patches (and resized where the level's pixel size is off). Items are lists of ``{"image", "index"}``, ``index``
@@ -58,20 +59,27 @@ class PatchStream(IterableDataset):
             yield from self.blocks[k]
 
 
-def patch_loader(
-    reader: WSIReader,
-    path: str | Path,
-    patches: TissueGrid,
-    geometry: PatchGeometry,
-    read_block: int,
-    batch_size: int,
-    num_workers: int,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """Batches of ``batch_size`` uint8 patches (``image``, B x 3 x H x W) and their ``index`` in ``patches``; the
-    last batch of each worker may be short."""
-    stream = PatchStream(block_dataset(reader, path, patches, geometry, read_block))
-    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+class PatchLoaders:
+    """The DataLoader of each prepared slide: batches of ``batch_size`` uint8 patches (``image``, B x 3 x H x W) and
+    their ``index`` in the slide's patches, read in blocks of ``read_block`` x ``read_block``; the last batch of each
+    worker may be short."""
+
+    def __init__(self, batch_size: int = 64, read_block: int = 16, num_workers: int = 0, pin_memory: bool = False):
+        for name, value, low, high in (
+            ("batch_size", batch_size, 1, None), ("read_block", read_block, 1, 64), ("num_workers", num_workers, 0, None)
+        ):  # fmt: skip
+            require_number(name, value, low, high, integer=True)
+        self.batch_size = batch_size
+        self.read_block = read_block
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    def __call__(self, reader: WSIReader, path: str | Path, patches: TissuePatches, geometry: PatchGeometry) -> DataLoader:
+        stream = PatchStream(block_dataset(reader, path, patches, geometry, self.read_block))
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def batches(self, loader: DataLoader) -> int:
+        return loader.dataset.batches(self.batch_size, self.num_workers)
 
 
 def default_workers(device: str | torch.device) -> int:

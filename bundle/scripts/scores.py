@@ -11,6 +11,7 @@ import torch
 from monai.inferers import Inferer
 from monai.metrics.regression import compute_ssim_and_cs
 
+from .gaussian import mahalanobis
 from .model_files import read_normal_stats
 from .settings import require_number
 from .transforms import ChannelStats
@@ -186,9 +187,8 @@ class AnomalyScoreInferer(Inferer):
         with self.network_precision(inputs):
             mu, _, skips = network.encode(inputs)
         if self.score == "latent":
-            delta = mu.flatten(1).float() - self.latent_stats["mean"].to(mu.device)
-            precision = self.latent_stats["precision"].to(mu.device)
-            return torch.einsum("bi,ij,bj->b", delta, precision, delta).clamp(min=0).sqrt()
+            stats = self.latent_stats
+            return mahalanobis(mu.flatten(1).float(), stats["mean"].to(mu.device), stats["precision"].to(mu.device))
         if self.score == "rarity":
             features = skips[RARITY_LEVEL].float()
             return torch.cat([features.mean((2, 3)), features.std((2, 3))], 1)

@@ -1,10 +1,12 @@
-"""The files one slide's inference writes, written as one unit, and the cohort's ``summary.csv``."""
+"""The last stage of a slide: the writers of its files, which ``inference.json`` lists (``writers``), written as one
+unit with ``complete.json``; and the cohort's ``summary.csv``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ import pandas as pd
 
 from .atomic import OutputWriteError, atomic_folder, write_failure
 from .heatmap import save_heatmap, save_image
-from .regions import Region, to_asap_xml, to_geojson
-from .tiling import PatchGeometry
+from .regions import to_asap_xml, to_geojson
+from .slide_scorer import ScoredSlide
 
 COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
@@ -49,48 +51,116 @@ def intact(folder: Path, files: object) -> str:
     return ""
 
 
-@dataclass
-class SlideOutputs:
-    """One slide's results as its output folder holds them: ``patches.csv``, ``score_map.npy`` + ``score_map.json``,
-    ``heatmap.png``, ``regions.geojson`` and ``regions.xml``, and the ``thumbnail.jpg`` and ``tissue_mask.png`` that
-    evaluation draws on; ``complete.json`` says the set is whole and what made it."""
+def summary_row(result: ScoredSlide) -> dict:
+    """The slide's row of ``summary.csv`` (the runner adds its path, status and time)."""
+    tiling, distance = result.slide.tiling, result.slide.domain.distance
+    mm2_per_mask_px = (tiling.mask_downsample * tiling.geometry.mpp0) ** 2 / 1e6
+    return {
+        "n_patches": len(result.scores),
+        "tissue_mm2": round(float(tiling.mask.sum()) * mm2_per_mask_px, 4),
+        "score_mean": float(result.scores.mean()),
+        "score_std": float(result.scores.std()),
+        "tumour_mm2": round(sum(r.area_px() for r in result.regions) * tiling.geometry.mpp0**2 / 1e6, 4),
+        "stain_fallbacks": int(result.stain_fallback.sum()),
+        "domain_distance": None if math.isnan(distance) else round(distance, 3),
+        "out_of_domain": result.slide.domain.out_of_domain,
+    }
 
-    slide: str
-    patches: pd.DataFrame
-    z_map: np.ndarray
-    grid_info: dict
-    regions: list[Region]
-    facts: dict
-    geometry: PatchGeometry
-    settings: dict
-    summary: dict
-    heatmap_title: str
 
-    def write(self, folder: Path) -> None:
-        """Write the files as one unit (``complete.json`` last), replacing an earlier run's only once all are written,
-        so a kill leaves the old set or the new one. Runs off the scoring's critical path (``SlideInference`` writes a
-        slide in a thread while the next one is scored)."""
-        facts = self.facts
-        try:
-            with atomic_folder(folder) as out:
-                self.patches.to_csv(out / "patches.csv", index=False)
-                np.save(out / "score_map.npy", self.z_map)
-                (out / "score_map.json").write_text(json.dumps(self.grid_info, indent=2))
-                (out / "regions.geojson").write_text(
-                    json.dumps(to_geojson(self.regions, self.geometry.mpp0, {"out_of_domain": facts["out_of_domain"]}))
-                )
-                (out / "regions.xml").write_text(to_asap_xml(self.regions, facts["out_of_domain"]))
-                save_image(out / "thumbnail.jpg", facts["thumbnail"])
-                save_image(out / "tissue_mask.png", (facts["mask"] * 255).astype(np.uint8))
-                save_heatmap(
-                    out / "heatmap.png", facts["thumbnail"], facts["mask_downsample"], self.z_map, self.geometry,
-                    self.grid_info["z_threshold"], self.heatmap_title,
-                )  # fmt: skip
-                marker = {
-                    "slide": str(Path(self.slide).resolve()), "fingerprint": facts["fingerprint"],
-                    "settings": self.settings, "summary": self.summary,
-                    "files": {p.name: file_record(p) for p in sorted(out.iterdir())},
-                }  # fmt: skip
-                (out / COMPLETE_MARKER).write_text(json.dumps(marker))
-        except OSError as error:
-            raise OutputWriteError(f"cannot write its outputs to {folder}: {write_failure(error)}") from error
+class PatchTable:
+    """``patches.csv``: each tissue patch's level-0 corner and size, its score and z, and whether it was called."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        patches, geometry = result.slide.tiling.patches, result.slide.tiling.geometry
+        cells = patches.cells
+        table = pd.DataFrame(
+            {
+                "x": patches.corners[:, 1], "y": patches.corners[:, 0], "size0": geometry.size0,
+                "level": geometry.level, "score": result.scores, "z": result.z.values,
+                "tissue_fraction": [round(float(f), 4) for f in patches.tissue_fraction],
+                "stain_fallback": result.stain_fallback.astype(int),
+                "tumour": result.tumour[cells[:, 0], cells[:, 1]].astype(int),
+            },
+            columns=PATCH_COLUMNS,
+        )  # fmt: skip
+        table.to_csv(folder / "patches.csv", index=False)
+
+
+class ScoreMap:
+    """``score_map.npy`` (the z map on the slide's grid, NaN off tissue) and ``score_map.json``: where the grid lies
+    on the slide and what the z-scores and the decision were made with."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        tiling, z, decision = result.slide.tiling, result.z, result.decision
+        geometry, distance = tiling.geometry, result.slide.domain.distance
+        info = {
+            "origin": [0, 0], "stride": geometry.stride0, "size": geometry.size0, "shape": list(z.map.shape),
+            "units": "level-0 px; cell (i, j) spans x in [j*stride, j*stride+size), y in [i*stride, i*stride+size)",
+            "level": geometry.level, "mpp0": geometry.mpp0, "score": result.score_name,
+            "score_mean": float(result.scores.mean()), "score_std": float(result.scores.std()),
+            "z_statistics": z.statistics, "z_centre": z.centre, "z_spread": z.spread,
+            "z_threshold": decision.z_threshold, "min_region_tiles": decision.min_region_tiles,
+            "score_floor": result.score_floor, "slide_score": z.slide_score,
+            "min_slide_score": decision.min_slide_score, "thumbnail_downsample": tiling.mask_downsample,
+            "domain_distance": None if math.isnan(distance) else distance,  # JSON holds no NaN
+            "out_of_domain": result.slide.domain.out_of_domain,
+        }  # fmt: skip
+        np.save(folder / "score_map.npy", z.map)
+        (folder / "score_map.json").write_text(json.dumps(info, indent=2))
+
+
+class RegionsGeoJSON:
+    """``regions.geojson``: the called regions as QuPath annotations."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        properties = {"out_of_domain": result.slide.domain.out_of_domain}
+        geojson = to_geojson(result.regions, result.slide.tiling.geometry.mpp0, properties)
+        (folder / "regions.geojson").write_text(json.dumps(geojson))
+
+
+class RegionsAsapXml:
+    """``regions.xml``: the called regions as ASAP / CAMELYON16 annotations."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        (folder / "regions.xml").write_text(to_asap_xml(result.regions, result.slide.domain.out_of_domain))
+
+
+class TissueImages:
+    """``thumbnail.jpg`` and ``tissue_mask.png`` at ``thumbnail_downsample``: what evaluation draws on."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        tiling = result.slide.tiling
+        save_image(folder / "thumbnail.jpg", tiling.thumbnail)
+        save_image(folder / "tissue_mask.png", (tiling.mask * 255).astype(np.uint8))
+
+
+class Heatmap:
+    """``heatmap.png``: the z map over the thumbnail."""
+
+    def __call__(self, result: ScoredSlide, folder: Path) -> None:
+        tiling = result.slide.tiling
+        title = f"{result.slide.id}: {result.score_name} anomaly z-score, {len(result.regions)} region(s)"
+        save_heatmap(
+            folder / "heatmap.png", tiling.thumbnail, tiling.mask_downsample, result.z.map, tiling.geometry,
+            result.decision.z_threshold, title,
+        )  # fmt: skip
+
+
+SlideWriter = Callable[[ScoredSlide, Path], None]
+
+
+def write_slide(result: ScoredSlide, writers: Sequence[SlideWriter], folder: Path, settings: dict, summary: dict):
+    """Write a slide's files with ``writers`` as one unit, ``complete.json`` last, replacing an earlier run's only
+    once all are written, so that a kill leaves the old set or the new one."""
+    try:
+        with atomic_folder(folder) as out:
+            for writer in writers:
+                writer(result, out)
+            marker = {
+                "slide": str(Path(result.slide.path).resolve()), "fingerprint": result.slide.fingerprint,
+                "settings": settings, "summary": summary,
+                "files": {p.name: file_record(p) for p in sorted(out.iterdir())},
+            }  # fmt: skip
+            (out / COMPLETE_MARKER).write_text(json.dumps(marker))
+    except OSError as error:
+        raise OutputWriteError(f"cannot write its outputs to {folder}: {write_failure(error)}") from error

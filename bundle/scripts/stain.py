@@ -8,6 +8,7 @@ in optical density, as tensor operations next to the model (on its device) rathe
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,16 +120,27 @@ class StainNormalizer:
         self.fit: MacenkoFit | None = None
         self._torchstain = None
 
-    def fit_slide(self, patches: Sequence[np.ndarray], slide: str = "") -> MacenkoFit | None:
-        """Fit on HWC uint8 tissue patches of one slide; ``None`` (and Reinhard for every patch) if that fails."""
-        self.fit = None
+    def slide_fit(self, patches: Sequence[np.ndarray], slide: str = "") -> MacenkoFit | None:
+        """The fit of one slide's HWC uint8 tissue patches; ``None`` (Reinhard for every patch) where it fails, and in
+        the modes that fit no slide."""
         if self.mode != "slide":
             return None
         try:
-            self.fit = MacenkoFit.from_patches(patches)
+            return MacenkoFit.from_patches(patches)
         except (ValueError, np.linalg.LinAlgError) as error:
             logger.warning("%s: slide-level Macenko fit failed (%s); using Reinhard for every patch.", slide, error)
+            return None
+
+    def fit_slide(self, patches: Sequence[np.ndarray], slide: str = "") -> MacenkoFit | None:
+        """Fit this normaliser to one slide (``slide_fit``) and return the fit."""
+        self.fit = self.slide_fit(patches, slide)
         return self.fit
+
+    def for_slide(self, fit: MacenkoFit | None) -> StainNormalizer:
+        """A copy of this normaliser holding ``fit``: the fit is made where the slide is opened, in another process."""
+        normalizer = copy.copy(self)
+        normalizer.fit = fit
+        return normalizer
 
     def _per_patch(self, rgb: torch.Tensor) -> torch.Tensor:
         # torchstain's numpy backend fits in float64 with interpolated percentiles, as MONAI's ExtractHEStains does for

@@ -17,7 +17,7 @@ from skimage.transform import downscale_local_mean, resize
 
 from .model_files import read_normal_stats, stats_path
 from .settings import require_number
-from .tissue import tissue_mask
+from .tissue import box_fractions, tissue_mask
 from .wsi import MPP_RANGE, SlideUnusableError, read_thumbnail, slide_mpp, thumbnail_level
 
 # PatchCamelyon's scale (CAMELYON16 level 2) and patch side: what a model trained before its tiling was recorded saw
@@ -110,22 +110,22 @@ def select_geometry(
     )
 
 
+def grid_shape(size0: tuple[int, int], geometry: PatchGeometry) -> tuple[int, int]:
+    """Rows and columns of whole patches on a slide of level-0 ``size0`` (height, width)."""
+    return tuple(max(0, (side - geometry.size0) // geometry.stride0 + 1) for side in size0)
+
+
 def tissue_grid(
     mask: np.ndarray, mask_downsample: float, slide_size0: tuple[int, int], geometry: PatchGeometry, min_tissue: float
 ) -> np.ndarray:
     """Top-left level-0 (row, col), grid (i, j) and tissue fraction of every grid patch with enough tissue.
 
-    Returns an (N, 5) float array: row0, col0, i, j, tissue_fraction. Fractions come from a summed-area table of the
-    low-resolution mask, so the whole grid costs one pass whatever the slide size.
+    Returns an (N, 5) float array: row0, col0, i, j, tissue_fraction, the fractions read off the low-resolution mask
+    over the mask pixels each patch touches.
     """
-    height0, width0 = slide_size0
-    n_rows = (height0 - geometry.size0) // geometry.stride0 + 1
-    n_cols = (width0 - geometry.size0) // geometry.stride0 + 1
-    if n_rows <= 0 or n_cols <= 0:
+    n_rows, n_cols = grid_shape(slide_size0, geometry)
+    if n_rows == 0 or n_cols == 0:
         return np.zeros((0, 5))
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # counts < 2**31: <= 8192² px
-    np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
-    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     starts = np.arange(max(n_rows, n_cols)) * geometry.stride0
 
     def bounds(start0: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,17 +133,13 @@ def tissue_grid(
         hi = np.clip(np.ceil((start0 + geometry.size0) / mask_downsample), lo + 1, limit).astype(int)
         return lo, hi
 
-    r0, r1 = bounds(starts[:n_rows], mask.shape[0])
-    c0, c1 = bounds(starts[:n_cols], mask.shape[1])
-    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
-    inside = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
-    fraction = inside / area
+    fraction = box_fractions(mask, bounds(starts[:n_rows], mask.shape[0]), bounds(starts[:n_cols], mask.shape[1]))
     i, j = np.nonzero(fraction >= min_tissue)
     return np.stack([starts[i], starts[j], i, j, fraction[i, j]], axis=1)
 
 
 @dataclass(frozen=True)
-class TissueGrid:
+class TissuePatches:
     """A slide's tissue patches on its regular grid, as arrays: a CAMELYON16 slide has ~45,000, and a dict for each
     is slow to build and to pass from the process that reads the slide's header."""
 
@@ -202,7 +198,20 @@ def check_level(reader: WSIReader, wsi, path: str | Path, level: int, corner0: t
         )
 
 
-def slide_patches(
+@dataclass(frozen=True)
+class SlideTiling:
+    """A slide's tissue patches, the geometry they are read with, and the grid and tissue they were found on."""
+
+    patches: TissuePatches
+    geometry: PatchGeometry
+    grid_shape: tuple[int, int]  # rows, columns of the whole grid, tissue or not
+    size0: tuple[int, int]  # level-0 height, width
+    thumbnail: np.ndarray  # HWC RGB at ``mask_downsample``
+    mask: np.ndarray  # tissue mask of the thumbnail
+    mask_downsample: float
+
+
+def slide_tiling(
     path: str | Path,
     reader: WSIReader,
     target_mpp: float,
@@ -210,37 +219,26 @@ def slide_patches(
     stride: int,
     min_tissue: float,
     assume_mpp: float | None = None,
-) -> tuple[TissueGrid, PatchGeometry, dict]:
-    """The tissue patches of one slide on a regular grid, the geometry they are read with, and grid facts (shape,
-    thumbnail, tissue mask and its downsample) for the outputs."""
+) -> SlideTiling:
+    """The tissue patches of one slide on a regular grid, checked against level 0 where they are read."""
     wsi = reader.read(str(path))
     geometry = select_geometry(reader, wsi, path, target_mpp, patch_size, stride, assume_mpp)
     mask_level = thumbnail_level(reader, wsi, geometry.size0 / MASK_PX_PER_PATCH)
     thumbnail, mask_downsample = read_thumbnail(reader, wsi, path, mask_level)
     mask = tissue_mask(thumbnail)
     size0 = tuple(int(s) for s in reader.get_size(wsi, 0))
-    grid = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
-    patches = TissueGrid(grid[:, :2].astype(np.int64), grid[:, 2:4].astype(np.int64), grid[:, 4])
+    found = tissue_grid(mask, mask_downsample, size0, geometry, min_tissue)
+    patches = TissuePatches(found[:, :2].astype(np.int64), found[:, 2:4].astype(np.int64), found[:, 4])
     if len(patches):  # the read level must show level 0's tissue around the tissue-richest patch
         richest = patches.corners[int(np.argmax(patches.tissue_fraction))]
         check_level(reader, wsi, path, geometry.level, tuple(richest), 2 * geometry.read_size)
     else:  # no tissue on the thumbnail's level: is it the slide, or a blank level? Its centre against level 0
         centre0 = (size0[0] // 2 - geometry.size0, size0[1] // 2 - geometry.size0)
         check_level(reader, wsi, path, mask_level, centre0, round(2 * geometry.size0 / mask_downsample))
-    facts = {
-        "shape": (
-            max(0, (size0[0] - geometry.size0) // geometry.stride0 + 1),
-            max(0, (size0[1] - geometry.size0) // geometry.stride0 + 1),
-        ),
-        "size0": size0,
-        "thumbnail": thumbnail,
-        "mask": mask,
-        "mask_downsample": mask_downsample,
-    }
-    return patches, geometry, facts
+    return SlideTiling(patches, geometry, grid_shape(size0, geometry), size0, thumbnail, mask, mask_downsample)
 
 
-def block_samples(path: str | Path, patches: TissueGrid, geometry: PatchGeometry, block: int) -> list[dict]:
+def block_samples(path: str | Path, patches: TissuePatches, geometry: PatchGeometry, block: int) -> list[dict]:
     """Group grid patches into reads of up to ``block`` x ``block`` neighbouring patches, for ``PatchWSIDataset``.
 
     A slide is stored in compressed tiles, and a reader decodes every tile a region touches: read one 96-px patch at

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from skimage import filters, img_as_float, morphology
 
 # A field that is all tissue has no background mode, and Otsu would then split the tissue itself; stained tissue is
@@ -41,8 +40,20 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     return np.divide(delta, high, out=delta, where=high > 0)  # where black, delta is already 0
 
 
+def box_fractions(
+    mask: np.ndarray, rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Fraction of ``mask`` in every box ``[rows[0][a], rows[1][a]) x [cols[0][b], cols[1][b])`` (rows x cols), from a
+    summed-area table: the whole grid costs one pass over the mask whatever the number of boxes."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(mask, axis=0, dtype=np.int64, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    (r0, r1), (c0, c1) = rows, cols
+    inside = table[r1][:, c1] - table[r0][:, c1] - table[r1][:, c0] + table[r0][:, c0]
+    return inside / ((r1 - r0)[:, None] * (c1 - c0)[None, :])
+
+
 def window_fraction(mask: np.ndarray, window: int) -> np.ndarray:
     """Fraction of ``mask`` inside every ``window``x``window`` square, indexed by the square's top-left pixel."""
-    counts = ndimage.uniform_filter(mask.astype(np.float32), size=window, mode="constant", origin=-(window // 2))
-    valid = mask.shape[0] - window + 1, mask.shape[1] - window + 1
-    return counts[: valid[0], : valid[1]]
+    rows, cols = (np.arange(side - window + 1) for side in mask.shape)
+    return box_fractions(mask, (rows, rows + window), (cols, cols + window))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +14,9 @@ from monai.transforms import Transform
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from .model_files import read_normal_stats
+
+if TYPE_CHECKING:
+    from .stain import MacenkoFit
 
 
 class ChannelStats:
@@ -92,6 +97,12 @@ class PrepareSlideBatch:
         self.norm_stats = norm_stats
         self.fallback_key = fallback_key
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def for_slide(self, stain_fit: MacenkoFit | None) -> PrepareSlideBatch:
+        """The batch preparation of one slide: this one with the slide's stain fit."""
+        prepared = copy.copy(self)
+        prepared.stain = self.stain.for_slide(stain_fit)
+        return prepared
 
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
