@@ -5,8 +5,9 @@ import pytest
 from skimage import color, io
 from torch.utils.data import DataLoader
 
-from scripts.datasets import PCamNormals, TileNormals, normal_tissue_splits, tile_names
+from scripts.datasets import PCamNormals, TileNormals, tile_names
 from scripts.tissue import hsv_saturation, tissue_mask, window_fraction
+from scripts.training_data import normal_tissue_splits
 from scripts.transforms import compute_channel_stats
 from tests_helpers import write_datalist
 
@@ -151,7 +152,7 @@ def test_patches_in_memory_hold_every_patch_of_the_source(pcam_dir, monkeypatch)
 
     import torch
 
-    from scripts.datasets import PatchesInMemory
+    from scripts.training_data import PatchesInMemory
 
     source = PCamNormals(pcam_dir)
     memory = PatchesInMemory(source, num_workers=2)

@@ -14,10 +14,11 @@ from sklearn.metrics import average_precision_score, f1_score, jaccard_score, ro
 
 from conftest import BUNDLE, REPO, TINY_NET, tissue_like
 from scripts.annotations import LesionAnnotation
-from scripts.evaluation import SUMMARY_COLUMNS, SlideResult, best_of, patch_labels, sweep
+from scripts.evaluation import SLIDE_METRIC_COLUMNS, best_of, sweep
 from scripts.metrics import overlap, pr_auc, roc_auc
 from scripts.pyramid import write_pyramid
 from scripts.regions import to_asap_xml, trace_regions
+from scripts.slide_truth import SlideResult, patch_labels
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -149,7 +150,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     run("evaluate", output, "--calibration_file", str(tmp_path / "calibration" / "calibration.json"))
     metrics = json.loads((output / "metrics.json").read_text())
     summary = pd.read_csv(output / "heatmap_summary.csv")
-    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary.columns) == SLIDE_METRIC_COLUMNS
     # the planted block is 1/7.5 of the tissue; its random colours average towards grey on the thumbnail's level,
     # where tissue is found, so a few per cent of it read as glass
     summary = summary.set_index("slide")

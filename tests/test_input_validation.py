@@ -20,10 +20,10 @@ from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp
 from scripts.calibration import calibrated, thresholds_calibrated
 from scripts.cohort import unique_slide_ids
 from scripts.datasets import PCamNormals, TileNormals
-from scripts.evaluation import slide_annotation
 from scripts.isolation import IsolatedWorker, ReaderCrashError, run_isolated
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.slide_outputs import read_summary
+from scripts.slide_truth import slide_annotation
 from scripts.tiling import slide_tiling
 from scripts.wsi import check_slide_file, make_reader, read_datalist, slide_mpp
 from tests_helpers import write_flat_tiff

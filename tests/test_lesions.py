@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from scripts.annotations import LesionAnnotation
-from scripts.evaluation import SlideResult
-from scripts.lesions import lesion_detection, lesion_froc, lesion_raster, read_reference, slide_level
+from scripts.lesions import lesion_detection, lesion_froc, lesion_raster, slide_level
+from scripts.reference import read_reference
+from scripts.slide_truth import SlideResult
 
 STRIDE, MPP0, CELLS = 96, 0.972, 64  # a 64 x 64-patch slide of ~6 x 6 mm
 

@@ -12,17 +12,17 @@ from scipy import stats
 
 from scripts.annotations import LesionAnnotation
 from scripts.calibration import calibrated, thresholds_calibrated, write_calibration
-from scripts.evaluation import (
+from scripts.lesions import lesion_detection, lesion_raster
+from scripts.metrics import proportion_interval, rate_interval, slide_resampled_ratio
+from scripts.operating_point import (
     Outcomes,
-    SlideResult,
     allowed_false_regions,
     choose_operating_point,
     slide_gates,
     slides_needed,
 )
-from scripts.lesions import lesion_detection, lesion_raster
-from scripts.metrics import proportion_interval, rate_interval, slide_resampled_ratio
 from scripts.regions import slide_score
+from scripts.slide_truth import SlideResult
 
 SIZE, MPP0, CELLS, THUMB = 96, 0.972, 32, 32.0  # a 32 x 32-patch slide (3 mm); lesions grow by 75 µm, under a patch
 THRESHOLDS, TILES, NO_FLOOR = np.linspace(0, 4, 41), [1, 2, 3, 5, 8], {0.0: -math.inf}
@@ -160,7 +160,7 @@ def test_calibration_file_with_and_without_a_slide_gate(tmp_path, tiny_checkpoin
     assert calibrated("min_slide_score", -math.inf, path) == 2.25
     assert thresholds_calibrated(path, tiny_checkpoint, min_slide_score=2.25)
     write_calibration(tmp_path, {**common, "min_slide_score": 40})
-    with pytest.raises(ValueError, match=r"calibration.json: --min_slide_score must be a number >= -20.0 and <= 20"):
+    with pytest.raises(ValueError, match=r"calibration.json: --min_slide_score must be a number >= -20 and <= 20"):
         calibrated("min_slide_score", -math.inf, path)
     write_calibration(tmp_path, common)  # written before the gate existed: none
     assert calibrated("min_slide_score", -math.inf, path) == -math.inf

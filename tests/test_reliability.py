@@ -116,8 +116,8 @@ def test_inference_with_a_mismatched_checkpoint_stops_before_any_slide(tmp_path,
 def test_configuration_errors_name_the_key_and_the_choices(tmp_path):
     import pytest
 
-    from scripts.datasets import normal_tissue_splits
     from scripts.stain import StainNormalizer
+    from scripts.training_data import normal_tissue_splits
     from scripts.wsi import find_slides, make_reader
 
     with pytest.raises(FileNotFoundError, match="dataset_dir"):

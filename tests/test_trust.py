@@ -23,9 +23,9 @@ import tifffile
 from shapely.geometry import shape
 
 from conftest import BUNDLE, REPO, tissue_like, write_slide
-from scripts.lesions import read_reference, reference_labels
 from scripts.model_files import read_weights
 from scripts.pyramid import write_pyramid
+from scripts.reference import read_reference, reference_labels
 from scripts.wsi import SlideUnusableError, check_slide_file, make_reader, slide_mpp
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
@@ -271,8 +271,8 @@ def test_a_16_bit_or_colourless_slide_fails_alone_in_a_cohort(demo_cohort, tmp_p
 def test_the_tiling_record_cannot_lie(pcam_dir, tiny_checkpoint, tmp_path):
     """PCam-scale sources are never resampled, so another --target_mpp would be recorded for patches read at 0.972;
     refitting the statistics keeps the recorded tiling."""
-    from scripts.datasets import normal_tissue_splits
     from scripts.handlers import LatentStatsHandler
+    from scripts.training_data import normal_tissue_splits
     from tests_helpers import tiny_net
 
     with pytest.raises(ValueError, match=r"--target_mpp 0.5: pcam patches are PatchCamelyon-scale \(0.972"):
@@ -300,6 +300,7 @@ def test_probe_findings_a_mask_a_class_name_the_sweep_and_a_coarse_or_colourless
     from scripts.annotations import read_annotation
     from scripts.errors import one_line_excepthook
     from scripts.evaluation import Evaluation
+    from scripts.slide_truth import CohortLabels
     from scripts.tiling import select_geometry
 
     # a single-channel mask TIFF (the usual layout) reads like its RGB twin
@@ -318,13 +319,14 @@ def test_probe_findings_a_mask_a_class_name_the_sweep_and_a_coarse_or_colourless
     (tmp_path / "s.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     assert len(read_annotation(tmp_path / "s.geojson").tumour) == 1  # fmt: skip
     # evaluation settings that made nonsense labels or a crash
+    with pytest.raises(ValueError, match=re.escape("--min_tumour_fraction must be a number > 0")):
+        CohortLabels(tmp_path, None, min_tumour_fraction=-1)
     for settings, words in (
-        ({"min_tumour_fraction": -1}, "--min_tumour_fraction must be a number > 0"),
         ({"thresholds": []}, "--sweep_thresholds must be a non-empty list"),
         ({"min_region_tiles": [0]}, "--sweep_min_region_tiles must be an integer >= 1"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):
-            Evaluation(tmp_path, None, **settings)  # fmt: skip
+            Evaluation(CohortLabels(tmp_path, None), **settings)  # fmt: skip
     # a slide whose finest level is coarser than the model's resolution is not upsampled
     coarse = write_layout(tmp_path / "coarse.tif", RGB, photometric="rgb", compression="jpeg")
     reader = make_reader("tifffile")

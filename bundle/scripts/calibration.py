@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATED_RANGES = {
-    "z_threshold": (-20.0, 20.0), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
-    "min_slide_score": (-20.0, 20.0),
+    "z_threshold": (-20, 20), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
+    "min_slide_score": (-20, 20),
 }  # fmt: skip
 # a calibration written before these existed holds none of them, and its decision had none: the default (off) applies
 # (and null, as JSON writes -inf, is off too)

@@ -65,16 +65,17 @@ class PatchLoaders:
     worker may be short."""
 
     def __init__(self, batch_size: int = 64, read_block: int = 16, num_workers: int = 0, pin_memory: bool = False):
-        for name, value, low, high in (
-            ("batch_size", batch_size, 1, None), ("read_block", read_block, 1, 64), ("num_workers", num_workers, 0, None)
-        ):  # fmt: skip
-            require_number(name, value, low, high, integer=True)
+        require_number("batch_size", batch_size, 1, integer=True)
+        require_number("read_block", read_block, 1, 64, integer=True)
+        require_number("num_workers", num_workers, 0, integer=True)
         self.batch_size = batch_size
         self.read_block = read_block
         self.num_workers = num_workers
         self.pin_memory = pin_memory
 
-    def __call__(self, reader: WSIReader, path: str | Path, patches: TissuePatches, geometry: PatchGeometry) -> DataLoader:
+    def __call__(
+        self, reader: WSIReader, path: str | Path, patches: TissuePatches, geometry: PatchGeometry
+    ) -> DataLoader:
         stream = PatchStream(block_dataset(reader, path, patches, geometry, self.read_block))
         return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory)
 
