@@ -20,7 +20,7 @@ from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp
 from scripts.calibration import calibrated, thresholds_calibrated
 from scripts.cohort import unique_slide_ids
 from scripts.datasets import PCamNormals, TileNormals
-from scripts.isolation import IsolatedWorker, ReaderCrashError, run_isolated
+from scripts.isolation import ANSWER_TIMEOUT_S, IsolatedWorker, ReaderCrashError
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.slide_outputs import read_summary
 from scripts.slide_truth import slide_annotation
@@ -159,6 +159,12 @@ def test_a_flat_slide_too_big_for_a_thumbnail_is_refused_before_reading(tmp_path
 def _segfault() -> None:
     faulthandler.disable()  # pytest's would print the child's stack; a real reader crash prints nothing of ours
     os.kill(os.getpid(), signal.SIGSEGV)  # what a reader's C code does on a bad file
+
+
+def run_isolated(function, *args, timeout: float = ANSWER_TIMEOUT_S):
+    """``function(*args)`` once in a forked child, as the slide preparer runs its reading."""
+    with IsolatedWorker(function, timeout) as worker:
+        return worker(*args)
 
 
 def test_a_native_crash_in_the_reader_is_an_exception_not_the_end_of_the_run():
@@ -420,12 +426,12 @@ def test_an_orphaned_probe_exits_instead_of_blocking_on_its_pipe(tmp_path):
     script.write_text(
         "import os, sys, time\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "from scripts.isolation import run_isolated\n"
+        "from scripts.isolation import IsolatedWorker\n"
         "def big():\n"
         "    open(sys.argv[2], 'w').write(str(os.getpid()))\n"
         "    time.sleep(1)\n"
         "    return b'x' * 10_000_000\n"
-        "run_isolated(big)\n"
+        "IsolatedWorker(big)()\n"
     )
     import subprocess
     import sys

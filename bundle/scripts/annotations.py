@@ -19,8 +19,7 @@ import numpy as np
 import tifffile
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
-
-from .regions import shoelace_area
+from shapely.geometry import Polygon
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +76,8 @@ class LesionAnnotation:
     exclusion: list[np.ndarray] = field(default_factory=list)
 
     def area_px(self) -> float:
-        """Tumour area in level-0 px² by the shoelace formula, exclusions subtracted (as CAMELYON16 draws them)."""
-        return sum(shoelace_area(p) for p in self.tumour) - sum(shoelace_area(p) for p in self.exclusion)
+        """Tumour area in level-0 px², exclusions subtracted (as CAMELYON16 draws them)."""
+        return sum(Polygon(p).area for p in self.tumour) - sum(Polygon(p).area for p in self.exclusion)
 
     def rasterise(self, shape: tuple[int, int], downsample: float, origin: tuple[float, float] = (0, 0)) -> np.ndarray:
         """Boolean mask of ``shape`` whose pixel (i, j) covers level-0 [origin + (i, j) * downsample, + downsample).

@@ -7,12 +7,12 @@ Slides are scored one at a time, so memory is bounded by a slide or two.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,17 +22,15 @@ from .atomic import (
     OutputWriteError,
     atomic_path,
     folder_lock,
-    recover_folder,
-    remove_stale_temp_files,
     require_output_folder,
     write_failure,
 )
 from .errors import reported
-from .prepare import PreparedSlide, SlidePreparer
+from .prepare import SlidePreparer
 from .settings import require_number
-from .slide_outputs import COMPLETE_MARKER, SUMMARY_COLUMNS, SlideWriter, intact, read_summary, summary_row, write_slide
+from .slide_outputs import SUMMARY_COLUMNS, SlideWriter, completed_summary, read_summary, summary_row, write_slide
 from .slide_scorer import ScoredSlide, SlideScorer
-from .wsi import slide_fingerprint, slide_id
+from .wsi import slide_id
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +93,72 @@ class RunLogFile(logging.FileHandler):
         sys.stderr.write(f"WARNING: cannot write the log file {self.baseFilename}: {reason} It is no longer written.\n")
 
 
+def record_failure(row: dict, slide: str, error: BaseException) -> None:
+    """Log a slide's failure in one line (its traceback to the log file) and mark its summary row."""
+    error = reported(error)
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    message = cause if cause.startswith(str(slide)) else f"{slide}: {cause}"  # named once, by whoever raised
+    logger.error("%s", message)
+    logger.debug("traceback for %s", slide, exc_info=error)
+    row.update(status="error", error=message)
+
+
+def shard_suffix(index: int, num_shards: int) -> str:
+    """What a shard adds to the names of its own files; nothing when the cohort is not sharded."""
+    return "" if num_shards == 1 else f".shard-{index}-of-{num_shards}"
+
+
+def merge_shards(output_dir: Path, num_shards: int, cohort: Sequence[str]) -> pd.DataFrame | None:
+    """Write ``summary.csv`` from every shard's rows once all shards have written theirs; return it, or None.
+
+    Each shard writes its own file before looking for the others, so the last shard to finish always sees all
+    of them; two shards finishing together both write the same merged table.
+    """
+    paths = [output_dir / f"summary{shard_suffix(i, num_shards)}.csv" for i in range(num_shards)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        logger.info("summary.csv is merged when the other shards finish (waiting for %s)", ", ".join(missing))
+        return None
+    tables = [read_summary(p) for p in paths]
+    rows = pd.concat([t for t in tables if len(t)])
+    order = {slide: k for k, slide in enumerate(cohort)}
+    merged = rows.sort_values("slide", key=lambda column: column.map(order), kind="stable")
+    with atomic_path(output_dir / "summary.csv") as tmp:
+        merged.to_csv(tmp, index=False)
+    logger.info("merged %d shard summaries into %s", num_shards, output_dir / "summary.csv")
+    return merged
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """The package's log records, debug ones included, also go to ``path`` while the run lasts."""
+    log_file = RunLogFile(path)
+    log_file.setLevel(logging.DEBUG)
+    log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    package_logger = logging.getLogger(__package__)
+    package_logger.addHandler(log_file)
+    package_logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(log_file)
+        log_file.close()
+
+
+def report_failures(summary: pd.DataFrame, cohort: pd.DataFrame | None, strict: bool, output_dir: Path) -> None:
+    """Log how many of a shard's slides failed; stop the command when all of the cohort's did (judged on the whole
+    cohort, so that a shard whose few slides failed does not stop the other ranks), or any did under ``strict``."""
+    failed = int((summary["status"] != "ok").sum())
+    logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), output_dir)
+    if failed:
+        lost = summary.loc[summary["status"] != "ok", "slide"]
+        logger.error("%d slide(s) failed: %s (causes in summary.csv)", failed, ", ".join(lost))
+    if cohort is not None and (cohort["status"] != "ok").all():
+        raise RuntimeError(f"all {len(cohort)} slides failed; see {output_dir / 'summary.csv'}")
+    if strict and failed:
+        raise RuntimeError(f"{failed} of {len(summary)} slides failed (strict); see {output_dir / 'summary.csv'}")
+
+
 class SlideInference:
     """Take every slide of ``slides`` through the stages ``inference.json`` declares: ``preparer`` (open, tissue,
     stain fit, domain) -> ``scorer`` (the evaluator over its patches) -> ``postprocessing`` (z-scores to regions) ->
@@ -138,8 +202,8 @@ class SlideInference:
         self.overlap = scorer.on_gpu if overlap == "auto" else overlap
         self.cohort = unique_slide_ids(slides)
         self.slides = list(slides)[shard_index::num_shards]
-        self.shard_index = shard_index
         self.num_shards = num_shards
+        self.suffix = shard_suffix(shard_index, num_shards)  # of this shard's own files
         self.preparer = preparer
         self.scorer = scorer
         self.postprocessing = postprocessing
@@ -149,98 +213,45 @@ class SlideInference:
         self.overwrite = overwrite
         self.strict = strict
 
-    def _score(self, prepared: PreparedSlide) -> tuple[ScoredSlide, dict]:
-        """A prepared slide's post-processed scores and its summary row."""
-        result = self.postprocessing(self.scorer(prepared))
-        return result, summary_row(result)
-
-    def _completed(self, slide: str, settings: dict) -> dict | None:
-        """The summary of this slide file that an earlier run with the same settings finished, or None.
-
-        A swap of the slide's folder that a kill interrupted is completed first, and temp files are removed; a
-        ``complete.json`` that cannot be read (truncated, edited) means the slide is redone, never a stopped cohort.
-        """
-        folder = self.output_dir / slide_id(slide)
-        recover_folder(folder)
-        remove_stale_temp_files(folder)
-        marker = folder / COMPLETE_MARKER
-        if self.overwrite or not marker.is_file():
-            return None
-        try:
-            done = json.loads(marker.read_text())
-            same_file = done["slide"] == str(Path(slide).resolve())
-            if not same_file or done["settings"] != settings:
-                return None
-            if done.get("fingerprint") != slide_fingerprint(slide):
-                logger.info("%s: the file changed since its outputs were made; scored again.", slide)
-                return None
-            if problem := intact(folder, done.get("files")):
-                logger.warning("%s: its finished outputs are not intact (%s); scored again.", slide, problem)
-                return None
-            summary = done["summary"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("%s cannot be read (%s); %s is scored again.", marker, error, slide)
-            return None
-        return summary if isinstance(summary, dict) else None
-
-    @staticmethod
-    def _fail(row: dict, slide: str, error: BaseException) -> None:
-        error = reported(error)
-        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
-        message = cause if cause.startswith(str(slide)) else f"{slide}: {cause}"  # named once, by whoever raised
-        logger.error("%s", message)
-        logger.debug("traceback for %s", slide, exc_info=error)
-        row.update(status="error", error=message)
-
     def _written(self, rows: dict[str, dict], slide: str, writing: Future) -> None:
         """Wait for a slide's outputs; a failure to write them fails that slide alone."""
         try:
             writing.result()
         except Exception as error:
-            self._fail(rows[slide], slide, error)
-
-    def _shard_suffix(self, index: int) -> str:
-        """What a shard adds to the names of its own files; nothing when the cohort is not sharded."""
-        return "" if self.num_shards == 1 else f".shard-{index}-of-{self.num_shards}"
+            record_failure(rows[slide], slide, error)
 
     def run(self) -> pd.DataFrame:
         """Score every slide; slides finished by an earlier run of the same command are skipped (``overwrite``
         redoes them). Full tracebacks of failed slides go to ``output_dir/inference.log``."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        log_file = RunLogFile(self.output_dir / f"inference{self._shard_suffix(self.shard_index)}.log")
-        log_file.setLevel(logging.DEBUG)
-        log_file.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        package_logger = logging.getLogger(__package__)
-        package_logger.addHandler(log_file)
-        package_logger.setLevel(logging.DEBUG)
         try:
-            with folder_lock(self.output_dir, f".skip96{self._shard_suffix(self.shard_index)}.lock"):
+            with (
+                run_log(self.output_dir / f"inference{self.suffix}.log"),
+                folder_lock(self.output_dir, f".skip96{self.suffix}.lock"),
+            ):
                 return self._run_all()
         finally:
             self.preparer.close()
-            package_logger.removeHandler(log_file)
-            log_file.close()
 
     def _run_all(self) -> pd.DataFrame:
         """The cohort as one stream: the next slide's grid and stain fit are prepared (in a child process) while the
         previous one's outputs are written (in a thread), and beside a model on a GPU both go on while a slide is
         scored, so a slide costs about what its patches cost; at most one slide's outputs wait, so memory stays that of
         two slides."""
-        settings = self.settings
         rows: dict[str, dict] = {}
         todo = []  # (place in the cohort, slide) of the slides to score
         for k, slide in enumerate(self.slides, 1):
             rows[slide] = {"slide": slide_id(slide), "path": str(slide), "status": "ok", "error": ""}
             if problem := unusable_id(slide):
-                self._fail(rows[slide], slide, ValueError(problem))
+                record_failure(rows[slide], slide, ValueError(problem))
                 continue
-            done = self._completed(slide, settings)
+            done = completed_summary(self.output_dir / slide_id(slide), slide, self.settings, self.overwrite)
             if done is None:
                 todo.append((k, slide))
                 continue
             logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
             rows[slide].update(done, seconds=0.0)
-        summary_file = self.output_dir / f"summary{self._shard_suffix(self.shard_index)}.csv"
+        summary_file = self.output_dir / f"summary{self.suffix}.csv"
         if todo:  # a summary describes the slide folders: it goes before any of them changes, and returns at the end
             for stale in {summary_file, self.output_dir / "summary.csv"}:
                 stale.unlink(missing_ok=True)
@@ -258,10 +269,11 @@ class SlideInference:
                 logger.info("[%d/%d] %s", k, len(self.slides), slide)
                 result = None
                 try:
-                    result, summary = self._score(preparing.result())
+                    result = self.postprocessing(self.scorer(preparing.result()))
+                    summary = summary_row(result)
                     rows[slide].update(summary)
                 except Exception as error:  # one bad slide must not lose the others
-                    self._fail(rows[slide], slide, error)
+                    record_failure(rows[slide], slide, error)
                 if writing is not None:
                     self._written(rows, *writing)
                 writing = None
@@ -283,37 +295,6 @@ class SlideInference:
                 summary.to_csv(tmp, index=False)
         except OSError as error:
             raise OutputWriteError(f"cannot write {summary_file}: {write_failure(error)}") from error
-        failed = int((summary["status"] != "ok").sum())
-        logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), self.output_dir)
-        if failed:
-            lost = summary.loc[summary["status"] != "ok", "slide"]
-            logger.error("%d slide(s) failed: %s (causes in summary.csv)", failed, ", ".join(lost))
-        # all failed is judged on the whole cohort: a shard whose few slides failed must not stop the other ranks
-        cohort = self._merge_shards() if self.num_shards > 1 else summary
-        if cohort is not None and (cohort["status"] != "ok").all():
-            raise RuntimeError(f"all {len(cohort)} slides failed; see {self.output_dir / 'summary.csv'}")
-        if self.strict and failed:
-            raise RuntimeError(
-                f"{failed} of {len(summary)} slides failed (strict); see {self.output_dir / 'summary.csv'}"
-            )
+        cohort = merge_shards(self.output_dir, self.num_shards, self.cohort) if self.num_shards > 1 else summary
+        report_failures(summary, cohort, self.strict, self.output_dir)
         return summary
-
-    def _merge_shards(self) -> pd.DataFrame | None:
-        """Write ``summary.csv`` from every shard's rows once all shards have written theirs; return it, or None.
-
-        Each shard writes its own file before looking for the others, so the last shard to finish always sees all
-        of them; two shards finishing together both write the same merged table.
-        """
-        paths = [self.output_dir / f"summary{self._shard_suffix(i)}.csv" for i in range(self.num_shards)]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            logger.info("summary.csv is merged when the other shards finish (waiting for %s)", ", ".join(missing))
-            return None
-        tables = [read_summary(p) for p in paths]
-        rows = pd.concat([t for t in tables if len(t)])
-        order = {slide: k for k, slide in enumerate(self.cohort)}
-        merged = rows.sort_values("slide", key=lambda column: column.map(order), kind="stable")
-        with atomic_path(self.output_dir / "summary.csv") as tmp:
-            merged.to_csv(tmp, index=False)
-        logger.info("merged %d shard summaries into %s", self.num_shards, self.output_dir / "summary.csv")
-        return merged

@@ -51,6 +51,22 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
+def pixel_scores(s: SlideResult, tissue_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnail pixels scored with their grid cell's z (off-grid pixels lowest), and their tumour labels."""
+    ds = s.map_info["thumbnail_downsample"]
+    rows = np.minimum((np.arange(s.truth.shape[0]) * ds / s.map_info["stride"]).astype(int), s.z_map.shape[0] - 1)
+    cols = np.minimum((np.arange(s.truth.shape[1]) * ds / s.map_info["stride"]).astype(int), s.z_map.shape[1] - 1)
+    scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
+    scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
+    keep = s.tissue if tissue_only else np.ones_like(s.tissue)
+    return scores[keep], s.truth[keep].astype(int)
+
+
+def pixel_auc(slides: Sequence[SlideResult], tissue_only: bool) -> float:
+    scores, labels = zip(*(pixel_scores(s, tissue_only) for s in slides), strict=True)
+    return roc_auc(np.concatenate(scores), np.concatenate(labels))
+
+
 class Evaluation:
     """``evaluate``: the metrics of the scored slides of ``labels`` at one decision, written with their tables and
     figures; ``thresholds`` and ``min_region_tiles`` are what the oracle tries."""
@@ -108,8 +124,8 @@ class Evaluation:
                 "oracle_iou_min_region_tiles": int(oracle["min_region_tiles"]),
                 "oracle_f1": float(oracle_f1[0]),
                 "oracle_f1_threshold": float(oracle_f1[1]),
-                "pixel_auc_tissue": self._pixel_auc([s], tissue_only=True),
-                "pixel_auc_all_pixels": self._pixel_auc([s], tissue_only=False),
+                "pixel_auc_tissue": pixel_auc([s], tissue_only=True),
+                "pixel_auc_all_pixels": pixel_auc([s], tissue_only=False),
             }
             save_errors(s, z_threshold, min_region_tiles, self.labels.output_dir / s.slide_id)
         rasters = [lesion_raster(s) for s in slides]
@@ -156,7 +172,7 @@ class Evaluation:
         fp_area = {}
         for s in slides:
             if s.is_tumour_free:
-                cell_mm2 = (s.grid["size"] * s.grid["mpp0"]) ** 2 / 1e6
+                cell_mm2 = (s.map_info["size"] * s.map_info["mpp0"]) ** 2 / 1e6
                 fp_area[s.slide_id] = float(s.predict(z_threshold, min_region_tiles).sum() * cell_mm2)
         return {
             "threshold": {
@@ -173,8 +189,8 @@ class Evaluation:
                 "auc": roc_auc(z, labels),
                 "pr_auc": pr_auc(z, labels),
                 **overlap(predicted, labels),
-                "pixel_auc_tissue": self._pixel_auc(slides, tissue_only=True),
-                "pixel_auc_all_pixels (background inflates it)": self._pixel_auc(slides, tissue_only=False),
+                "pixel_auc_tissue": pixel_auc(slides, tissue_only=True),
+                "pixel_auc_all_pixels (background inflates it)": pixel_auc(slides, tissue_only=False),
             },
             "mean_iou": float(table["iou"].mean()),
             "strata": strata,
@@ -186,18 +202,3 @@ class Evaluation:
             },
             "per_slide": per_slide,
         }
-
-    @staticmethod
-    def _pixel_scores(s: SlideResult, tissue_only: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Thumbnail pixels scored with their grid cell's z (off-grid pixels lowest), and their tumour labels."""
-        ds = s.grid["thumbnail_downsample"]
-        rows = np.minimum((np.arange(s.truth.shape[0]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[0] - 1)
-        cols = np.minimum((np.arange(s.truth.shape[1]) * ds / s.grid["stride"]).astype(int), s.z_map.shape[1] - 1)
-        scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
-        scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
-        keep = s.tissue if tissue_only else np.ones_like(s.tissue)
-        return scores[keep], s.truth[keep].astype(int)
-
-    def _pixel_auc(self, slides: Sequence[SlideResult], tissue_only: bool) -> float:
-        scores, labels = zip(*(self._pixel_scores(s, tissue_only) for s in slides), strict=True)
-        return roc_auc(np.concatenate(scores), np.concatenate(labels))

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def save_errors(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:
     """TP (green), FP (red) and FN (blue) patches over the slide thumbnail."""
     predicted, labels = s.predict(z_threshold, min_region_tiles).astype(bool), s.patches["label"].to_numpy() > 0
-    scale = s.grid["thumbnail_downsample"]
+    scale = s.map_info["thumbnail_downsample"]
     figure, axis = plt.subplots(figsize=(10, 10 * s.thumbnail.shape[0] / s.thumbnail.shape[1] + 0.6), dpi=100)
     axis.imshow(s.thumbnail)
     for kind, select, color in (("TP", predicted & labels, "lime"), ("FP", predicted & ~labels, "red"),

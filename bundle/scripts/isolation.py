@@ -120,10 +120,3 @@ class IsolatedWorker(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_isolated(function: Callable[..., T], *args: Any, timeout: float = ANSWER_TIMEOUT_S) -> T:
-    """``function(*args)`` once in a forked child: its return value, or its exception raised here, or
-    ReaderCrashError."""
-    with IsolatedWorker(function, timeout) as worker:
-        return worker(*args)

@@ -53,13 +53,13 @@ class LesionRaster:
 
 
 def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
-    level = max(0, round(np.log2(s.grid["size"] / raster_px)))
+    level = max(0, round(np.log2(s.map_info["size"] / raster_px)))
     scale = 2**level
-    shape = tuple(int(np.ceil(n * s.grid["stride"] / scale)) for n in s.z_map.shape)
-    rows = np.minimum((np.arange(shape[0]) * scale) // s.grid["stride"], s.z_map.shape[0] - 1)
-    cols = np.minimum((np.arange(shape[1]) * scale) // s.grid["stride"], s.z_map.shape[1] - 1)
+    shape = tuple(int(np.ceil(n * s.map_info["stride"] / scale)) for n in s.z_map.shape)
+    rows = np.minimum((np.arange(shape[0]) * scale) // s.map_info["stride"], s.z_map.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * scale) // s.map_info["stride"], s.z_map.shape[1] - 1)
     truth = s.annotation.rasterise(shape, scale) if s.annotation is not None else np.zeros(shape, bool)
-    spacing = s.grid["mpp0"] * scale
+    spacing = s.map_info["mpp0"] * scale
     instances = compute_multi_instance_mask(truth.astype(np.uint8), GROW_UM / (spacing * 2))
     itc = compute_isolated_tumor_cells(instances, (ITC_MAX_UM + GROW_UM) / spacing)
     diameters = {
@@ -68,7 +68,7 @@ def lesion_raster(s: SlideResult, raster_px: int = 12) -> LesionRaster:
     }
     z = s.z_map[np.ix_(rows, cols)].astype(np.float64)
     centre_rows, centre_cols = (
-        np.minimum(((np.arange(n) * s.grid["stride"] + s.grid["size"] / 2) / scale).astype(int), side - 1)
+        np.minimum(((np.arange(n) * s.map_info["stride"] + s.map_info["size"] / 2) / scale).astype(int), side - 1)
         for n, side in zip(s.z_map.shape, shape, strict=True)
     )
     return LesionRaster(level, z, centre_rows, centre_cols, instances, list(itc), diameters)

@@ -64,11 +64,6 @@ def called_map(
     return clean_mask(two_scale_map(z_map, cells, scores, score_floor), z_threshold, min_region_tiles)
 
 
-def shoelace_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def cells_to_polygons(cells: np.ndarray, pitch: float, origin: tuple[int, int] = (0, 0)) -> list[Polygon]:
     """The exact outline of the ``True`` cells of a grid whose cell (i, j) is grid cell ``origin + (i, j)``, spanning
     x in [j, j + 1) * pitch, y likewise.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import OutputWriteError, atomic_folder, write_failure
+from .atomic import OutputWriteError, atomic_folder, recover_folder, remove_stale_temp_files, write_failure
 from .heatmap import save_heatmap, save_image
 from .regions import to_asap_xml, to_geojson
 from .slide_scorer import ScoredSlide
+from .wsi import slide_fingerprint
+
+logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
@@ -49,6 +53,34 @@ def intact(folder: Path, files: object) -> str:
         if file_record(path) != record:
             return f"{name} was changed"
     return ""
+
+
+def completed_summary(folder: Path, slide: str, settings: dict, overwrite: bool = False) -> dict | None:
+    """The summary of ``slide`` that an earlier run with the same ``settings`` finished in ``folder``, or None.
+
+    A swap of the folder that a kill interrupted is completed first, and temp files are removed; a ``complete.json``
+    that cannot be read (truncated, edited) means the slide is redone, never a stopped cohort.
+    """
+    recover_folder(folder)
+    remove_stale_temp_files(folder)
+    marker = folder / COMPLETE_MARKER
+    if overwrite or not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text())
+        if done["slide"] != str(Path(slide).resolve()) or done["settings"] != settings:
+            return None
+        if done.get("fingerprint") != slide_fingerprint(slide):
+            logger.info("%s: the file changed since its outputs were made; scored again.", slide)
+            return None
+        if problem := intact(folder, done.get("files")):
+            logger.warning("%s: its finished outputs are not intact (%s); scored again.", slide, problem)
+            return None
+        summary = done["summary"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("%s cannot be read (%s); %s is scored again.", marker, error, slide)
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def summary_row(result: ScoredSlide) -> dict:

@@ -41,7 +41,7 @@ class SlideResult:
     slide_id: str
     patches: pd.DataFrame  # inference patches.csv plus `label`
     z_map: np.ndarray
-    grid: dict
+    map_info: dict  # its score_map.json: the grid on the slide, the z-scores and the decision
     truth: np.ndarray  # tumour raster at thumbnail_downsample
     tissue: np.ndarray  # tissue mask at thumbnail_downsample
     thumbnail: np.ndarray
@@ -51,7 +51,7 @@ class SlideResult:
 
     @property
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
-        stride = self.grid["stride"]
+        stride = self.map_info["stride"]
         return (self.patches["y"].to_numpy() // stride).astype(int), (self.patches["x"].to_numpy() // stride).astype(
             int
         )
@@ -133,16 +133,17 @@ def load_slide(
     """Read a slide's inference outputs and label its patches from ``annotation`` (None: tumour-free)."""
     folder = output_dir / slide_id
     patches = pd.read_csv(folder / "patches.csv")
-    grid = json.loads((folder / "score_map.json").read_text())
+    map_info = json.loads((folder / "score_map.json").read_text())
     tissue = io.imread(folder / "tissue_mask.png") > 0
     if annotation is None:
         patches["label"] = 0
         truth = np.zeros_like(tissue)
     else:
         patches["label"] = patch_labels(annotation, patches, rule, min_fraction)
-        truth = annotation.rasterise(tissue.shape, grid["thumbnail_downsample"])
+        truth = annotation.rasterise(tissue.shape, map_info["thumbnail_downsample"])
     thumbnail = io.imread(folder / "thumbnail.jpg")
-    return SlideResult(slide_id, patches, np.load(folder / "score_map.npy"), grid, truth, tissue, thumbnail, annotation)
+    z_map = np.load(folder / "score_map.npy")
+    return SlideResult(slide_id, patches, z_map, map_info, truth, tissue, thumbnail, annotation)
 
 
 class CohortLabels:
