@@ -46,6 +46,7 @@ run sparse_folds $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$no
   --out "$work/sparse" ${VERSUS:+--versus "$VERSUS"}
 run unseen_tumour_free $python unseen_tumour_free.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
   --out "$work/unseen"
+run tissue_mask $python tissue_mask.py --tiles_dir "$tiles"
 run domain_check $python domain_check.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
   --out "$work/domain"
 run infer_throughput_demo $python infer_throughput.py ../bundle/sample_data/camelyon16_demo.tif --copies 6

@@ -189,7 +189,7 @@ class LatentStatsHandler:
 
     def write(self) -> Path:
         """Fit the statistics for the weights in ``checkpoint_path`` and write them; also run on its own by the
-        training config's ``write_normal_stats`` workflow, for a model trained before a statistic was kept."""
+        training config's ``write_normal_stats`` workflow, for a model whose statistics lack one."""
         self._keep_recorded_tiling()
         network = unwrap(self.network)
         network.load_state_dict(read_weights(self.checkpoint_path))

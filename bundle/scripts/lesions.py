@@ -1,7 +1,7 @@
 """CAMELYON16's own evaluation of a cohort: Task 1, is there tumour on the slide (a slide score and its ROC AUC), and
 Task 2, where is it (lesion FROC as the challenge computes it, with plain lesion sensitivity and false regions per
-slide at the called regions beside it, so that a slide with two large lesions found among many false calls no longer
-reads as perfect), each split by lesion size (macro- / micro-metastases) and by tumour burden.
+slide at the called regions beside it, so that a slide with two large lesions found among many false calls does not
+read as perfect), each split by lesion size (macro- / micro-metastases) and by tumour burden.
 
 Slide labels come from the challenge's ``reference.csv`` when given (``test_001,Tumor,Macro``; ``Normal`` rows have
 no size), else from the annotations (a slide with drawn tumour is a tumour slide).

@@ -1,11 +1,10 @@
 """Reading a slide's tissue patches: blocks of neighbouring patches through MONAI's ``PatchWSIDataset``, cut apart
 and streamed so that every batch holds exactly ``batch_size`` patches.
 
-A slide is stored in compressed tiles and a reader decodes every tile a region touches, so one read per block of
-``read_block`` x ``read_block`` patches decodes each tile about once, where patch-by-patch reads decoded it once per
-patch on it (``bench/research/README.md`` has the measurements). Blocks hold up to
-``read_block``² patches (fewer at the tissue's edge), so batching whole blocks gave batches of uneven size; the
-stream hands the DataLoader single patches instead, and it batches them as usual.
+A slide is stored in compressed tiles and a reader decodes every tile a region touches: one read per block of
+``read_block`` x ``read_block`` patches decodes each tile about once, where reading patch by patch decodes it once per
+patch on it (``bench/research/README.md`` has the measurements). Blocks hold up to ``read_block``² patches (fewer at
+the tissue's edge), so the stream hands the DataLoader single patches, which it batches as usual.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def normal_score_floor(ckpt_path: str | Path, score: str, normal_quantile: float
     quantiles = read_normal_stats(ckpt_path)["latent_stats"].get("score_quantiles")
     if quantiles is None:
         raise ValueError(
-            f"{ckpt_path}'s normal_stats.pt keeps no score quantiles of the training normals (trained before 0.12.0); "
+            f"{ckpt_path}'s normal_stats.pt keeps no score quantiles of the training normals; "
             "run the training config's write_normal_stats workflow, or pass --normal_quantile 0."
         )
     return float(np.interp(normal_quantile, np.linspace(0, 1, len(quantiles)), quantiles.double().numpy()))

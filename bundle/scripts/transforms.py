@@ -141,9 +141,9 @@ def hed_jitter(rgb: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
 
 def random_flip_rotate(images: torch.Tensor) -> torch.Tensor:
     """Each B x C x H x W patch flipped top to bottom with probability 1/2, then turned by 0, 90, 180 or 270 degrees
-    with equal probability: the orientations MONAI's ``RandFlipd`` (prob 0.5) and ``RandRotate90d`` (prob 0.75,
-    ``max_k`` 3) gave each patch in DataLoader workers, drawn here for the whole batch from torch's global generator
-    (which the training checkpoint saves, so a resumed run draws the same)."""
+    with equal probability, as MONAI's ``RandFlipd`` (prob 0.5) and ``RandRotate90d`` (prob 0.75, ``max_k`` 3) draw
+    them, but for the whole batch on its device and from torch's global generator, which the training checkpoint saves,
+    so that a resumed run draws the same."""
     flip = (torch.rand(len(images)) < 0.5).to(images.device)
     turns = torch.randint(0, 4, (len(images),))
     out = torch.where(flip[:, None, None, None], images.flip(2), images)
