@@ -24,9 +24,9 @@ CALIBRATED_RANGES = {
     "z_threshold": (-20, 20), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
     "min_slide_score": (-20, 20),
 }  # fmt: skip
-# a calibration written before these existed holds none of them, and its decision had none: the default (off) applies
-# (and null, as JSON writes -inf, is off too)
-CALIBRATED_LATER = {"normal_quantile": 0.0, "min_slide_score": -math.inf}
+# The settings a calibration may switch off, and their off values: a file holds null for off (JSON has no infinity), and
+# one written before a setting existed does not hold it, its decision having had none.
+OFF_VALUES = {"normal_quantile": 0.0, "min_slide_score": -math.inf}
 SHIPPED_CALIBRATION = Path(__file__).resolve().parents[1] / "models" / CALIBRATION_FILE
 
 
@@ -66,7 +66,7 @@ def calibrated(
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"calibration_file {path} is not valid JSON ({error}).") from None
-    if isinstance(content, dict) and name in CALIBRATED_LATER and content.get(name) is None:
+    if isinstance(content, dict) and name in OFF_VALUES and content.get(name) is None:
         return default
     if not isinstance(content, dict) or name not in content:
         held = sorted(content) if isinstance(content, dict) else type(content).__name__
@@ -139,7 +139,7 @@ def thresholds_calibrated(
     if calibration_mismatch(content, ckpt_path, scoring):
         return False
     held = {name: content.get(name) for name in values}
-    held |= {name: CALIBRATED_LATER[name] for name in values if name in CALIBRATED_LATER and held[name] is None}
+    held |= {name: OFF_VALUES[name] for name in values if name in OFF_VALUES and held[name] is None}
     return all(held[name] is not None and same_setting(held[name], value) for name, value in values.items())
 
 

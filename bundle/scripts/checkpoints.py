@@ -41,7 +41,9 @@ class AtomicCheckpointer:
     that a resumed run keeps comparing against it. A ``save_dict`` of one object (``model.pt``) is saved as that
     object's bare ``state_dict``, as ignite's ``Checkpoint`` does, so it loads straight into ``network_def``. Writes
     go to a temp file in the same folder and are swapped in with ``os.replace``: a run killed mid-save keeps the
-    previous file.
+    previous file. Not ignite's ``Checkpoint`` (which MONAI's ``CheckpointSaver`` wraps), even with its atomic
+    ``DiskSaver``: to keep one file of a fixed name it removes the old file before writing the new one
+    (``Checkpoint.__call__``, ignite 0.5), so a kill between the two leaves no ``model.pt``.
     """
 
     def __init__(

@@ -107,8 +107,11 @@ def degenerate_patches(
 class StainNormalizer:
     """Macenko normalisation of whole B x 3 x H x W RGB batches (0-255, any dtype, on any device).
 
-    Modes: ``slide`` applies the fit from ``fit_slide`` (call it before a slide's patches stream) to the whole batch
-    as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference behaviour);
+    Modes: ``slide`` applies its slide fit (``fit_slide``, or ``for_slide`` with a fit made elsewhere) to the whole
+    batch as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference
+    behaviour, an implementation independent of the slide fit's, which the tests hold it to within one grey level;
+    MONAI's ``NormalizeHEStains`` is the slide fit's own algorithm, and on single patches its stain-vector order swaps
+    haematoxylin and eosin, up to 228 grey levels off on 15 % of patches: ``bench/research/README.md``, Stain);
     ``none`` passes patches through. Degenerate patches, a failed slide fit and any per-patch failure fall back to
     Reinhard, on the CPU in one skimage call for the batch's fallbacks (they are few); nothing raises.
     """

@@ -1,4 +1,9 @@
-"""Tissue detection on RGB images: HSV saturation with an Otsu threshold, holes filled, specks removed."""
+"""Tissue detection on RGB images: HSV saturation with an Otsu threshold, holes filled, specks removed.
+
+Not MONAI's ``ForegroundMask``, whose same rule (saturation above its Otsu threshold) has no cap for fields that are
+mostly tissue: on the 32 CAMELYON16 tiles it calls 0.46 of the pixels tissue where this mask calls 0.96, and 0.50 of
+the demo slide's thumbnail against 0.98, at 3x the time (``bench/results/cpu/tissue_mask.txt``).
+"""
 
 from __future__ import annotations
 
