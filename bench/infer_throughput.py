@@ -32,8 +32,8 @@ import torch
 from common import BUNDLE, autocast, flag_overrides, machine, synchronize
 from monai.bundle import ConfigParser
 
-from scripts.patch_stream import patch_loader
 from scripts.tiling import PatchGeometry, TissuePatches
+from scripts.wsi import make_reader
 
 SAMPLE_PATCHES = 4096  # patches the slower stages are timed on, then extrapolated
 
@@ -46,6 +46,17 @@ class NoOpScore:
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         return inputs.mean((1, 2, 3))
+
+
+class Timed:
+    """A stage of the pipeline that keeps how long its last call took."""
+
+    def __init__(self, stage) -> None:
+        self.stage, self.seconds = stage, 0.0
+
+    def __call__(self, *args):
+        result, self.seconds = timed(self.stage, *args)
+        return result
 
 
 def timed(fn, *args, **kwargs) -> tuple[object, float]:
@@ -113,18 +124,18 @@ PREPARE_STAGES = {
     "level check": (("tiling.py", "check_level"),),
     "stain-fit patch reads": (("wsi_reader.py", "get_data"),),
     "domain distance": (("domain.py", "distance"),),
-    "stain fit": (("stain.py", "fit_slide"),),
+    "stain fit": (("stain.py", "slide_fit"),),
 }
 STAGE_FUNCTIONS = {function: stage for stage, functions in PREPARE_STAGES.items() for function in functions}
 
 
-def prepare_stage_seconds(runner, slide: str, repeats: int = 3) -> dict[str, float]:
+def prepare_stage_seconds(preparer, slide: str, repeats: int = 3) -> dict[str, float]:
     """A slide's preparation (what the reading child runs) split by stage: the fastest of ``repeats`` unprofiled
     runs, shared out in proportion to each stage's profiled time."""
-    backend = runner.wsi_reader
-    total = min(timed(runner._probe, slide, backend)[1] for _ in range(repeats))
+    backend = preparer.wsi_reader
+    total = min(timed(preparer.read, slide, backend)[1] for _ in range(repeats))
     profile = cProfile.Profile()
-    profile.runcall(runner._probe, slide, backend)
+    profile.runcall(preparer.read, slide, backend)
 
     def stage_of(file: str, name: str) -> str | None:
         return STAGE_FUNCTIONS.get((Path(file).name, name))
@@ -133,7 +144,7 @@ def prepare_stage_seconds(runner, slide: str, repeats: int = 3) -> dict[str, flo
     whole = 0.0
     # pstats' raw table: (file, line, name) -> (calls, primitive calls, own time, cumulative time, callers)
     for (file, _, name), (_, _, _, cumulative, callers) in pstats.Stats(profile).stats.items():
-        if name == "_probe":
+        if (Path(file).name, name) == ("prepare.py", "read"):
             whole = cumulative
         stage = stage_of(file, name)
         if stage:  # the time of calls from outside the stages: get_data in read_thumbnail is the thumbnail's
@@ -146,18 +157,20 @@ def prepare_stage_seconds(runner, slide: str, repeats: int = 3) -> dict[str, flo
 def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
     """Each stage alone on this slide, in the order the pipeline runs them; stain and intensity normalisation is timed
     on the first ``SAMPLE_PATCHES`` patches and extrapolated, so that no stage holds the slide in memory."""
-    runner = parser.get_parsed_content("runner")
-    (reader, patches, geometry, facts, fit), probe = timed(runner.prepare, slide)
-    loader = patch_loader(reader, slide, patches, geometry, runner.read_block, runner.batch_size, runner.num_workers)
+    preparer, loaders = parser.get_parsed_content("preparer"), parser.get_parsed_content("patch_loaders")
+    prepared, probe = timed(preparer, slide)
+    preparer.close()
+    patches, geometry = prepared.tiling.patches, prepared.tiling.geometry
+    loader = loaders(make_reader(prepared.reader), slide, patches, geometry)
     kept = []
     start = time.perf_counter()
     for batch in loader:
         if sum(len(b["index"]) for b in kept) < SAMPLE_PATCHES:
             kept.append(batch)
     read = time.perf_counter() - start
-    cucim = cucim_batched_read_seconds(slide, patches, geometry, max(1, runner.num_workers))
-    prepare_batch, device = parser.get_parsed_content("prepare_batch"), parser.get_parsed_content("device")
-    runner.stain.fit = fit
+    cucim = cucim_batched_read_seconds(slide, patches, geometry, max(1, loaders.num_workers))
+    device = parser.get_parsed_content("device")
+    prepare_batch = parser.get_parsed_content("prepare_batch").for_slide(prepared.stain_fit)
     start = time.perf_counter()
     for batch in kept:
         prepare_batch(batch, device)
@@ -165,8 +178,8 @@ def stage_seconds(parser: ConfigParser, slide: str) -> dict[str, float]:
     normalise = (time.perf_counter() - start) * len(patches) / sum(len(b["index"]) for b in kept)
     return {
         "tissue grid + stain fit (child process)": probe,
-        f"read: DataLoader, {runner.num_workers} workers, blocks": read,
-        f"read: cuCIM batched, {max(1, runner.num_workers)} threads (sampled)": cucim,
+        f"read: DataLoader, {loaders.num_workers} workers, blocks": read,
+        f"read: cuCIM batched, {max(1, loaders.num_workers)} threads (sampled)": cucim,
         "stain + intensity (batched, sampled)": normalise,
     }
 
@@ -190,6 +203,8 @@ def main() -> None:
     parser = parsed([slide], knobs)
     torch.backends.cudnn.benchmark = parser.get_parsed_content("cudnn_benchmark")  # as the workflow's initialize
     runner = parser.get_parsed_content("runner")
+    runner.postprocessing = Timed(runner.postprocessing)
+    runner.writers = [Timed(writer) for writer in runner.writers]
     totals, bares = [], []
     for _ in range(args.repeats):
         bare_before = bare_model_seconds(parser, 2000) / 2000
@@ -197,14 +212,13 @@ def main() -> None:
         n = int(summary.loc[0, "n_patches"])
         totals.append(total)
         bares.append(min(bare_before * n, bare_model_seconds(parser, n)))
-    _, post = timed(runner.postprocessor.finish, runner.evaluator)
-    _, write = timed(runner.postprocessor.outputs)
+    post, write = runner.postprocessing.seconds, sum(writer.seconds for writer in runner.writers)
     total, bare = float(np.median(totals)), float(np.median(bares))
     ceiling_runner = parsed([slide], knobs).get_parsed_content("runner")
-    ceiling_runner.evaluator.inferer = NoOpScore()
+    ceiling_runner.scorer.evaluator.inferer = NoOpScore()
     _, ceiling = timed(ceiling_runner.run)
     fixed = further_slide_seconds(slide, args.copies, knobs) - bare if args.copies > 1 else None
-    stages = {**prepare_stage_seconds(runner, slide), **stage_seconds(parser, slide)}
+    stages = {**prepare_stage_seconds(runner.preparer, slide), **stage_seconds(parser, slide)}
     stages["model + score (bare)"] = bare
     stages["post-process (z, regions)"] = post
     stages["write outputs (thread, off the critical path)"] = write
