@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .calibration import CALIBRATED_RANGES
-from .regions import clean_mask, slide_score, trace_regions, two_scale_map
+from .regions import gated_clean_mask, slide_score, trace_regions, two_scale_map
 from .scores import Z_STATISTICS, AnomalyScore, slide_reference
 from .settings import require_number
 from .slide_scorer import Decision, ScoredSlide, ZScores
@@ -74,7 +74,7 @@ class ScoreFloor:
 
 
 class CleanUp:
-    """Call the candidate cells at ``z >= z_threshold`` in regions of at least ``min_region_tiles`` patches (smaller
+    """Call the candidate cells above ``z_threshold`` in regions of at least ``min_region_tiles`` patches (smaller
     holes filled), none on a slide whose slide score is below ``min_slide_score``."""
 
     def __init__(self, z_threshold: float, min_region_tiles: int, min_slide_score: float = -math.inf) -> None:
@@ -88,10 +88,9 @@ class CleanUp:
 
     def __call__(self, scored: ScoredSlide) -> ScoredSlide:
         candidates = scored.z.map if scored.candidates is None else scored.candidates
-        if scored.z.slide_score < self.min_slide_score:
-            tumour = np.zeros(candidates.shape, bool)
-        else:
-            tumour = clean_mask(candidates, self.z_threshold, self.min_region_tiles)
+        tumour = gated_clean_mask(
+            candidates, scored.z.slide_score, self.z_threshold, self.min_region_tiles, self.min_slide_score
+        )
         decision = Decision(self.z_threshold, self.min_region_tiles, recorded(self.min_slide_score))
         return dataclasses.replace(scored, tumour=tumour, decision=decision)
 

@@ -52,16 +52,25 @@ def slide_score(z_map: np.ndarray) -> float:
     return float(mean[tissue].max())
 
 
+def gated_clean_mask(
+    candidates: np.ndarray, slide_score: float, z_threshold: float, min_region_tiles: int, min_slide_score: float
+) -> np.ndarray:
+    """``clean_mask`` of ``candidates``, or no cell on a slide whose ``slide_score`` is below ``min_slide_score`` (most
+    slides a user scores are tumour-free, and every region on them is a false alarm)."""
+    if slide_score < min_slide_score:
+        return np.zeros(candidates.shape, bool)
+    return clean_mask(candidates, z_threshold, min_region_tiles)
+
+
 def called_map(
     z_map: np.ndarray, cells: np.ndarray, scores: np.ndarray, z_threshold: float, min_region_tiles: int,
     score_floor: float = -math.inf, min_slide_score: float = -math.inf,
 ) -> np.ndarray:  # fmt: skip
-    """The grid cells called tumour: none on a slide whose ``slide_score`` is below ``min_slide_score`` (most slides a
-    user scores are tumour-free, and every region on them is a false alarm), else ``clean_mask`` of the cells that
+    """The grid cells called tumour, as inference's post-processing calls them: ``gated_clean_mask`` of the cells that
     pass both scales of ``two_scale_map``."""
-    if min_slide_score > -math.inf and slide_score(z_map) < min_slide_score:
-        return np.zeros(z_map.shape, bool)
-    return clean_mask(two_scale_map(z_map, cells, scores, score_floor), z_threshold, min_region_tiles)
+    score = slide_score(z_map) if min_slide_score > -math.inf else math.nan  # no gate: not needed
+    candidates = two_scale_map(z_map, cells, scores, score_floor)
+    return gated_clean_mask(candidates, score, z_threshold, min_region_tiles, min_slide_score)
 
 
 def cells_to_polygons(cells: np.ndarray, pitch: float, origin: tuple[int, int] = (0, 0)) -> list[Polygon]:
