@@ -318,15 +318,19 @@ def test_probe_findings_a_mask_a_class_name_the_sweep_and_a_coarse_or_colourless
     }
     (tmp_path / "s.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     assert len(read_annotation(tmp_path / "s.geojson").tumour) == 1  # fmt: skip
+
     # evaluation settings that made nonsense labels or a crash
+    def labels(min_tumour_fraction: float = 0.5) -> CohortLabels:
+        return CohortLabels(tmp_path, None, "centre", min_tumour_fraction, [], None)
+
     with pytest.raises(ValueError, match=re.escape("--min_tumour_fraction must be a number > 0")):
-        CohortLabels(tmp_path, None, min_tumour_fraction=-1)
-    for settings, words in (
-        ({"thresholds": []}, "--sweep_thresholds must be a non-empty list"),
-        ({"min_region_tiles": [0]}, "--sweep_min_region_tiles must be an integer >= 1"),
+        labels(min_tumour_fraction=-1)
+    for thresholds, min_region_tiles, words in (
+        ([], [1], "--sweep_thresholds must be a non-empty list"),
+        ([2.0], [0], "--sweep_min_region_tiles must be an integer >= 1"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):
-            Evaluation(CohortLabels(tmp_path, None), **settings)  # fmt: skip
+            Evaluation(labels(), thresholds, min_region_tiles)
     # a slide whose finest level is coarser than the model's resolution is not upsampled
     coarse = write_layout(tmp_path / "coarse.tif", RGB, photometric="rgb", compression="jpeg")
     reader = make_reader("tifffile")

@@ -75,7 +75,9 @@ def test_streamed_block_reads_give_monais_per_patch_reads_byte_for_byte(request,
     expected = [
         np.asarray(resize(item["image"][:3]) if geometry.read_size != 96 else item["image"][:3]) for item in single
     ]
-    loader = PatchLoaders(batch_size=7, read_block=3, num_workers=workers)(reader, path, patches, geometry)
+    loader = PatchLoaders(batch_size=7, read_block=3, num_workers=workers, pin_memory=False)(
+        reader, path, patches, geometry
+    )
     assert len(loader.dataset.blocks) < len(patches)
     batches = list(loader)
     assert len(batches) == loader.dataset.batches(7, workers)

@@ -184,11 +184,11 @@ class SlideInference:
         writers: Sequence[SlideWriter],
         settings: dict,
         output_dir: str | Path,
-        overwrite: bool = False,
-        strict: bool = False,
-        shard_index: int = 0,
-        num_shards: int = 1,
-        overlap: bool | str = "auto",
+        overwrite: bool,
+        strict: bool,
+        shard_index: int,
+        num_shards: int,
+        overlap: bool | str,
     ) -> None:
         if not slides:
             raise FileNotFoundError("no slides to score: the folder holds no slide file or the datalist is empty.")

@@ -24,7 +24,6 @@ from .slide_truth import CohortLabels, SlideResult
 
 logger = logging.getLogger(__name__)
 
-SWEEP_THRESHOLDS = tuple(np.linspace(-3, 5, 100))
 # heatmap_summary.csv: one row a slide
 SLIDE_METRIC_COLUMNS = [
     "slide", "tumour_fraction", "n_patches", "auc", "pr_auc", "iou", "oracle_iou", "threshold", "tp", "fp", "fn",
@@ -71,12 +70,7 @@ class Evaluation:
     """``evaluate``: the metrics of the scored slides of ``labels`` at one decision, written with their tables and
     figures; ``thresholds`` and ``min_region_tiles`` are what the oracle tries."""
 
-    def __init__(
-        self,
-        labels: CohortLabels,
-        thresholds: Sequence[float] = SWEEP_THRESHOLDS,
-        min_region_tiles: Sequence[int] = (1, 2, 3, 5, 8),
-    ) -> None:
+    def __init__(self, labels: CohortLabels, thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> None:
         self.labels = labels
         self.thresholds, self.min_region_tiles = sweep_grid(thresholds, min_region_tiles)
 

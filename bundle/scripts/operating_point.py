@@ -216,13 +216,13 @@ class CalibrationSweep:
         labels: CohortLabels,
         thresholds: Sequence[float],
         min_region_tiles: Sequence[int],
-        score_floors: dict[float, float] | None = None,
-        target_false_regions: float = 0.25,
+        score_floors: dict[float, float],
+        target_false_regions: float,
     ) -> None:
         require_number("target_false_regions", target_false_regions, 0, exclusive_minimum=True)
         self.labels = labels
         self.thresholds, self.min_region_tiles = sweep_grid(thresholds, min_region_tiles)
-        self.score_floors = score_floors or {0.0: -math.inf}  # normal_quantile -> the score floor it sets
+        self.score_floors = score_floors  # normal_quantile -> the score floor it sets
         self.target_false_regions = float(target_false_regions)
 
     def start(self, slides: Sequence[str]) -> None:

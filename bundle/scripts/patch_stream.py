@@ -63,7 +63,7 @@ class PatchLoaders:
     their ``index`` in the slide's patches, read in blocks of ``read_block`` x ``read_block``; the last batch of each
     worker may be short."""
 
-    def __init__(self, batch_size: int = 64, read_block: int = 16, num_workers: int = 0, pin_memory: bool = False):
+    def __init__(self, batch_size: int, read_block: int, num_workers: int, pin_memory: bool) -> None:
         require_number("batch_size", batch_size, 1, integer=True)
         require_number("read_block", read_block, 1, 64, integer=True)
         require_number("num_workers", num_workers, 0, integer=True)

@@ -77,7 +77,7 @@ class CleanUp:
     """Call the candidate cells above ``z_threshold`` in regions of at least ``min_region_tiles`` patches (smaller
     holes filled), none on a slide whose slide score is below ``min_slide_score``."""
 
-    def __init__(self, z_threshold: float, min_region_tiles: int, min_slide_score: float = -math.inf) -> None:
+    def __init__(self, z_threshold: float, min_region_tiles: int, min_slide_score: float) -> None:
         for name, value in (("z_threshold", z_threshold), ("min_region_tiles", min_region_tiles)):
             require_number(name, value, *CALIBRATED_RANGES[name], integer=name == "min_region_tiles")
         if min_slide_score != -math.inf:

@@ -155,10 +155,10 @@ class CohortLabels:
         self,
         output_dir: str | Path,
         annotation_dir: str | Path | None,
-        label_rule: str = "centre",
-        min_tumour_fraction: float = 0.5,
-        tumour_free_slides: Sequence[str] = (),
-        reference_csv: str | Path | None = None,
+        label_rule: str,
+        min_tumour_fraction: float,
+        tumour_free_slides: Sequence[str],
+        reference_csv: str | Path | None,
     ) -> None:
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}.")
