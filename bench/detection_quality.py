@@ -73,8 +73,8 @@ def baselines(patches: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def model_scores(patches: np.ndarray, network, inferers: dict, prepare_batch: PrepareSlideBatch) -> dict:
-    prepare_batch.stain.fit_slide(list(patches))
-    x, _ = prepare_batch({"image": as_batch(patches)})
+    stain_fit = prepare_batch.stain.slide_fit(list(patches))
+    x, _ = prepare_batch.for_slide(stain_fit)({"image": as_batch(patches)})
     with torch.inference_mode():
         return {name: inferer(x, network).numpy() for name, inferer in inferers.items()}
 
@@ -173,7 +173,9 @@ def ensemble(tiles_dir: Path, names: list[str], parser: ConfigParser, ckpts: lis
         network = load_network(parser.get_parsed_content("network_def", lazy=False), ckpt, "cpu")
         inferers = {f"member {i}": AnomalyScoreInferer.from_checkpoint("latent", ckpt),
                     f"member {i}, tta": AnomalyScoreInferer.from_checkpoint("latent", ckpt, tta=True)}  # fmt: skip
-        scorers.append((network, inferers, PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(ckpt))))
+        scorers.append(
+            (network, inferers, PrepareSlideBatch(StainNormalizer("slide"), ChannelStats.from_checkpoint(ckpt)))
+        )
         keys += list(inferers)
     tiles = collect(tiles_dir, names, scorers)
     for suffix in ("", ", tta"):
@@ -214,7 +216,7 @@ def cross_validation(
         norm_stats = ChannelStats.from_checkpoint(model)
         raw_colour = {"latent, tta, no stain normalisation": inferers[TTA_SCORE]}
         tiles += collect(tiles_dir, names, [
-            (network, inferers, PrepareSlideBatch(StainNormalizer(), norm_stats)),
+            (network, inferers, PrepareSlideBatch(StainNormalizer("slide"), norm_stats)),
             (network, raw_colour, PrepareSlideBatch(StainNormalizer("none"), norm_stats)),
         ])  # fmt: skip
         keys = list(inferers) + list(raw_colour)
@@ -294,7 +296,7 @@ def main() -> None:
         )
         inferers.update(latent_inferers(args.ckpt, ignored))
     print(f"checkpoint {args.ckpt}" + ("" if has_latent else " (no latent_stats: 'latent' score skipped)"))
-    prepare_batch = PrepareSlideBatch(StainNormalizer(), ChannelStats.from_checkpoint(args.ckpt))
+    prepare_batch = PrepareSlideBatch(StainNormalizer("slide"), ChannelStats.from_checkpoint(args.ckpt))
     for title, group in groups.items():
         tiles = collect(args.tiles_dir, group, [(network, inferers, prepare_batch)])
         report(tiles, list(inferers) + list(BASELINES), title)

@@ -2,7 +2,7 @@
 
     python bench/readers.py SLIDE [--repeats 3]
 
-The grid is the one inference uses (``slide_patches`` at inference.json's target µm/px); each backend reads every
+The grid is the one inference uses (``slide_tiling`` at inference.json's target µm/px); each backend reads every
 patch of it ``repeats`` times through the dataset inference streams from (``block_dataset``: MONAI's
 ``PatchWSIDataset``, which reopens OpenSlide files for every read), once patch by patch (``read_block`` 1) and once
 in blocks of inference.json's ``read_block``.
@@ -17,7 +17,7 @@ from common import BUNDLE, machine
 from monai.bundle import ConfigParser
 
 from scripts.patch_stream import block_dataset
-from scripts.tiling import slide_patches
+from scripts.tiling import slide_tiling
 from scripts.wsi import READERS, make_reader
 
 
@@ -39,7 +39,8 @@ def main() -> None:
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.json")
     grid = {k: parser.get_parsed_content(k) for k in ("target_mpp", "patch_size", "stride", "min_tissue")}
-    patches, geometry, _ = slide_patches(args.slide, make_reader("cuCIM"), assume_mpp=args.assume_mpp, **grid)
+    tiling = slide_tiling(args.slide, make_reader("cuCIM"), assume_mpp=args.assume_mpp, **grid)
+    patches, geometry = tiling.patches, tiling.geometry
     blocks = parser.get_parsed_content("read_block")
     rates = {
         backend: [read_rate(args.slide, backend, patches, geometry, n, args.repeats) for n in (1, blocks)]

@@ -42,9 +42,9 @@ def slide_seconds(tiles: list[list[np.ndarray]]) -> tuple[float, float]:
     stain = StainNormalizer(mode="slide")
     start = time.perf_counter()
     for patches in tiles:
-        stain.fit_slide(patches)
+        stain.slide_fit(patches)
     fit = time.perf_counter() - start
-    stain.fit_slide(tiles[0])
+    stain = stain.for_slide(stain.slide_fit(tiles[0]))
     batch = as_batch([p for t in tiles for p in t])
     start = time.perf_counter()
     for first in range(0, len(batch), BATCH):

@@ -22,9 +22,10 @@ def test_tissue_like_the_training_normals_is_near_and_other_tissue_far():
     rng = np.random.default_rng(0)
     normals = [tissue_like(rng, (96, 96)) for _ in range(200)]
     check = DomainCheck(fit_colour_stats(colour_descriptors(normals)), limit=8.0)
-    assert check.distance(normals[:32]) < 2.0 and not check.out_of_domain(check.distance(normals[:32]))
+    near = check.reading(normals[:32])
+    assert near.distance < 2.0 and not near.out_of_domain
     darker = [np.clip(p.astype(int) - 80, 0, 255).astype(np.uint8) for p in normals[:32]]
-    assert check.out_of_domain(check.distance(darker))
+    assert check.reading(darker).out_of_domain
 
 
 def test_a_tumour_minority_does_not_move_the_median_distance():
@@ -37,7 +38,8 @@ def test_a_tumour_minority_does_not_move_the_median_distance():
 
 def test_a_model_without_colour_statistics_is_not_checked():
     check = DomainCheck(None)
-    assert math.isnan(check.distance([np.zeros((96, 96, 3), np.uint8)])) and not check.out_of_domain(math.nan)
+    reading = check.reading([np.zeros((96, 96, 3), np.uint8)])
+    assert math.isnan(reading.distance) and not reading.out_of_domain
 
 
 def test_too_few_normals_and_a_negative_limit_are_refused():

@@ -392,21 +392,21 @@ def test_the_rarity_knobs_are_part_of_the_score_settings_only_for_rarity():
     from scripts.scores import AnomalyScore, SlideRarity
 
     score_settings = {"tta": False, "latent_ignored_variance": 0.0}
-    latent = AnomalyScore("latent", rarity=SlideRarity(5, 4))
+    latent = AnomalyScore("latent", False, 0.0, SlideRarity(5, 4))
     assert scoring_settings(latent, stride=96) == {"score": "latent", **score_settings, "stride": 96}
-    assert scoring_settings(AnomalyScore("rarity", rarity=SlideRarity(5, 4)), stride=96) == {
+    assert scoring_settings(AnomalyScore("rarity", False, 0.0, SlideRarity(5, 4)), stride=96) == {
         "score": "rarity", **score_settings, "rarity_neighbours": 5, "rarity_exclusion": 4, "stride": 96
     }  # fmt: skip
     assert latent.slide_scores is None
 
 
 def test_a_score_is_checked_once_where_the_config_chooses_it():
-    from scripts.scores import AnomalyScore
+    from scripts.scores import AnomalyScore, SlideRarity
 
     with pytest.raises(ValueError, match="score must be one of"):
-        AnomalyScore("psnr")
+        AnomalyScore("psnr", False, 0.0, SlideRarity(5, 4))
     with pytest.raises(ValueError, match="tta applies to per-patch scores, not 'rarity'"):
-        AnomalyScore("rarity", tta=True)
+        AnomalyScore("rarity", True, 0.0, SlideRarity(5, 4))
 
 
 def test_a_calibration_file_that_records_no_score_settings_is_applied_with_one_warning(

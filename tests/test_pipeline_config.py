@@ -33,6 +33,13 @@ class CallHighest:
         return dataclasses.replace(scored, tumour=tumour, decision=Decision(threshold, 1, None))
 
 
+class Broken:
+    """A user's step with a bug."""
+
+    def __call__(self, scored):
+        raise ValueError("my step cannot trace this slide")
+
+
 class PatchCount:
     """A user's own output file."""
 
@@ -48,23 +55,26 @@ def user_steps(tmp_path_factory):
     return folder
 
 
-def run_demo(user_steps, output_dir, config_file, *overrides: str) -> subprocess.CompletedProcess:
+def run_demo(user_steps, output_dir, config_file, *overrides: str, ok: bool = True) -> subprocess.CompletedProcess:
     """``run inference`` on the bundled demo slide with the shipped defaults, ``my_steps`` importable."""
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", config_file,
                "--output_dir", str(output_dir), *overrides]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(user_steps)}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode == 0) is ok, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
 def test_one_override_replaces_a_post_processing_step(user_steps, tmp_path):
+    """The override also makes the finished default outputs stale: the slide is scored again, not skipped."""
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
     steps = [step["_target_"].rsplit(".", 1)[-1] for step in config["postprocessing"]["transforms"]]
     assert steps == ["PatchScores", "ZScore", "ScoreFloor", "CleanUp", "TraceRegions"]
+    run_demo(user_steps, tmp_path, str(BUNDLE / "configs" / "inference.json"))
     step = "{'_target_': 'my_steps.CallHighest', 'count': 3}"
     result = run_demo(user_steps, tmp_path, str(BUNDLE / "configs" / "inference.json"), "--postprocessing#transforms#3",
                       step)  # fmt: skip
+    assert "outputs complete from an earlier run" not in result.stdout + result.stderr
     slide = tmp_path / "camelyon16_demo"
     patches = pd.read_csv(slide / "patches.csv")
     highest = patches["z"].nlargest(3)
@@ -74,6 +84,15 @@ def test_one_override_replaces_a_post_processing_step(user_steps, tmp_path):
     regions = json.loads((slide / "regions.geojson").read_text())["features"]
     assert 1 <= len(regions) <= 3 and sum(r["properties"]["n_patches"] for r in regions) == 3
     assert f"camelyon16_demo: {len(regions)} region(s)" in result.stdout + result.stderr
+
+
+def test_a_failing_step_fails_its_slide_with_its_own_message(user_steps, tmp_path):
+    result = run_demo(user_steps, tmp_path, str(BUNDLE / "configs" / "inference.json"), "--postprocessing#transforms#4",
+                      "{'_target_': 'my_steps.Broken'}", ok=False)  # fmt: skip
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary["status"]) == ["error"]
+    assert summary.loc[0, "error"].endswith("camelyon16_demo.tif: my step cannot trace this slide")
+    assert "all 1 slides failed" in result.stderr and not (tmp_path / "camelyon16_demo").exists()
 
 
 def test_one_layered_config_adds_a_writer(user_steps, tmp_path):

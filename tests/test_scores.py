@@ -155,7 +155,7 @@ def test_slide_rarity_refuses_a_slide_too_small_for_its_exclusion():
     with pytest.raises(ValueError, match="tiny.tif: a patch has 0 patches more than rarity_exclusion 4 cells away"):
         SlideRarity(neighbours=5, exclusion=4)(np.random.default_rng(0).normal(size=(9, 4)), grid, "tiny.tif")
     with pytest.raises(ValueError, match="--rarity_neighbours must be an integer >= 1"):
-        SlideRarity(neighbours=0)
+        SlideRarity(neighbours=0, exclusion=4)
 
 
 def test_normal_score_floor_is_the_quantile_of_the_training_normals_scores(tmp_path):

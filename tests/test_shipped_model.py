@@ -133,8 +133,8 @@ def demo_batch(parser: ConfigParser) -> torch.Tensor:
     image = tifffile.imread(BUNDLE / "sample_data" / "camelyon16_demo.tif", level=0)
     patches = [image[y : y + 96, x : x + 96] for y in range(0, 768, 96) for x in range(0, 768, 96)]
     batch = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
-    parser.get_parsed_content("stain").fit_slide(patches)
-    return parser.get_parsed_content("prepare_batch")({"image": batch})[0]
+    stain_fit = parser.get_parsed_content("stain").slide_fit(patches)
+    return parser.get_parsed_content("prepare_batch").for_slide(stain_fit)({"image": batch})[0]
 
 
 def test_cpu_speed_options_keep_the_default_scores():

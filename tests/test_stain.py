@@ -34,7 +34,7 @@ def batch(*patches: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("value", [255, 0, 128])
 def test_white_black_and_flat_patches_fall_back_alone(mode, value):
     stain = StainNormalizer(mode=mode)
-    stain.fit_slide([he_like(0)])
+    stain = stain.for_slide(stain.slide_fit([he_like(0)]))
     images = batch(he_like(1), np.full((96, 96, 3), value, np.uint8))
     out, fallback = stain(images)
     assert fallback.tolist() == [False, True]  # the tissue patch in the same batch is still Macenko-normalised
@@ -43,23 +43,22 @@ def test_white_black_and_flat_patches_fall_back_alone(mode, value):
 
 
 def test_tiny_patch_does_not_raise():
-    _, fallback = StainNormalizer()(torch.full((2, 3, 1, 1), 200, dtype=torch.uint8))
+    _, fallback = StainNormalizer("slide")(torch.full((2, 3, 1, 1), 200, dtype=torch.uint8))
     assert fallback.all()
 
 
 def test_failed_slide_fit_uses_reinhard_for_every_patch():
-    stain = StainNormalizer()
-    assert stain.fit_slide([np.full((96, 96, 3), 250, np.uint8)], "white.tif") is None
-    _, fallback = stain(batch(he_like(1), he_like(2)))
+    stain = StainNormalizer("slide")
+    fit = stain.slide_fit([np.full((96, 96, 3), 250, np.uint8)], "white.tif")
+    assert fit is None
+    _, fallback = stain.for_slide(fit)(batch(he_like(1), he_like(2)))
     assert fallback.all()
 
 
 def test_batched_map_equals_the_float64_macenko_formula():
     patches = [he_like(k) for k in range(4)]
     fit = MacenkoFit.from_patches(patches)
-    stain = StainNormalizer()
-    stain.fit_slide(patches)
-    out, fallback = stain(batch(*patches))
+    out, fallback = StainNormalizer("slide").for_slide(fit)(batch(*patches))
     od = optical_density(np.stack(patches).reshape(-1, 3))
     concentrations = np.linalg.pinv(fit.he) @ od.T * (REFERENCE_MAX_C / fit.max_c)[:, None]
     expected = (240 * np.exp(-REFERENCE_HE @ concentrations)).T.reshape(4, 96, 96, 3).round().clip(0, 255)
@@ -71,14 +70,12 @@ def test_slide_fit_maps_patches_onto_the_reference_stains():
     patches = [he_like(k) for k in range(8)]
     fit = MacenkoFit.from_patches(patches)
     assert fit.he.shape == (3, 2) and (fit.max_c > 0).all()
-    stain = StainNormalizer()
-    stain.fit_slide(patches)
-    out, _ = stain(batch(patches[0]))
+    stain = StainNormalizer("slide")
+    out, _ = stain.for_slide(stain.slide_fit(patches))(batch(patches[0]))
     # the same tissue with a global stain shift normalises to (almost) the same patch
     shift = np.array([0.9, 1.0, 1.05])
     shifted = [(p.astype(float) * shift).clip(0, 255).astype(np.uint8) for p in patches]
-    stain.fit_slide(shifted)
-    out_shifted, _ = stain(batch(shifted[0]))
+    out_shifted, _ = stain.for_slide(stain.slide_fit(shifted))(batch(shifted[0]))
     difference = (out - out_shifted).abs().mean()
     raw_difference = np.abs(patches[0].astype(int) - shifted[0].astype(int)).mean()
     assert difference < raw_difference / 2
@@ -96,8 +93,8 @@ def test_degenerate_detection():
 def test_prepare_batch_normalises_on_the_batch_and_records_fallbacks():
     from monai.data import MetaTensor
 
-    stain = StainNormalizer()
-    stain.fit_slide([he_like(k) for k in range(4)])
+    stain = StainNormalizer("slide")
+    stain = stain.for_slide(stain.slide_fit([he_like(k) for k in range(4)]))
     stats = ChannelStats(mean=(0.7, 0.5, 0.6), std=(0.2, 0.25, 0.15))
     images = batch(he_like(5), np.full((96, 96, 3), 255, np.uint8))
     batchdata = {"image": MetaTensor(images)}
@@ -111,12 +108,11 @@ def test_prepare_batch_normalises_on_the_batch_and_records_fallbacks():
 
 def largest_difference_from_per_patch_mode(patches: list[np.ndarray]) -> float:
     """Grey levels between a slide fit on each patch alone and ``per_patch`` mode (torchstain) on the same patch."""
-    per_patch, slide = StainNormalizer(mode="per_patch"), StainNormalizer()
+    per_patch, slide = StainNormalizer(mode="per_patch"), StainNormalizer("slide")
     worst = 0.0
     with threadpool_limits(limits=1, user_api="blas"):  # a fit per patch: BLAS threads would fight torch's (4x slower)
         for patch in patches:
-            slide.fit_slide([patch])
-            ours, ours_fallback = slide(batch(patch))
+            ours, ours_fallback = slide.for_slide(slide.slide_fit([patch]))(batch(patch))
             theirs, fallback = per_patch(batch(patch))
             if not (fallback.any() or ours_fallback.any()):
                 worst = max(worst, float((ours - theirs).abs().max()))

@@ -355,5 +355,5 @@ def test_the_demo_restained_with_another_dye_is_out_of_domain_and_the_demo_is_no
     hed = color.rgb2hed(demo)
     dab = (color.hed2rgb(np.stack([hed[..., 0], np.zeros_like(hed[..., 0]), 1.5 * hed[..., 1]], -1)) * 255).round()
     patches = lambda image: [image[y : y + 96, x : x + 96] for y in range(0, 960, 192) for x in range(0, 1920, 192)]  # noqa: E731
-    assert not check.out_of_domain(check.distance(patches(demo)))
-    assert check.out_of_domain(check.distance(patches(np.clip(dab, 0, 255).astype(np.uint8))))
+    assert not check.reading(patches(demo)).out_of_domain
+    assert check.reading(patches(np.clip(dab, 0, 255).astype(np.uint8))).out_of_domain

@@ -119,8 +119,8 @@ def folder_lock(folder: str | Path, name: str = ".skip96.lock") -> Iterator[None
 
     Two runs writing one folder interleave their outputs (regions of one threshold, a completion marker of another),
     so the second stops instead of waiting: the user decides. The kernel drops the lock when a run dies, however.
-    A POSIX record lock (``lockf``) belongs to this process alone: the children it forks (slide probes, DataLoader
-    workers) do not hold it, so one left running by a killed run cannot block the rerun.
+    A POSIX record lock (``lockf``) belongs to this process alone: the children it forks (the slide preparer's,
+    DataLoader workers) do not hold it, so one left running by a killed run cannot block the rerun.
     """
     folder = require_output_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,11 @@ from pathlib import Path
 from .atomic import atomic_path
 from .model_files import checkpoint_digest
 from .scores import AnomalyScore
-from .settings import require_number
+from .settings import DECISION_RANGES, recorded, require_number
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATED_RANGES = {
-    "z_threshold": (-20, 20), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
-    "min_slide_score": (-20, 20),
-}  # fmt: skip
 # The settings a calibration may switch off, and their off values: a file holds null for off (JSON has no infinity), and
 # one written before a setting existed does not hold it, its decision having had none.
 OFF_VALUES = {"normal_quantile": 0.0, "min_slide_score": -math.inf}
@@ -40,8 +36,10 @@ def output_settings(scoring: dict, **settings: object) -> dict:
     """What a slide's outputs depend on: the ``scoring`` record extended by the tissue, reading and decision
     ``settings``, an infinite (off) floor or gate held as None, as JSON holds it. A finished slide whose
     ``complete.json`` records other settings is scored again."""
-    off = {name: None for name, value in settings.items() if isinstance(value, float) and math.isinf(value)}
-    return {**scoring, **settings, **off}
+    return {
+        **scoring,
+        **{name: recorded(value) if isinstance(value, float) else value for name, value in settings.items()},
+    }
 
 
 def calibrated(
@@ -85,7 +83,7 @@ def calibrated(
     if scoring is not None and "scoring" not in content:
         warn_once(f"calibration_file {path} records no score settings (written before version 0.9.0); it is applied "
                   f"as is: make sure it was calibrated with {scoring}.")  # fmt: skip
-    low, high = CALIBRATED_RANGES[name]
+    low, high = DECISION_RANGES[name]
     try:
         require_number(name, content[name], low, high, integer=isinstance(default, int))
     except ValueError as error:

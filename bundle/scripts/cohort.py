@@ -28,7 +28,15 @@ from .atomic import (
 from .errors import reported
 from .prepare import SlidePreparer
 from .settings import require_number
-from .slide_outputs import SUMMARY_COLUMNS, SlideWriter, completed_summary, read_summary, summary_row, write_slide
+from .slide_outputs import (
+    SUMMARY_COLUMNS,
+    SlideWriter,
+    completed_summary,
+    component_record,
+    read_summary,
+    summary_row,
+    write_slide,
+)
 from .slide_scorer import ScoredSlide, SlideScorer
 from .wsi import slide_id
 
@@ -145,14 +153,18 @@ def run_log(path: Path) -> Iterator[None]:
         log_file.close()
 
 
-def report_failures(summary: pd.DataFrame, cohort: pd.DataFrame | None, strict: bool, output_dir: Path) -> None:
-    """Log how many of a shard's slides failed; stop the command when all of the cohort's did (judged on the whole
-    cohort, so that a shard whose few slides failed does not stop the other ranks), or any did under ``strict``."""
+def log_failures(summary: pd.DataFrame, output_dir: Path) -> None:
     failed = int((summary["status"] != "ok").sum())
     logger.info("%d of %d slides scored; summary in %s", len(summary) - failed, len(summary), output_dir)
     if failed:
         lost = summary.loc[summary["status"] != "ok", "slide"]
         logger.error("%d slide(s) failed: %s (causes in summary.csv)", failed, ", ".join(lost))
+
+
+def refuse_failures(summary: pd.DataFrame, cohort: pd.DataFrame | None, strict: bool, output_dir: Path) -> None:
+    """Stop the command when all of the cohort's slides failed (judged on the whole cohort, so that a shard whose few
+    slides failed does not stop the other ranks), or any of this shard's did under ``strict``."""
+    failed = int((summary["status"] != "ok").sum())
     if cohort is not None and (cohort["status"] != "ok").all():
         raise RuntimeError(f"all {len(cohort)} slides failed; see {output_dir / 'summary.csv'}")
     if strict and failed:
@@ -208,7 +220,8 @@ class SlideInference:
         self.scorer = scorer
         self.postprocessing = postprocessing
         self.writers = list(writers)
-        self.settings = {**settings, **scorer.settings()}
+        stages = {"preparer": preparer, "postprocessing": postprocessing, "writers": self.writers}
+        self.settings = {**settings, **scorer.settings(), "stages": component_record(stages)}
         self.output_dir = require_output_folder(output_dir)
         self.overwrite = overwrite
         self.strict = strict
@@ -267,7 +280,6 @@ class SlideInference:
                 following = todo[n][1] if n < len(todo) else None
                 opening = opener.submit(self.preparer, following) if self.overlap and following else None
                 logger.info("[%d/%d] %s", k, len(self.slides), slide)
-                result = None
                 try:
                     result = self.postprocessing(self.scorer(preparing.result()))
                     summary = summary_row(result)
@@ -277,7 +289,7 @@ class SlideInference:
                 if writing is not None:
                     self._written(rows, *writing)
                 writing = None
-                if result is not None:
+                if rows[slide]["status"] == "ok":
                     folder = self.output_dir / slide_id(slide)
                     job = writer.submit(write_slide, result, self.writers, folder, self.settings, summary)
                     writing = (slide, job)
@@ -295,6 +307,7 @@ class SlideInference:
                 summary.to_csv(tmp, index=False)
         except OSError as error:
             raise OutputWriteError(f"cannot write {summary_file}: {write_failure(error)}") from error
+        log_failures(summary, self.output_dir)
         cohort = merge_shards(self.output_dir, self.num_shards, self.cohort) if self.num_shards > 1 else summary
-        report_failures(summary, cohort, self.strict, self.output_dir)
+        refuse_failures(summary, cohort, self.strict, self.output_dir)
         return summary

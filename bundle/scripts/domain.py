@@ -89,6 +89,3 @@ class DomainCheck:
 
     def reading(self, patches: Sequence[np.ndarray]) -> DomainReading:
         return DomainReading(self.distance(patches), self.limit)
-
-    def out_of_domain(self, distance: float) -> bool:
-        return DomainReading(distance, self.limit).out_of_domain

@@ -38,13 +38,11 @@ def raised_here(error: BaseException) -> bool:
 
 
 def reported(error: BaseException) -> BaseException:
-    """The error a user is told of: ``error``, or where MONAI wrapped it (``raise RuntimeError("applying transform
-    ...") from it``), the innermost error this bundle raised that it was raised from."""
-    wrapped = [error]
-    while wrapped[-1].__cause__ is not None:
-        wrapped.append(wrapped[-1].__cause__)
-    ours = [e for e in wrapped if isinstance(e, Exception) and raised_here(e)]
-    return ours[-1] if ours else error
+    """The error a user is told of: ``error``, or where a MONAI ``Compose`` wrapped it in ``RuntimeError("applying
+    transform <object at 0x...>")``, which names no cause, the error it wrapped."""
+    while isinstance(error, RuntimeError) and str(error).startswith("applying transform") and error.__cause__:
+        error = error.__cause__
+    return error
 
 
 def one_line_excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:

@@ -20,6 +20,7 @@ from .evaluation_figures import save_curves, save_errors
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level
 from .metrics import overlap, pr_auc, roc_auc, strict_json
 from .operating_point import operating_point, stated, sweep_grid
+from .settings import recorded
 from .slide_truth import CohortLabels, SlideResult
 
 logger = logging.getLogger(__name__)
@@ -79,20 +80,21 @@ class Evaluation:
         self.labels.start(slides, EVALUATE_FILES)
 
     def evaluate(
-        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float = -math.inf,
-        min_slide_score: float = -math.inf,
-    ) -> dict:  # fmt: skip
+        self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float, min_slide_score: float
+    ) -> dict:
+        """The metrics of the decision inference applied: ``z_threshold``, ``min_region_tiles``, ``score_floor`` and
+        ``min_slide_score`` (``calibrated``: as the calibration file holds them)."""
         with folder_lock(self.labels.output_dir):
-            metrics = self._evaluate(z_threshold, min_region_tiles, calibrated, score_floor, min_slide_score)
+            metrics = self._evaluate(float(z_threshold), int(min_region_tiles), calibrated, score_floor,
+                                     min_slide_score)  # fmt: skip
         self.labels.refuse_partial_cohort("metrics.json")
         return metrics
 
     def _evaluate(
         self, z_threshold: float, min_region_tiles: int, calibrated: bool, score_floor: float, min_slide_score: float
     ) -> dict:
-        slides = self.labels.slides()
-        for s in slides:
-            s.score_floor, s.min_slide_score = score_floor, min_slide_score
+        decision = {"score_floor": score_floor, "min_slide_score": min_slide_score}
+        slides = [dataclasses.replace(s, **decision) for s in self.labels.slides()]
         rows, per_slide = [], {}
         for s in slides:
             labels, z = s.patches["label"].to_numpy(), s.patches["z"].to_numpy()
@@ -172,8 +174,8 @@ class Evaluation:
             "threshold": {
                 "z_threshold": z_threshold,
                 "min_region_tiles": min_region_tiles,
-                "score_floor": None if math.isinf(slides[0].score_floor) else slides[0].score_floor,
-                "min_slide_score": None if math.isinf(slides[0].min_slide_score) else slides[0].min_slide_score,
+                "score_floor": recorded(slides[0].score_floor),
+                "min_slide_score": recorded(slides[0].min_slide_score),
                 "calibrated": calibrated,
             },  # fmt: skip
             "label_rule": self.labels.label_rule,

@@ -236,7 +236,7 @@ class ReleaseFreedMemory:
     Without glibc it does nothing.
     """
 
-    def __init__(self, every: int = 8) -> None:
+    def __init__(self, every: int) -> None:
         self.every = every
         self.trim = _glibc_malloc_trim()
 

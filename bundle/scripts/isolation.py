@@ -19,8 +19,8 @@ from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# A probe reads a header, a thumbnail and 64 patches: seconds even for a large slide on slow storage. A child still
-# silent after this is stuck (a reader blocked for good, or a lock inherited through fork), not working.
+# Preparing a slide reads a header, a thumbnail and 64 patches: seconds even for a large slide on slow storage. A child
+# still silent after this is stuck (a reader blocked for good, or a lock inherited through fork), not working.
 ANSWER_TIMEOUT_S = 900
 CLOSE_WAIT_S = 2.0
 

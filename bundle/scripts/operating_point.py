@@ -15,11 +15,11 @@ import pandas as pd
 
 from .annotations import LesionAnnotation
 from .atomic import folder_lock
-from .calibration import CALIBRATED_RANGES, write_calibration
+from .calibration import write_calibration
 from .lesions import LesionCells, LesionRaster, lesion_raster
 from .metrics import proportion_interval, rate_interval, rate_upper_bound, slide_resampled_ratio, strict_json
 from .regions import clean_mask, slide_score, two_scale_map
-from .settings import require_number
+from .settings import DECISION_RANGES, require_number
 from .slide_truth import CohortLabels, SlideResult
 
 logger = logging.getLogger(__name__)
@@ -27,12 +27,12 @@ logger = logging.getLogger(__name__)
 
 def sweep_grid(thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> tuple[list[float], list[int]]:
     """The thresholds and region sizes a sweep tries, checked: non-empty lists of numbers in range."""
-    for name, values, low, integer in (("sweep_thresholds", thresholds, -20, False),
-                                       ("sweep_min_region_tiles", min_region_tiles, 1, True)):  # fmt: skip
+    for name, values, setting in (("sweep_thresholds", thresholds, "z_threshold"),
+                                  ("sweep_min_region_tiles", min_region_tiles, "min_region_tiles")):  # fmt: skip
         if isinstance(values, str) or not len(values):
             raise ValueError(f"--{name} must be a non-empty list (JSON), got {values!r}.")
         for value in values:
-            require_number(name, value, low, 20 if not integer else None, integer)
+            require_number(name, value, *DECISION_RANGES[setting], integer=setting == "min_region_tiles")
     return [float(t) for t in thresholds], [int(m) for m in min_region_tiles]
 
 
@@ -131,7 +131,7 @@ def slide_gates(scores: np.ndarray, tumour_free: np.ndarray) -> np.ndarray:
     """The slide gates worth trying: none (-inf), and one between each two neighbouring slide scores up to just above
     the highest tumour-free slide's (a higher gate silences only tumour slides), within the range a calibration file
     may hold. A slide without a score (no tissue patch) is never gated, as in inference."""
-    low, high = CALIBRATED_RANGES["min_slide_score"]
+    low, high = DECISION_RANGES["min_slide_score"]
     finite = np.isfinite(scores)
     if not (finite & tumour_free).any():
         return np.array([-np.inf])

@@ -14,18 +14,12 @@ import math
 
 import numpy as np
 
-from .calibration import CALIBRATED_RANGES
-from .regions import gated_clean_mask, slide_score, trace_regions, two_scale_map
+from .regions import area_mm2, gated_clean_mask, slide_score, trace_regions, two_scale_map
 from .scores import Z_STATISTICS, AnomalyScore, slide_reference
-from .settings import require_number
+from .settings import DECISION_RANGES, recorded, require_number
 from .slide_scorer import Decision, ScoredSlide, ZScores
 
 logger = logging.getLogger(__name__)
-
-
-def recorded(value: float) -> float | None:
-    """An off setting (an infinite floor or gate) as JSON can hold it: None."""
-    return None if math.isinf(value) else float(value)
 
 
 class PatchScores:
@@ -79,9 +73,9 @@ class CleanUp:
 
     def __init__(self, z_threshold: float, min_region_tiles: int, min_slide_score: float) -> None:
         for name, value in (("z_threshold", z_threshold), ("min_region_tiles", min_region_tiles)):
-            require_number(name, value, *CALIBRATED_RANGES[name], integer=name == "min_region_tiles")
+            require_number(name, value, *DECISION_RANGES[name], integer=name == "min_region_tiles")
         if min_slide_score != -math.inf:
-            require_number("min_slide_score", min_slide_score, *CALIBRATED_RANGES["min_slide_score"])
+            require_number("min_slide_score", min_slide_score, *DECISION_RANGES["min_slide_score"])
         self.z_threshold = float(z_threshold)
         self.min_region_tiles = int(min_region_tiles)
         self.min_slide_score = float(min_slide_score)
@@ -101,13 +95,13 @@ class TraceRegions:
     def __call__(self, scored: ScoredSlide) -> ScoredSlide:
         geometry, decision, z = scored.slide.tiling.geometry, scored.decision, scored.z
         regions = trace_regions(scored.tumour, z.map, geometry.stride0, size=geometry.size0)
-        area_mm2 = sum(r.area_px() for r in regions) * geometry.mpp0**2 / 1e6
         gate = decision.min_slide_score
         gated = gate is not None and z.slide_score < gate
         # an empty region file is a result too: say how close the slide came to the threshold
         logger.info(
             "%s: %d region(s), %.4f mm² at z >= %.2f and >= %d patches (highest patch z %.2f, slide score %.2f%s)",
-            scored.slide.id, len(regions), round(area_mm2, 4), decision.z_threshold, decision.min_region_tiles,
-            z.values.max(), z.slide_score, f" < min_slide_score {gate:.2f}: none called" if gated else "",
+            scored.slide.id, len(regions), area_mm2(regions, geometry.mpp0), decision.z_threshold,
+            decision.min_region_tiles, z.values.max(), z.slide_score,
+            f" < min_slide_score {gate:.2f}: none called" if gated else "",
         )  # fmt: skip
         return dataclasses.replace(scored, regions=regions)

@@ -75,7 +75,12 @@ class SlidePreparer:
             )
         self.stain = stain
         self.domain = domain
-        self.tiling = {"target_mpp": target_mpp, "patch_size": patch_size, "stride": stride, "min_tissue": min_tissue}
+        self.tiling_settings = {
+            "target_mpp": target_mpp,
+            "patch_size": patch_size,
+            "stride": stride,
+            "min_tissue": min_tissue,
+        }
         self.wsi_reader = wsi_reader
         self.assume_mpp = assume_mpp
         self.stain_fit_patches = stain_fit_patches
@@ -85,7 +90,7 @@ class SlidePreparer:
     def read(self, slide: str, backend: str) -> tuple[SlideTiling, DomainReading, MacenkoFit | None]:
         """The slide's tiling, domain reading and stain fit, read with ``backend`` (in the child)."""
         reader = make_reader(backend)
-        tiling = slide_tiling(slide, reader, assume_mpp=self.assume_mpp, **self.tiling)
+        tiling = slide_tiling(slide, reader, assume_mpp=self.assume_mpp, **self.tiling_settings)
         patches, geometry = tiling.patches, tiling.geometry
         if not len(patches) or (self.stain.mode != "slide" and self.domain.colour_stats is None):
             return tiling, DomainReading(math.nan, self.domain.limit), None
@@ -127,7 +132,7 @@ class SlidePreparer:
                 "and scored, by its H&E stain; score the H&E-stained scan"
             )
         raise ValueError(
-            f"no tissue: no {size0}-px patch has tissue fraction >= {self.tiling['min_tissue']} "
+            f"no tissue: no {size0}-px patch has tissue fraction >= {self.tiling_settings['min_tissue']} "
             "(lower --min_tissue if the slide is pale)"
         )
 

@@ -4,6 +4,7 @@ GeoJSON and ASAP XML."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
@@ -71,6 +72,11 @@ def called_map(
     score = slide_score(z_map) if min_slide_score > -math.inf else math.nan  # no gate: not needed
     candidates = two_scale_map(z_map, cells, scores, score_floor)
     return gated_clean_mask(candidates, score, z_threshold, min_region_tiles, min_slide_score)
+
+
+def area_mm2(regions: Sequence[Region], mpp0: float) -> float:
+    """The regions' area in mm², from level-0 pixels of ``mpp0`` µm."""
+    return sum(r.area_px() for r in regions) * mpp0**2 / 1e6
 
 
 def cells_to_polygons(cells: np.ndarray, pitch: float, origin: tuple[int, int] = (0, 0)) -> list[Polygon]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from .gaussian import mahalanobis
 from .model_files import read_normal_stats
-from .settings import require_number
+from .settings import DECISION_RANGES, require_number
 from .transforms import ChannelStats
 
 SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")  # each patch on its own
@@ -66,7 +66,7 @@ def normal_score_floor(ckpt_path: str | Path, score: str, normal_quantile: float
     """The ``latent`` score that ``normal_quantile`` of the training normals stay below: the second scale of the
     decision, on which a patch must also be unusual against the tissue the model learned, not only for its slide
     (``-inf`` at 0, where the slide alone decides)."""
-    require_number("normal_quantile", normal_quantile, 0.0, 1.0)
+    require_number("normal_quantile", normal_quantile, *DECISION_RANGES["normal_quantile"])
     if normal_quantile == 0:
         return -np.inf
     if score != "latent":
@@ -230,7 +230,7 @@ class SlideRarity:
     standardised per slide (median and MAD), so that no channel dominates the distance by its scale.
     """
 
-    def __init__(self, neighbours: int = 5, exclusion: int = 4, chunk: int = 2048) -> None:
+    def __init__(self, neighbours: int, exclusion: int, chunk: int = 2048) -> None:
         require_number("rarity_neighbours", neighbours, 1, integer=True)
         require_number("rarity_exclusion", exclusion, 0, integer=True)
         self.neighbours, self.exclusion, self.chunk = int(neighbours), int(exclusion), chunk
@@ -266,12 +266,12 @@ class SlideRarity:
 class AnomalyScore:
     """The score of a run, chosen once in the config and handed to all that depends on it: ``inferer`` computes it per
     patch, ``slide_scores`` turns the inferer's descriptors into scores once a slide is in (slide-relative scores
-    only), ``floor`` is its second scale, and ``settings`` is what calibrations and resumed runs compare."""
+    only), ``floors`` are its second scale, and ``settings`` is what calibrations and resumed runs compare."""
 
-    name: str = "latent"
-    tta: bool = False
-    latent_ignored_variance: float = 0.0
-    rarity: SlideRarity = field(default_factory=SlideRarity)
+    name: str
+    tta: bool
+    latent_ignored_variance: float
+    rarity: SlideRarity
 
     def __post_init__(self) -> None:
         check_score(self.name, self.tta)
@@ -292,9 +292,6 @@ class AnomalyScore:
         return AnomalyScoreInferer.from_checkpoint(
             self.name, ckpt_path, self.tta, cpu_bf16, self.latent_ignored_variance
         )
-
-    def floor(self, ckpt_path: str | Path, normal_quantile: float) -> float:
-        return normal_score_floor(ckpt_path, self.name, normal_quantile)
 
     def floors(self, ckpt_path: str | Path, normal_quantiles: Sequence[float]) -> dict[float, float]:
         return normal_score_floors(ckpt_path, self.name, normal_quantiles)

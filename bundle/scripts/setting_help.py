@@ -54,7 +54,6 @@ STAGES: dict[str, dict[str, str]] = {
         "z_threshold": "per-slide z-score a patch must reach to be called",
         "min_region_tiles": "smallest called region, in patches",
         "normal_quantile": "quantile of the training normals' scores a patch must also exceed (0: off)",
-        "score_floor": "score a patch must also reach: the normal_quantile's score unless set (-inf: off)",
         "min_slide_score": "slide gate: no region on a slide whose score (highest 3x3-patch mean z) is below it "
         "(-inf: off)",
         "domain_limit": "colour distance above which a slide is flagged out of domain",

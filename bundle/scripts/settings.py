@@ -18,8 +18,19 @@ from monai.bundle import ConfigParser
 
 from .setting_help import DESCRIPTIONS, STAGES
 
+# The range of each decision setting, wherever it is given: the command line, a calibration file, a sweep.
+DECISION_RANGES = {
+    "z_threshold": (-20, 20), "min_region_tiles": (1, 10_000), "normal_quantile": (0.0, 1.0),
+    "min_slide_score": (-20, 20),
+}  # fmt: skip
+
 # ``monai.bundle run`` arguments that are not config overrides.
 RUN_ARGUMENTS = ("config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id")
+
+
+def recorded(value: float) -> float | None:
+    """A setting as JSON holds it: an infinite (off) floor or gate as None."""
+    return None if math.isinf(value) else value
 
 
 def require_flags(**flags: object) -> None:
@@ -128,7 +139,8 @@ def settings_help(config: dict, files: Sequence[str | Path]) -> str:
         if entries:
             lines += [f"{stage}:", *entries]
     lines.append(
-        "Components (network_def, inferer, postprocessor, ...) are replaced by name: see bundle/docs/README.md."
+        "Components (preparer, scorer, postprocessing, writers, ...) are replaced by name, a step by its # path: "
+        "see bundle/docs/pipeline.md."
     )
     return "\n".join(lines)
 

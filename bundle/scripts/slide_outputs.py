@@ -15,7 +15,7 @@ import pandas as pd
 
 from .atomic import OutputWriteError, atomic_folder, recover_folder, remove_stale_temp_files, write_failure
 from .heatmap import save_heatmap, save_image
-from .regions import to_asap_xml, to_geojson
+from .regions import area_mm2, to_asap_xml, to_geojson
 from .slide_scorer import ScoredSlide
 from .wsi import slide_fingerprint
 
@@ -55,6 +55,26 @@ def intact(folder: Path, files: object) -> str:
     return ""
 
 
+def component_record(component: object, depth: int = 2) -> object:
+    """A pipeline component as a settings record holds it: its class and public settings (numbers, strings, flags,
+    and lists and dicts of them; the components it holds, to ``depth``), so that outputs made by another step, or by
+    the same step with other settings (a ``#`` override), are made again rather than reused."""
+    if component is None or isinstance(component, bool | int | str):
+        return component
+    if isinstance(component, float):
+        return component if math.isfinite(component) else str(component)
+    if isinstance(component, list | tuple):
+        return [component_record(item, depth) for item in component]
+    if isinstance(component, dict):
+        return {str(key): component_record(value, depth) for key, value in component.items()}
+    kind = f"{type(component).__module__}.{type(component).__qualname__}"
+    fields = getattr(component, "__dict__", None)
+    if depth == 0 or not fields:
+        return kind
+    public = {key: component_record(value, depth - 1) for key, value in fields.items() if not key.startswith("_")}
+    return {"class": kind, **public}
+
+
 def completed_summary(folder: Path, slide: str, settings: dict, overwrite: bool = False) -> dict | None:
     """The summary of ``slide`` that an earlier run with the same ``settings`` finished in ``folder``, or None.
 
@@ -92,7 +112,7 @@ def summary_row(result: ScoredSlide) -> dict:
         "tissue_mm2": round(float(tiling.mask.sum()) * mm2_per_mask_px, 4),
         "score_mean": float(result.scores.mean()),
         "score_std": float(result.scores.std()),
-        "tumour_mm2": round(sum(r.area_px() for r in result.regions) * tiling.geometry.mpp0**2 / 1e6, 4),
+        "tumour_mm2": round(area_mm2(result.regions, tiling.geometry.mpp0), 4),
         "stain_fallbacks": int(result.stain_fallback.sum()),
         "domain_distance": None if math.isnan(distance) else round(distance, 3),
         "out_of_domain": result.slide.domain.out_of_domain,

@@ -107,8 +107,8 @@ def degenerate_patches(
 class StainNormalizer:
     """Macenko normalisation of whole B x 3 x H x W RGB batches (0-255, any dtype, on any device).
 
-    Modes: ``slide`` applies its slide fit (``fit_slide``, or ``for_slide`` with a fit made elsewhere) to the whole
-    batch as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference
+    Modes: ``slide`` applies the fit of ``for_slide`` (from ``slide_fit``) to the whole batch
+    as one tensor operation; ``per_patch`` fits every patch with torchstain's Macenko (the slow reference
     behaviour, an implementation independent of the slide fit's, which the tests hold it to within one grey level;
     MONAI's ``NormalizeHEStains`` is the slide fit's own algorithm, and on single patches its stain-vector order swaps
     haematoxylin and eosin, up to 228 grey levels off on 15 % of patches: ``bench/research/README.md``, Stain);
@@ -116,7 +116,7 @@ class StainNormalizer:
     Reinhard, on the CPU in one skimage call for the batch's fallbacks (they are few); nothing raises.
     """
 
-    def __init__(self, mode: str = "slide") -> None:
+    def __init__(self, mode: str) -> None:
         if mode not in STAIN_MODES:
             raise ValueError(f"stain_mode must be one of {list(STAIN_MODES)}, got {mode!r}.")
         self.mode = mode
@@ -134,13 +134,9 @@ class StainNormalizer:
             logger.warning("%s: slide-level Macenko fit failed (%s); using Reinhard for every patch.", slide, error)
             return None
 
-    def fit_slide(self, patches: Sequence[np.ndarray], slide: str = "") -> MacenkoFit | None:
-        """Fit this normaliser to one slide (``slide_fit``) and return the fit."""
-        self.fit = self.slide_fit(patches, slide)
-        return self.fit
-
     def for_slide(self, fit: MacenkoFit | None) -> StainNormalizer:
-        """A copy of this normaliser holding ``fit``: the fit is made where the slide is opened, in another process."""
+        """A copy of this normaliser holding ``fit``: a slide's fit is made where the slide is opened, in another
+        process, and the normaliser the config declares is shared by every slide."""
         normalizer = copy.copy(self)
         normalizer.fit = fit
         return normalizer

@@ -82,7 +82,7 @@ class PrepareSlideBatch:
     Doing this per batch, as tensor operations next to the model, instead of per patch in DataLoader workers keeps
     the loaders down to reading, and lets a GPU take the normalisation too; a uint8 batch is also a quarter of the
     float32 bytes to move. Each patch's stain fallback flag goes into ``batchdata[fallback_key]``, i.e.
-    ``engine.state.batch``, where the post-processor reads it. ``channels_last`` hands the network channels-last
+    ``engine.state.batch``, where ``SlideScorer`` gathers it. ``channels_last`` hands the network channels-last
     batches (``bench/inference_options.py``).
     """
 
