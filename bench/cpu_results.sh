@@ -52,7 +52,8 @@ run domain_check $python domain_check.py --tiles_dir "$tiles" --normals_dir "$no
 run infer_throughput_demo $python infer_throughput.py ../bundle/sample_data/camelyon16_demo.tif --copies 6
 run infer_throughput_mosaic $python infer_throughput.py "$work/demo_mosaic.tif" --copies 6
 run train_throughput $python train_throughput.py --pcam_from "$normals" --pcam_patches 8192
-wanted infer_throughput_camelyon16_sized &&
+{ wanted infer_throughput_camelyon16_sized || wanted patch_detections; } &&
   $python synthetic_slide.py "$work/camelyon16_sized.tif" --tiles_dir "$tiles" > /dev/null
 run infer_throughput_camelyon16_sized $python infer_throughput.py "$work/camelyon16_sized.tif" --copies 0
+run patch_detections $python patch_detections.py "$work/camelyon16_sized.tif"
 rm -rf "$work"

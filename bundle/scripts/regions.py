@@ -154,6 +154,9 @@ def trace_regions(
     return regions
 
 
+TUMOUR_CLASS = {"name": "Tumor", "color": [200, 0, 0]}  # QuPath's class and its colour
+
+
 def to_geojson(regions: list[Region], mpp0: float, properties: dict | None = None) -> dict:
     """A QuPath-importable FeatureCollection of "Tumor" annotations in level-0 pixel coordinates; ``properties`` (the
     slide's, e.g. ``out_of_domain``) are given to every region."""
@@ -167,7 +170,7 @@ def to_geojson(regions: list[Region], mpp0: float, properties: dict | None = Non
                 "properties": {
                     "objectType": "annotation",
                     "name": f"Region {k}",
-                    "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                    "classification": TUMOUR_CLASS,
                     "mean_z": round(region.mean_z, 4),
                     "n_patches": region.n_patches,
                     "area_um2": round(region.area_px() * mpp0**2, 1),

@@ -22,6 +22,7 @@ STAGES: dict[str, dict[str, str]] = {
         "ckpt_dir": "where training writes model.pt, normal_stats.pt and last.pt",
         "overwrite": "redo finished slides / replace an existing trained model",
         "strict": "exit non-zero when any slide of the cohort failed",
+        "patch_detections": "also write patches.geojson: each patch a QuPath detection with its z and score",
         "resume": "continue training from ckpt_dir/last.pt",
     },
     "Model": {
