@@ -14,7 +14,7 @@ from sklearn.metrics import average_precision_score, f1_score, jaccard_score, ro
 
 from conftest import BUNDLE, REPO, TINY_NET, tissue_like
 from scripts.annotations import LesionAnnotation
-from scripts.evaluation import SLIDE_METRIC_COLUMNS, best_of, sweep
+from scripts.evaluation import SLIDE_METRIC_COLUMNS, best_of, called_area, sweep
 from scripts.metrics import overlap, pr_auc, roc_auc
 from scripts.pyramid import write_pyramid
 from scripts.regions import to_asap_xml, trace_regions
@@ -48,6 +48,16 @@ def grid_slide(slide_id: str, z_map: np.ndarray, labels_map: np.ndarray) -> Slid
     grid = {"stride": 1, "size": 1, "mpp0": 1.0, "thumbnail_downsample": 1.0}
     tissue = np.isfinite(z_map)
     return SlideResult(slide_id, patches, z_map, grid, labels_map > 0, tissue, np.zeros((*z_map.shape, 3), np.uint8))
+
+
+def test_called_area_is_the_pixel_overlap_of_the_called_cells_with_the_annotation():
+    z = np.zeros((6, 6))
+    z[1:3, 1:4] = 5.0  # 6 cells called
+    truth = np.zeros((6, 6), int)
+    truth[1:3, 1:3] = 1  # 4 tumour pixels, all inside the call
+    truth[5, 5] = 1  # and one missed
+    assert called_area([grid_slide("s", z, truth)], 2.0, 1) == {"pixel_recall": 4 / 5, "pixel_precision": 4 / 6}
+    assert called_area([grid_slide("s", np.zeros((6, 6)), truth)], 2.0, 1)["pixel_precision"] is None
 
 
 def planted(seed: int, shift: float) -> SlideResult:
@@ -168,6 +178,10 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     lesion = pd.read_csv(output / "lesions.csv").iloc[0]  # 384 px at 0.972 µm/px: a 0.43 mm micro-metastasis
     assert lesion["size"] == "micro" and 400 < lesion["diameter_um"] < 460
     assert metrics["lesion_detection"]["lesion_sensitivity"] == float(lesion["found"])
+    area = metrics["called_area"]  # beside every lesion count, so that a found lesion does not read as covered
+    assert 0 <= area["pixel_recall"] <= 1 and 0 <= area["pixel_precision"] <= 1
+    for block in ("froc", "lesion_detection"):
+        assert {k: metrics[block][k] for k in area} == area
     assert metrics["slide_level"]["n_tumour"] == 1 and metrics["slide_level"]["n_normal"] == 1
     for figure in ("roc.png", "pr.png", "planted/errors.png"):
         assert (output / figure).stat().st_size > 1000

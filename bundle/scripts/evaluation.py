@@ -19,7 +19,7 @@ from .atomic import atomic_path, folder_lock
 from .evaluation_figures import save_curves, save_errors
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level
 from .metrics import overlap, pr_auc, roc_auc, strict_json
-from .operating_point import operating_point, stated, sweep_grid
+from .operating_point import operating_point, shown, stated, sweep_grid
 from .settings import recorded
 from .slide_truth import CohortLabels, SlideResult
 
@@ -51,11 +51,38 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
+def thumbnail_cells(s: SlideResult) -> tuple[np.ndarray, np.ndarray]:
+    """The grid row of each thumbnail row and the grid column of each thumbnail column (beyond the grid: its last)."""
+    ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
+    rows = np.minimum((np.arange(s.truth.shape[0]) * ds / stride).astype(int), s.z_map.shape[0] - 1)
+    cols = np.minimum((np.arange(s.truth.shape[1]) * ds / stride).astype(int), s.z_map.shape[1] - 1)
+    return rows, cols
+
+
+def called_area(slides: Sequence[SlideResult], z_threshold: float, min_region_tiles: int) -> dict:
+    """Pixel recall and precision of the called area against the annotations, pooled over the slides' thumbnails:
+    how much of the tumour the regions cover, and how much of them is tumour, beside lesion counts that one patch of
+    a region satisfies."""
+    hit = called_px = tumour_px = 0
+    for s in slides:
+        rows, cols = thumbnail_cells(s)
+        ds, extent = s.map_info["thumbnail_downsample"], (s.map_info["stride"], s.map_info["size"])
+        on_grid = [
+            np.arange(n) * ds < (cells - 1) * extent[0] + extent[1]
+            for n, cells in zip(s.truth.shape, s.z_map.shape, strict=True)
+        ]
+        called = s.called_map(z_threshold, min_region_tiles)[np.ix_(rows, cols)] & np.outer(*on_grid)
+        hit += int((called & s.truth).sum())
+        called_px, tumour_px = called_px + int(called.sum()), tumour_px + int(s.truth.sum())
+    return {
+        "pixel_recall": hit / tumour_px if tumour_px else None,
+        "pixel_precision": hit / called_px if called_px else None,
+    }
+
+
 def pixel_scores(s: SlideResult, tissue_only: bool) -> tuple[np.ndarray, np.ndarray]:
     """Thumbnail pixels scored with their grid cell's z (off-grid pixels lowest), and their tumour labels."""
-    ds = s.map_info["thumbnail_downsample"]
-    rows = np.minimum((np.arange(s.truth.shape[0]) * ds / s.map_info["stride"]).astype(int), s.z_map.shape[0] - 1)
-    cols = np.minimum((np.arange(s.truth.shape[1]) * ds / s.map_info["stride"]).astype(int), s.z_map.shape[1] - 1)
+    rows, cols = thumbnail_cells(s)
     scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
     scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
     keep = s.tissue if tissue_only else np.ones_like(s.tissue)
@@ -136,9 +163,10 @@ class Evaluation:
         free_regions = [lesion_task["false_regions"][s.slide_id] for s in slides if s.is_tumour_free]
         point = operating_point(int(lesion_table["found"].sum()), len(lesion_table), free_regions, table["tp"],
                                 table["fp"], table["fn"])  # fmt: skip
+        area = called_area(slides, z_threshold, min_region_tiles)  # beside every lesion count, so none reads as more
         metrics |= {
-            "operating_point": point, "slide_level": slide_task, "lesion_detection": lesion_task,
-            "froc": lesion_froc(slides, rasters),
+            "operating_point": point, "slide_level": slide_task, "called_area": area,
+            "lesion_detection": {**lesion_task, **area}, "froc": {**lesion_froc(slides, rasters), **area},
         }  # fmt: skip
         with atomic_path(self.labels.output_dir / "heatmap_summary.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -147,8 +175,12 @@ class Evaluation:
         with atomic_path(self.labels.output_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
         save_curves(slides, self.labels.output_dir)
-        logger.info("pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f); %s", metrics["pooled"]["auc"],
-                    metrics["mean_iou"], metrics["oracle"]["mean_iou"], stated(point))  # fmt: skip
+        logger.info(
+            "pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f); %s; FROC %s; called area: pixel recall %s, "
+            "precision %s",
+            metrics["pooled"]["auc"], metrics["mean_iou"], metrics["oracle"]["mean_iou"], stated(point),
+            *(shown(v) for v in (metrics["froc"]["score"], area["pixel_recall"], area["pixel_precision"])),
+        )  # fmt: skip
         return metrics
 
     def _pooled(self, slides, table, lesion_table, per_slide, z_threshold, min_region_tiles, calibrated) -> dict:

@@ -192,12 +192,17 @@ def choose_operating_point(
     return settings, point, gate_open
 
 
+def shown(value: float | None) -> str:
+    """A measure in a log line: three decimals, or '-' for what the slides cannot tell."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def stated(point: dict, target: float | None = None) -> str:
     """An operating point in one line, as a log states it ('-' for what the slides cannot tell)."""
     false, found = point["false_regions_per_tumour_free_slide"], point["lesion_sensitivity"]
 
     def value(measure: dict) -> str:
-        return "-" if measure["value"] is None else f"{measure['value']:.3f}"
+        return shown(measure["value"])
 
     return (
         f"{value(false)} false regions per tumour-free slide ({false['false_regions']} on {false['n_slides']}"
