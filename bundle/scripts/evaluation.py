@@ -20,6 +20,7 @@ from .evaluation_figures import save_curves, save_errors
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level
 from .metrics import overlap, pr_auc, roc_auc, strict_json
 from .operating_point import operating_point, shown, stated, sweep_grid
+from .regions import cells_on_image, grid_index
 from .settings import recorded
 from .slide_truth import CohortLabels, SlideResult
 
@@ -51,27 +52,14 @@ def best_of(table: pd.DataFrame, column: str = "mean_iou") -> pd.Series:
     return table.loc[table[column].idxmax()]
 
 
-def thumbnail_cells(s: SlideResult) -> tuple[np.ndarray, np.ndarray]:
-    """The grid row of each thumbnail row and the grid column of each thumbnail column (beyond the grid: its last)."""
-    ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
-    rows = np.minimum((np.arange(s.truth.shape[0]) * ds / stride).astype(int), s.z_map.shape[0] - 1)
-    cols = np.minimum((np.arange(s.truth.shape[1]) * ds / stride).astype(int), s.z_map.shape[1] - 1)
-    return rows, cols
-
-
 def called_area(slides: Sequence[SlideResult], z_threshold: float, min_region_tiles: int) -> dict:
     """Pixel recall and precision of the called area against the annotations, pooled over the slides' thumbnails:
     how much of the tumour the regions cover, and how much of them is tumour, beside lesion counts that one patch of
     a region satisfies."""
     hit = called_px = tumour_px = 0
     for s in slides:
-        rows, cols = thumbnail_cells(s)
-        ds, extent = s.map_info["thumbnail_downsample"], (s.map_info["stride"], s.map_info["size"])
-        on_grid = [
-            np.arange(n) * ds < (cells - 1) * extent[0] + extent[1]
-            for n, cells in zip(s.truth.shape, s.z_map.shape, strict=True)
-        ]
-        called = s.called_map(z_threshold, min_region_tiles)[np.ix_(rows, cols)] & np.outer(*on_grid)
+        called_cells = s.called_map(z_threshold, min_region_tiles)
+        called = cells_on_image(called_cells, s.truth.shape, s.map_info["thumbnail_downsample"], s.map_info["stride"])
         hit += int((called & s.truth).sum())
         called_px, tumour_px = called_px + int(called.sum()), tumour_px + int(s.truth.sum())
     return {
@@ -82,7 +70,8 @@ def called_area(slides: Sequence[SlideResult], z_threshold: float, min_region_ti
 
 def pixel_scores(s: SlideResult, tissue_only: bool) -> tuple[np.ndarray, np.ndarray]:
     """Thumbnail pixels scored with their grid cell's z (off-grid pixels lowest), and their tumour labels."""
-    rows, cols = thumbnail_cells(s)
+    ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
+    rows, cols = (grid_index(n, ds, stride, k) for n, k in zip(s.truth.shape, s.z_map.shape, strict=True))
     scores = s.z_map[np.ix_(rows, cols)].astype(np.float64)
     scores = np.where(np.isfinite(scores), scores, np.nanmin(s.z_map) - 1.0)
     keep = s.tissue if tissue_only else np.ones_like(s.tissue)

@@ -74,6 +74,20 @@ def called_map(
     return gated_clean_mask(candidates, score, z_threshold, min_region_tiles, min_slide_score)
 
 
+def grid_index(pixels: int, downsample: float, stride: float, cells: int) -> np.ndarray:
+    """The grid cell of each of ``pixels`` image pixels (of ``downsample`` level-0 px) on a grid of ``stride`` level-0
+    px; pixels beyond the grid get its last cell."""
+    return np.minimum((np.arange(pixels) * downsample / stride).astype(int), cells - 1)
+
+
+def cells_on_image(cells: np.ndarray, shape: tuple[int, int], downsample: float, stride: float) -> np.ndarray:
+    """A grid mask (``cells``) drawn on an image of ``shape`` whose pixels are ``downsample`` level-0 px; nothing
+    beyond the grid."""
+    rows, cols = (grid_index(n, downsample, stride, k) for n, k in zip(shape, cells.shape, strict=True))
+    inside = [np.arange(n) * downsample < k * stride for n, k in zip(shape, cells.shape, strict=True)]
+    return cells[np.ix_(rows, cols)] & np.outer(*inside)
+
+
 def area_mm2(regions: Sequence[Region], mpp0: float) -> float:
     """The regions' area in mm², from level-0 pixels of ``mpp0`` µm."""
     return sum(r.area_px() for r in regions) * mpp0**2 / 1e6

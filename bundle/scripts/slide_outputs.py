@@ -216,14 +216,15 @@ class PatchDetections:
 
 
 class Heatmap:
-    """``heatmap.png``: the z map over the thumbnail."""
+    """``heatmap.png``: the z map over the thumbnail, the called regions outlined; its title says what was called."""
 
     def __call__(self, result: ScoredSlide, folder: Path) -> None:
-        tiling = result.slide.tiling
-        title = f"{result.slide.id}: {result.score_name} anomaly z-score, {len(result.regions)} region(s)"
+        tiling, slide = result.slide.tiling, result.slide
+        called = f"{len(result.regions)} region(s), {area_mm2(result.regions, tiling.geometry.mpp0):.3f} mm² called"
+        flag = ", OUT OF DOMAIN: not to be read as metastases" if slide.domain.out_of_domain else ""
         save_heatmap(
             folder / "heatmap.png", tiling.thumbnail, tiling.mask_downsample, result.z.map, tiling.geometry,
-            result.decision.z_threshold, title,
+            result.decision.z_threshold, result.tumour, f"{slide.id}: {result.score_name} score, {called}{flag}",
         )  # fmt: skip
 
 

@@ -1,0 +1,44 @@
+"""The heatmap overlay: the called regions outlined on their boundary, drawn only where regions were called."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from scripts.heatmap import CALLED_COLOUR, outline, save_heatmap, scale_bar_mm
+from scripts.regions import cells_on_image
+from scripts.tiling import PatchGeometry
+
+
+def test_the_outline_sits_on_the_called_regions_boundary():
+    cells = np.zeros((4, 6), bool)
+    cells[1:3, 1:4] = True
+    cells[3, 5] = True
+    region = cells_on_image(cells, (40, 60), downsample=4.0, stride=40.0)  # a cell is 10 x 10 image pixels
+    assert region.sum() == 7 * 100 and region[10:30, 10:40].all()
+    edge = outline(region)
+    outside = ~np.pad(region, 1)
+    touches_outside = outside[:-2, 1:-1] | outside[2:, 1:-1] | outside[1:-1, :-2] | outside[1:-1, 2:]
+    assert edge.any() and not (edge & ~region).any()  # on the region, never beside it
+    assert np.array_equal(edge, region & touches_outside)  # and every boundary pixel of it
+    thick = outline(region, width=2)
+    assert edge.sum() < thick.sum() and not (thick & ~region).any()
+
+
+def test_the_scale_bar_is_a_round_length_within_a_fifth_of_the_width():
+    assert scale_bar_mm(1000, px_mm=1000) == 0.2  # 1 mm wide: 0.2 mm is a fifth
+    assert scale_bar_mm(1000, px_mm=10) == 10.0  # 100 mm wide
+
+
+def test_the_outline_colour_appears_only_where_regions_were_called(tmp_path):
+    geometry = PatchGeometry(level=0, read_size=96, patch_size=96, size0=96, stride0=96, mpp0=1.0, level_mpp=1.0)
+    thumbnail = np.full((96 * 4 // 8, 96 * 6 // 8, 3), 230, np.uint8)  # thumbnail_downsample 8
+    z_map = np.zeros((4, 6), np.float32)
+    counts = {}
+    for name, called in (("none", np.zeros((4, 6), bool)), ("some", z_map == 0)):
+        save_heatmap(tmp_path / f"{name}.png", thumbnail, 8.0, z_map, geometry, 2.0, called, name)
+        pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).reshape(-1, 3).astype(int)
+        vermillion = np.round(np.array(CALLED_COLOUR[:3]) * 255)
+        counts[name] = int((np.abs(pixels - vermillion).sum(1) < 30).sum())
+    # the legend and the threshold mark on the colour bar draw it too; an outlined region adds many more pixels
+    assert counts["some"] > counts["none"] + 500
