@@ -144,7 +144,7 @@ COMMANDS: dict[tuple[str, str], Run] = {
         "bundle/docs/README.md",
         CARD_EVALUATE,
         "card_",
-        ("TEST_OUT/metrics.json", "TEST_OUT/camelyon16_demo/errors.png"),
+        ("TEST_OUT/metrics.json", "TEST_OUT/camelyon16_demo/overlay.png"),
     ),
     (
         "bundle/docs/README.md",

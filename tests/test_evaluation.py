@@ -183,7 +183,7 @@ def test_run_evaluate_on_a_slide_with_a_planted_anomaly(tmp_path, tiny_checkpoin
     for block in ("froc", "lesion_detection"):
         assert {k: metrics[block][k] for k in area} == area
     assert metrics["slide_level"]["n_tumour"] == 1 and metrics["slide_level"]["n_normal"] == 1
-    for figure in ("roc.png", "pr.png", "planted/errors.png"):
+    for figure in ("roc.png", "pr.png", "planted/overlay.png"):
         assert (output / figure).stat().st_size > 1000
 
     # a slide whose inference failed: the metrics are written for the others, and the command says it and fails;

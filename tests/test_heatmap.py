@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from scripts.heatmap import CALLED_COLOUR, outline, save_heatmap, scale_bar_mm
+from scripts.heatmap import CALLED_COLOUR, Outlined, outline, save_heatmap, scale_bar_mm
 from scripts.regions import cells_on_image
-from scripts.tiling import PatchGeometry
 
 
 def test_the_outline_sits_on_the_called_regions_boundary():
@@ -31,12 +30,13 @@ def test_the_scale_bar_is_a_round_length_within_a_fifth_of_the_width():
 
 
 def test_the_outline_colour_appears_only_where_regions_were_called(tmp_path):
-    geometry = PatchGeometry(level=0, read_size=96, patch_size=96, size0=96, stride0=96, mpp0=1.0, level_mpp=1.0)
     thumbnail = np.full((96 * 4 // 8, 96 * 6 // 8, 3), 230, np.uint8)  # thumbnail_downsample 8
     z_map = np.zeros((4, 6), np.float32)
     counts = {}
     for name, called in (("none", np.zeros((4, 6), bool)), ("some", z_map == 0)):
-        save_heatmap(tmp_path / f"{name}.png", thumbnail, 8.0, z_map, geometry, 2.0, called, name)
+        mask = cells_on_image(called, thumbnail.shape[:2], downsample=8.0, stride=96.0)
+        layers = [Outlined(mask, CALLED_COLOUR, name)]
+        save_heatmap(tmp_path / f"{name}.png", thumbnail, 8.0, z_map, 96.0, 1.0, 2.0, layers, name)
         pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).reshape(-1, 3).astype(int)
         vermillion = np.round(np.array(CALLED_COLOUR[:3]) * 255)
         counts[name] = int((np.abs(pixels - vermillion).sum(1) < 30).sum())

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, folder_lock
-from .evaluation_figures import save_curves, save_errors
+from .evaluation_figures import save_curves, save_overlay
 from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level
 from .metrics import overlap, pr_auc, roc_auc, strict_json
 from .operating_point import operating_point, shown, stated, sweep_grid
@@ -139,7 +139,7 @@ class Evaluation:
                 "pixel_auc_tissue": pixel_auc([s], tissue_only=True),
                 "pixel_auc_all_pixels": pixel_auc([s], tissue_only=False),
             }
-            save_errors(s, z_threshold, min_region_tiles, self.labels.output_dir / s.slide_id)
+            save_overlay(s, z_threshold, min_region_tiles, self.labels.output_dir / s.slide_id)
         rasters = [lesion_raster(s) for s in slides]
         slide_task, slide_table = slide_level(slides, rasters, self.labels.reference_csv)
         lesion_task, lesion_table = lesion_detection(slides, rasters, z_threshold, min_region_tiles)

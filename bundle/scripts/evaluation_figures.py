@@ -1,5 +1,5 @@
-"""The figures evaluation draws: each slide's called patches against its labels (``errors.png``), and the pooled ROC
-and precision-recall curves."""
+"""The figures evaluation draws: each slide's calls against its annotation (``overlay.png``), and the pooled ROC and
+precision-recall curves."""
 
 from __future__ import annotations
 
@@ -14,32 +14,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from .annotations import LesionAnnotation  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
+from .heatmap import ANNOTATION_COLOUR, CALL_COLOURS, Outlined, save_heatmap  # noqa: E402
 from .metrics import pr_auc, roc_auc  # noqa: E402
+from .regions import cells_on_image  # noqa: E402
 from .slide_truth import SlideResult  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
-def save_errors(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:
-    """TP (green), FP (red) and FN (blue) patches over the slide thumbnail."""
+def save_overlay(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:
+    """``overlay.png``: the slide's heatmap with its calls judged, patch by patch, against the annotation: right calls
+    (TP), wrong ones (FP) and missed tumour patches (FN) outlined, the annotated tumour outlined, exclusions hatched.
+    One picture a slide answers whether the calls are right."""
     predicted, labels = s.predict(z_threshold, min_region_tiles).astype(bool), s.patches["label"].to_numpy() > 0
-    scale = s.map_info["thumbnail_downsample"]
-    figure, axis = plt.subplots(figsize=(10, 10 * s.thumbnail.shape[0] / s.thumbnail.shape[1] + 0.6), dpi=100)
-    axis.imshow(s.thumbnail)
-    for kind, select, color in (("TP", predicted & labels, "lime"), ("FP", predicted & ~labels, "red"),
-                                ("FN", ~predicted & labels, "blue")):  # fmt: skip
-        for _, row in s.patches[select].iterrows():
-            size = row["size0"] / scale
-            axis.add_patch(plt.Rectangle((row["x"] / scale, row["y"] / scale), size, size, color=color, alpha=0.35))
-        axis.plot([], [], "s", color=color, label=f"{kind}: {int(select.sum())}")
-    axis.legend(loc="upper right", fontsize=8)
-    axis.set_axis_off()
-    axis.set_title(f"{s.slide_id}: z > {z_threshold:.2f}, regions >= {min_region_tiles} patches", fontsize=10)
-    figure.tight_layout()
-    with atomic_path(folder / "errors.png") as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
+    rows, cols = s.cells
+    ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
+    layers = []
+    for kind, chosen in (("TP", predicted & labels), ("FP", predicted & ~labels), ("FN", ~predicted & labels)):
+        cells = np.zeros(s.z_map.shape, bool)
+        cells[rows[chosen], cols[chosen]] = True
+        mask = cells_on_image(cells, s.truth.shape, ds, stride)
+        layers.append(Outlined(mask, CALL_COLOURS[kind], f"{kind}: {int(chosen.sum())} patches"))
+    layers.append(Outlined(s.truth, ANNOTATION_COLOUR, "annotated tumour"))
+    exclusions = s.annotation.exclusion if isinstance(s.annotation, LesionAnnotation) else []
+    title = f"{s.slide_id}: z > {z_threshold:.2f}, regions >= {min_region_tiles} patches, against the annotation"
+    save_heatmap(folder / "overlay.png", s.thumbnail, ds, s.z_map, stride, s.map_info["mpp0"], z_threshold, layers,
+                 title, exclusions)  # fmt: skip
 
 
 def save_curves(slides: Sequence[SlideResult], folder: Path) -> None:

@@ -8,19 +8,19 @@ object-oriented ``Figure`` (no pyplot: its global figure registry is not thread-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Polygon
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from PIL import Image
-from skimage.morphology import binary_dilation
+from skimage.morphology import dilation
 from skimage.segmentation import find_boundaries
 
 from .atomic import atomic_path
-from .regions import cells_on_image
-from .tiling import PatchGeometry
 
 FIGURE_WIDTH_PX = 1000
 # zlib's fastest level: a CAMELYON16 thumbnail takes a quarter of the default's time, for files a few per cent larger
@@ -30,6 +30,10 @@ JPEG_QUALITY = 90
 # Okabe and Ito's vermillion, which stands apart from every cividis colour
 Z_COLOURS = "cividis"
 CALLED_COLOUR = (0.835, 0.369, 0.0, 1.0)  # #D55E00
+# after evaluation: right calls bluish green, wrong ones vermillion, missed tumour sky blue, exclusions grey
+CALL_COLOURS = {"TP": (0.0, 0.620, 0.451, 1.0), "FP": CALLED_COLOUR, "FN": (0.337, 0.706, 0.914, 1.0)}
+ANNOTATION_COLOUR = (0.0, 0.0, 0.0, 1.0)
+EXCLUSION_COLOUR = "#7F7F7F"
 SCALE_BAR_MM = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -43,7 +47,7 @@ def save_image(path: str | Path, image: np.ndarray) -> None:
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """The pixels of ``mask`` on its boundary, ``width`` pixels deep: what the overlay draws around a called region."""
     edge = find_boundaries(np.pad(mask, 1), mode="inner")[1:-1, 1:-1]  # padded: a region at the image's edge is closed
-    return binary_dilation(edge, footprint=np.ones((2 * width - 1,) * 2, bool)) & mask if width > 1 else edge
+    return dilation(edge, footprint=np.ones((2 * width - 1,) * 2, bool)) & mask if width > 1 else edge
 
 
 def scale_bar_mm(width_px: int, px_mm: float) -> float:
@@ -52,20 +56,31 @@ def scale_bar_mm(width_px: int, px_mm: float) -> float:
     return fitting[-1] if fitting else SCALE_BAR_MM[0]
 
 
+@dataclass(frozen=True)
+class Outlined:
+    """A thumbnail-sized mask drawn on the overlay as the outline of its regions, with its legend entry."""
+
+    mask: np.ndarray
+    colour: tuple[float, float, float, float]
+    label: str
+
+
 def save_heatmap(
     path: str | Path,
     thumbnail: np.ndarray,
     thumbnail_downsample: float,
     z_map: np.ndarray,
-    geometry: PatchGeometry,
+    stride0: float,
+    mpp0: float,
     z_threshold: float,
-    called: np.ndarray,
+    outlined: Sequence[Outlined],
     title: str,
+    exclusions: Sequence[np.ndarray] = (),
 ) -> None:
-    """Draw ``z_map`` (NaN off tissue, transparent) at its true place over ``thumbnail``, the ``called`` cells
-    outlined, with a scale bar in mm and a legend of the colours."""
+    """Draw ``z_map`` (NaN off tissue, transparent) at its true place over ``thumbnail``, each of ``outlined``
+    outlined in its colour, the ``exclusions`` (level-0 polygons) hatched, with a scale bar in mm and a legend."""
     height, width = thumbnail.shape[:2]
-    scale = geometry.stride0 / thumbnail_downsample  # grid cell pitch in thumbnail pixels
+    scale = stride0 / thumbnail_downsample  # grid cell pitch in thumbnail pixels
     extent = (0, z_map.shape[1] * scale, z_map.shape[0] * scale, 0)
     figure = Figure(figsize=(FIGURE_WIDTH_PX / 100, FIGURE_WIDTH_PX / 100 * height / max(width, 1) + 0.8), dpi=100)
     axis = figure.subplots()
@@ -82,21 +97,25 @@ def save_heatmap(
         np.ma.masked_invalid(z_map), cmap=Z_COLOURS, vmin=-limit, vmax=limit, alpha=0.6, extent=extent,
         interpolation="nearest",
     )  # fmt: skip
-    # the outline at the drawn resolution, so that shrinking the image does not thin it away
-    region = cells_on_image(called, small.shape[:2], thumbnail_downsample * factor, geometry.stride0)
-    edge = np.zeros((*small.shape[:2], 4))
-    edge[outline(region, width=2)] = CALLED_COLOUR
-    axis.imshow(edge, extent=shown, interpolation="nearest")
+    # outlines at the drawn resolution, so that shrinking the image does not thin them away
+    edges = np.zeros((*small.shape[:2], 4))
+    for layer in outlined:
+        edges[outline(layer.mask[: whole.shape[0] : factor, : whole.shape[1] : factor], width=2)] = layer.colour
+    axis.imshow(edges, extent=shown, interpolation="nearest")
+    for polygon in exclusions:
+        axis.add_patch(Polygon(polygon / thumbnail_downsample, fill=False, hatch="///", edgecolor=EXCLUSION_COLOUR))
     axis.set_xlim(0, width)
     axis.set_ylim(height, 0)
     axis.set_axis_off()
     axis.set_title(title, fontsize=10)
-    px_mm = 1000 / (geometry.mpp0 * thumbnail_downsample)
+    px_mm = 1000 / (mpp0 * thumbnail_downsample)
     mm = scale_bar_mm(width, px_mm)
     axis.add_artist(AnchoredSizeBar(axis.transData, mm * px_mm, f"{mm:g} mm", "lower left", frameon=True, pad=0.4,
                                     size_vertical=max(1.0, height / 150)))  # fmt: skip
-    axis.legend(handles=[Patch(facecolor="none", edgecolor=CALLED_COLOUR, linewidth=2, label="called region")],
-                loc="upper right", fontsize=8)  # fmt: skip
+    entries = [Patch(facecolor="none", edgecolor=layer.colour, linewidth=2, label=layer.label) for layer in outlined]
+    if len(exclusions):
+        entries.append(Patch(facecolor="none", edgecolor=EXCLUSION_COLOUR, hatch="///", label="exclusion"))
+    axis.legend(handles=entries, loc="upper right", fontsize=8)
     bar = figure.colorbar(overlay, cax=axis.inset_axes([1.015, 0, 0.02, 1]))  # as tall as the image
     bar.set_label(f"per-slide z-score (called above {z_threshold:.2f})")
     bar.ax.axhline(z_threshold, color=CALLED_COLOUR, linewidth=1.5)
