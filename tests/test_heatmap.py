@@ -42,3 +42,26 @@ def test_the_outline_colour_appears_only_where_regions_were_called(tmp_path):
         counts[name] = int((np.abs(pixels - vermillion).sum(1) < 30).sum())
     # the legend and the threshold mark on the colour bar draw it too; an outlined region adds many more pixels
     assert counts["some"] > counts["none"] + 500
+
+
+def test_after_evaluation_the_contours_sit_on_the_annotation_and_the_calls_are_judged_by_their_labels():
+    import pandas as pd
+
+    from scripts.evaluation_figures import judged_layers
+    from scripts.slide_truth import SlideResult
+
+    z = np.zeros((6, 6))
+    z[1:3, 1:4] = 5.0  # 6 cells called
+    truth = np.zeros((6, 6), bool)
+    truth[1:4, 1:3] = True  # 6 tumour cells: 4 of them called
+    rows, cols = np.nonzero(np.ones((6, 6), bool))
+    patches = pd.DataFrame({"x": cols, "y": rows, "size0": 1, "score": z[rows, cols], "z": z[rows, cols],
+                            "label": truth[rows, cols].astype(int)})  # fmt: skip
+    info = {"stride": 1, "size": 1, "mpp0": 1.0, "thumbnail_downsample": 1.0}
+    slide = SlideResult("s", patches, z, info, truth, np.ones_like(truth), np.zeros((6, 6, 3), np.uint8))
+    tp, fp, fn, annotation = judged_layers(slide, 2.0, 1)
+    assert (tp.mask.sum(), fp.mask.sum(), fn.mask.sum()) == (4, 2, 2)
+    assert not (tp.mask & ~truth).any() and not (fp.mask & truth).any() and not (fn.mask & ~truth).any()
+    contour = outline(annotation.mask)
+    assert contour.any() and not (contour & ~truth).any()  # the annotation's contour pixels lie on the annotation
+    assert tp.label == "TP: 4 patches" and annotation.label == "annotated tumour"

@@ -24,10 +24,9 @@ from .slide_truth import SlideResult  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
-def save_overlay(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:
-    """``overlay.png``: the slide's heatmap with its calls judged, patch by patch, against the annotation: right calls
-    (TP), wrong ones (FP) and missed tumour patches (FN) outlined, the annotated tumour outlined, exclusions hatched.
-    One picture a slide answers whether the calls are right."""
+def judged_layers(s: SlideResult, z_threshold: float, min_region_tiles: int) -> list[Outlined]:
+    """What the overlay outlines after evaluation: the right calls (TP), the wrong ones (FP), the missed tumour
+    patches (FN), each on the thumbnail, and the annotated tumour."""
     predicted, labels = s.predict(z_threshold, min_region_tiles).astype(bool), s.patches["label"].to_numpy() > 0
     rows, cols = s.cells
     ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
@@ -37,10 +36,16 @@ def save_overlay(s: SlideResult, z_threshold: float, min_region_tiles: int, fold
         cells[rows[chosen], cols[chosen]] = True
         mask = cells_on_image(cells, s.truth.shape, ds, stride)
         layers.append(Outlined(mask, CALL_COLOURS[kind], f"{kind}: {int(chosen.sum())} patches"))
-    layers.append(Outlined(s.truth, ANNOTATION_COLOUR, "annotated tumour"))
+    return [*layers, Outlined(s.truth, ANNOTATION_COLOUR, "annotated tumour")]
+
+
+def save_overlay(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:
+    """``overlay.png``: the slide's heatmap with its calls judged against the annotation (``judged_layers``) and the
+    exclusions hatched: one picture a slide answers whether the calls are right."""
     exclusions = s.annotation.exclusion if isinstance(s.annotation, LesionAnnotation) else []
     title = f"{s.slide_id}: z > {z_threshold:.2f}, regions >= {min_region_tiles} patches, against the annotation"
-    save_heatmap(folder / "overlay.png", s.thumbnail, ds, s.z_map, stride, s.map_info["mpp0"], z_threshold, layers,
+    save_heatmap(folder / "overlay.png", s.thumbnail, s.map_info["thumbnail_downsample"], s.z_map,
+                 s.map_info["stride"], s.map_info["mpp0"], z_threshold, judged_layers(s, z_threshold, min_region_tiles),
                  title, exclusions)  # fmt: skip
 
 
