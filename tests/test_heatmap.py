@@ -34,8 +34,7 @@ def test_the_outline_colour_appears_only_where_regions_were_called(tmp_path):
     z_map = np.zeros((4, 6), np.float32)
     counts = {}
     for name, called in (("none", np.zeros((4, 6), bool)), ("some", z_map == 0)):
-        mask = cells_on_image(called, thumbnail.shape[:2], downsample=8.0, stride=96.0)
-        layers = [Outlined(mask, CALLED_COLOUR, name)]
+        layers = [Outlined(called, 96.0, CALLED_COLOUR, name)]
         save_heatmap(tmp_path / f"{name}.png", thumbnail, 8.0, z_map, 96.0, 1.0, 2.0, layers, name)
         pixels = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).reshape(-1, 3).astype(int)
         vermillion = np.round(np.array(CALLED_COLOUR[:3]) * 255)

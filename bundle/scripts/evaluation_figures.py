@@ -18,7 +18,6 @@ from .annotations import LesionAnnotation  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .heatmap import ANNOTATION_COLOUR, CALL_COLOURS, Outlined, save_heatmap  # noqa: E402
 from .metrics import pr_auc, roc_auc  # noqa: E402
-from .regions import cells_on_image  # noqa: E402
 from .slide_truth import SlideResult  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def judged_layers(s: SlideResult, z_threshold: float, min_region_tiles: int) -> list[Outlined]:
     """What the overlay outlines after evaluation: the right calls (TP), the wrong ones (FP), the missed tumour
-    patches (FN), each on the thumbnail, and the annotated tumour."""
+    patches (FN), each on the slide's grid, and the annotated tumour on the thumbnail."""
     predicted, labels = s.predict(z_threshold, min_region_tiles).astype(bool), s.patches["label"].to_numpy() > 0
     rows, cols = s.cells
     ds, stride = s.map_info["thumbnail_downsample"], s.map_info["stride"]
@@ -34,9 +33,8 @@ def judged_layers(s: SlideResult, z_threshold: float, min_region_tiles: int) -> 
     for kind, chosen in (("TP", predicted & labels), ("FP", predicted & ~labels), ("FN", ~predicted & labels)):
         cells = np.zeros(s.z_map.shape, bool)
         cells[rows[chosen], cols[chosen]] = True
-        mask = cells_on_image(cells, s.truth.shape, ds, stride)
-        layers.append(Outlined(mask, CALL_COLOURS[kind], f"{kind}: {int(chosen.sum())} patches"))
-    return [*layers, Outlined(s.truth, ANNOTATION_COLOUR, "annotated tumour")]
+        layers.append(Outlined(cells, stride, CALL_COLOURS[kind], f"{kind}: {int(chosen.sum())} patches"))
+    return [*layers, Outlined(s.truth, ds, ANNOTATION_COLOUR, "annotated tumour")]
 
 
 def save_overlay(s: SlideResult, z_threshold: float, min_region_tiles: int, folder: Path) -> None:

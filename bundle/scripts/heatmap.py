@@ -21,6 +21,7 @@ from skimage.morphology import dilation
 from skimage.segmentation import find_boundaries
 
 from .atomic import atomic_path
+from .regions import cells_on_image
 
 FIGURE_WIDTH_PX = 1000
 # zlib's fastest level: a CAMELYON16 thumbnail takes a quarter of the default's time, for files a few per cent larger
@@ -58,9 +59,11 @@ def scale_bar_mm(width_px: int, px_mm: float) -> float:
 
 @dataclass(frozen=True)
 class Outlined:
-    """A thumbnail-sized mask drawn on the overlay as the outline of its regions, with its legend entry."""
+    """A mask drawn on the overlay as the outline of its regions, with its legend entry: a grid of cells or a raster,
+    whose pixels are ``pixel0`` level-0 px."""
 
     mask: np.ndarray
+    pixel0: float
     colour: tuple[float, float, float, float]
     label: str
 
@@ -100,7 +103,8 @@ def save_heatmap(
     # outlines at the drawn resolution, so that shrinking the image does not thin them away
     edges = np.zeros((*small.shape[:2], 4))
     for layer in outlined:
-        edges[outline(layer.mask[: whole.shape[0] : factor, : whole.shape[1] : factor], width=2)] = layer.colour
+        drawn = cells_on_image(layer.mask, small.shape[:2], thumbnail_downsample * factor, layer.pixel0)
+        edges[outline(drawn, width=2)] = layer.colour
     axis.imshow(edges, extent=shown, interpolation="nearest")
     for polygon in exclusions:
         axis.add_patch(Polygon(polygon / thumbnail_downsample, fill=False, hatch="///", edgecolor=EXCLUSION_COLOUR))

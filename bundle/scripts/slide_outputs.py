@@ -16,7 +16,7 @@ import pandas as pd
 
 from .atomic import OutputWriteError, atomic_folder, recover_folder, remove_stale_temp_files, write_failure
 from .heatmap import CALLED_COLOUR, Outlined, save_heatmap, save_image
-from .regions import TUMOUR_CLASS, area_mm2, cells_on_image, to_asap_xml, to_geojson
+from .regions import TUMOUR_CLASS, area_mm2, to_asap_xml, to_geojson
 from .slide_scorer import ScoredSlide
 from .wsi import slide_fingerprint
 
@@ -221,13 +221,13 @@ class Heatmap:
     def __call__(self, result: ScoredSlide, folder: Path) -> None:
         tiling, slide = result.slide.tiling, result.slide
         geometry = tiling.geometry
-        called = cells_on_image(result.tumour, tiling.thumbnail.shape[:2], tiling.mask_downsample, geometry.stride0)
         what = f"{len(result.regions)} region(s), {area_mm2(result.regions, geometry.mpp0):.3f} mm² called"
         flag = ", OUT OF DOMAIN: not to be read as metastases" if slide.domain.out_of_domain else ""
+        called = Outlined(result.tumour, geometry.stride0, CALLED_COLOUR, "called region")
+        title = f"{slide.id}: {result.score_name} score, {what}{flag}"
         save_heatmap(
             folder / "heatmap.png", tiling.thumbnail, tiling.mask_downsample, result.z.map, geometry.stride0,
-            geometry.mpp0, result.decision.z_threshold, [Outlined(called, CALLED_COLOUR, "called region")],
-            f"{slide.id}: {result.score_name} score, {what}{flag}",
+            geometry.mpp0, result.decision.z_threshold, [called], title,
         )  # fmt: skip
 
 

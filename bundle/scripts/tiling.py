@@ -204,11 +204,15 @@ class SlideTiling:
 
     patches: TissuePatches
     geometry: PatchGeometry
-    grid_shape: tuple[int, int]  # rows, columns of the whole grid, tissue or not
     size0: tuple[int, int]  # level-0 height, width
     thumbnail: np.ndarray  # HWC RGB at ``mask_downsample``
     mask: np.ndarray  # tissue mask of the thumbnail
     mask_downsample: float
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Rows and columns of the whole grid, tissue or not."""
+        return grid_shape(self.size0, self.geometry)
 
 
 def slide_tiling(
@@ -235,7 +239,7 @@ def slide_tiling(
     else:  # no tissue on the thumbnail's level: is it the slide, or a blank level? Its centre against level 0
         centre0 = (size0[0] // 2 - geometry.size0, size0[1] // 2 - geometry.size0)
         check_level(reader, wsi, path, mask_level, centre0, round(2 * geometry.size0 / mask_downsample))
-    return SlideTiling(patches, geometry, grid_shape(size0, geometry), size0, thumbnail, mask, mask_downsample)
+    return SlideTiling(patches, geometry, size0, thumbnail, mask, mask_downsample)
 
 
 def block_samples(path: str | Path, patches: TissuePatches, geometry: PatchGeometry, block: int) -> list[dict]:
