@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 # Inference with the shipped model (bundle/models/model.pt) on the bundled demo slide (bundle/sample_data/).
 demo: $(STAMP)
 	$(BUNDLE_CLI) run inference --config_file bundle/configs/inference.json --output_dir $(DEMO_OUT)
-	@echo "look at $(DEMO_OUT)/camelyon16_demo/heatmap.png; open regions.geojson in QuPath or regions.xml in ASAP"
+	@echo "open $(DEMO_OUT)/report.html in a browser; open a slide's regions.geojson in QuPath or regions.xml in ASAP"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

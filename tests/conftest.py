@@ -66,6 +66,24 @@ def tiles_dir(tmp_path_factory) -> Path:
     return root
 
 
+def write_calibration_tissue(root: Path, rng: np.random.Generator) -> tuple[Path, Path]:
+    """What ``tools/sparse_slides.py`` builds calibration slides from: six 512-px tiles (``images/``, ``masks/``) and
+    60 normal patches, enough tissue for 6 sparse and 12 tumour-free slides of 16 x 16 cells."""
+    tiles = root / "calibration_tiles"
+    for folder in ("images", "masks"):
+        (tiles / folder).mkdir(parents=True)
+    for k in range(6):  # 5 normal regions a tile, and tumour crops enough for 23 that share no pixels
+        mask = np.zeros((512, 512), np.uint8)
+        mask[:288, :288] = 255
+        io.imsave(tiles / "images" / f"t{k}.png", tissue_like(rng, (512, 512)), check_contrast=False)
+        io.imsave(tiles / "masks" / f"t{k}.png", mask, check_contrast=False)
+    normals = root / "normal_patches"
+    normals.mkdir()
+    for k in range(60):
+        io.imsave(normals / f"p{k:02d}.png", tissue_like(rng, (96, 96)), check_contrast=False)
+    return tiles, normals
+
+
 @pytest.fixture
 def normals_dir(tmp_path):
     """A PCam-like folder: images/ of 96-px JPEGs and a manifest whose last two rows are not normal."""

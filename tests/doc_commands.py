@@ -83,14 +83,18 @@ CARD_MODEL = ("runs/models/model.pt", "runs/models/normal_stats.pt")
 # masks/; slides.json two normal slides; OUT, CAL_OUT, TEST_OUT empty folders; N is 2 (CPU processes); TILES and NORMALS
 # of the calibration slides six 512-px tiles and 60 normal patches.
 COMMANDS: dict[tuple[str, str], Run] = {
-    ("README.md", "make demo"): Run(expect=("demo_output/camelyon16_demo/regions.geojson", "demo_output/summary.csv")),
+    ("README.md", "make demo"): Run(
+        expect=("demo_output/camelyon16_demo/regions.geojson", "demo_output/summary.csv", "demo_output/report.html")
+    ),
     ("README.md", "make test"): Run(skip="it is the command that runs these tests"),
     (
         "README.md",
         "python -m monai.bundle run inference --config_file bundle/configs/inference.json --dataset_dir SLIDES "
         "--output_dir OUT",
     ): Run(bind={"SLIDES": "slides", "OUT": "out"}, expect=SUMMARY),
-    **evaluation_rows("README.md", EVALUATE, "", ("TEST_OUT/metrics.json", "TEST_OUT/lesions.csv")),
+    **evaluation_rows(
+        "README.md", EVALUATE, "", ("TEST_OUT/metrics.json", "TEST_OUT/lesions.csv", "TEST_OUT/report.html")
+    ),
     ("README.md", README_TRAIN): Run(bind={"DIR": "pcam"}, shorten=ONE_EPOCH, expect=MODEL),
     ("README.md", f"{README_TRAIN} --resume True"): Run(
         bind={"DIR": "pcam"}, shorten=("--max_epochs", "2"), after=f"README.md::{README_TRAIN}", expect=MODEL

@@ -15,9 +15,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from skimage import io
 
-from conftest import BUNDLE, REPO, tissue_like, write_slide
+from conftest import BUNDLE, REPO, tissue_like, write_calibration_tissue, write_slide
 from doc_commands import COMMANDS, Ran, all_documented, bind, command_key, run_documented
 from scripts.regions import to_asap_xml
 
@@ -54,18 +53,7 @@ def fixture_data(tmp_path_factory, tiles_dir) -> dict[str, Path]:
     normal_slides = [write_slide(root / f"normal_{k}.tif", 0.972, size=(2048, 3072), levels=2) for k in range(2)]
     datalist = root / "slides.json"
     datalist.write_text(json.dumps([str(s) for s in normal_slides]))
-    calibration_tiles = root / "calibration_tiles"  # tissue for 6 sparse and 12 tumour-free slides of 16 x 16 cells
-    for folder in ("images", "masks"):
-        (calibration_tiles / folder).mkdir(parents=True)
-    for k in range(6):  # 5 normal regions a tile, and tumour crops enough for 23 that share no pixels
-        mask = np.zeros((512, 512), np.uint8)
-        mask[:288, :288] = 255
-        io.imsave(calibration_tiles / "images" / f"t{k}.png", tissue_like(rng, (512, 512)), check_contrast=False)
-        io.imsave(calibration_tiles / "masks" / f"t{k}.png", mask, check_contrast=False)
-    normals = root / "normal_patches"
-    normals.mkdir()
-    for k in range(60):
-        io.imsave(normals / f"p{k:02d}.png", tissue_like(rng, (96, 96)), check_contrast=False)
+    calibration_tiles, normals = write_calibration_tissue(root, rng)
     outputs = {
         name: root / name for name in ("out", "cal_out", "test_out", "card_cal_out", "card_test_out", "cal_slides")
     }

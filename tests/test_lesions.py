@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scripts.annotations import LesionAnnotation
-from scripts.lesions import lesion_detection, lesion_froc, lesion_raster, slide_level
+from scripts.lesions import FROC_FP_RATES, froc_curve, froc_summary, lesion_detection, lesion_raster, slide_level
 from scripts.reference import read_reference
 from scripts.slide_truth import SlideResult
 
@@ -63,8 +63,13 @@ def test_lesions_found_by_size_and_false_regions_per_slide(cohort):
     }
     assert totals["false_regions"] == {"test_001": 1, "test_002": 2, "test_003": 0}
     assert totals["false_regions_per_slide"] == 1.0 and totals["false_regions_per_tumour_free_slide"] == 1.0
-    froc = lesion_froc(cohort, rasters)
+    curve = froc_curve(cohort, rasters)
+    froc = froc_summary(curve)
     assert froc["n_lesions"] == 2 and 0.0 < froc["score"] <= 0.5  # the micro-metastasis is never detected
+    # the score is the mean of the operating points the report marks on the curve
+    assert len(froc["sensitivity_at_thresholds"]) == len(FROC_FP_RATES)
+    assert np.mean(froc["sensitivity_at_thresholds"]) == pytest.approx(froc["score"])
+    assert max(curve.sensitivity) <= 0.5 and froc_summary(froc_curve(cohort[1:], rasters[1:]))["score"] is None
 
 
 def test_slide_level_auc_from_annotations_and_from_the_challenge_reference(cohort, tmp_path, caplog):

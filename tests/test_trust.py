@@ -26,6 +26,7 @@ from conftest import BUNDLE, REPO, tissue_like, write_slide
 from scripts.model_files import read_weights
 from scripts.pyramid import write_pyramid
 from scripts.reference import read_reference, reference_labels
+from scripts.report import CohortReport
 from scripts.wsi import SlideUnusableError, check_slide_file, make_reader, slide_mpp
 
 DEMO = BUNDLE / "sample_data" / "camelyon16_demo"
@@ -330,7 +331,7 @@ def test_probe_findings_a_mask_a_class_name_the_sweep_and_a_coarse_or_colourless
         ([2.0], [0], "--sweep_min_region_tiles must be an integer >= 1"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):
-            Evaluation(labels(), thresholds, min_region_tiles)
+            Evaluation(labels(), CohortReport(tmp_path), thresholds, min_region_tiles)
     # a slide whose finest level is coarser than the model's resolution is not upsampled
     coarse = write_layout(tmp_path / "coarse.tif", RGB, photometric="rgb", compression="jpeg")
     reader = make_reader("tifffile")

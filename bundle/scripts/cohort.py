@@ -27,6 +27,7 @@ from .atomic import (
 )
 from .errors import reported
 from .prepare import SlidePreparer
+from .report import REPORT_FILE, CohortReport
 from .settings import require_number
 from .slide_outputs import (
     SUMMARY_COLUMNS,
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 # The files a run writes beside the slide folders (inference, its shards, evaluation, calibration).
 RUN_FILES = re.compile(
     r"(summary|inference)(\.shard-\d+-of-\d+)?\.(csv|log)|metrics\.json|calibration\.json|heatmap_summary\.csv|"
-    r"(roc|pr)\.png",
+    r"(roc|pr)\.png|report(\.shard-\d+-of-\d+)?\.html",
     re.IGNORECASE,
 )
 
@@ -194,6 +195,7 @@ class SlideInference:
         scorer: SlideScorer,
         postprocessing: Callable[[ScoredSlide], ScoredSlide],
         writers: Sequence[SlideWriter],
+        report: CohortReport,
         settings: dict,
         output_dir: str | Path,
         overwrite: bool,
@@ -220,6 +222,7 @@ class SlideInference:
         self.scorer = scorer
         self.postprocessing = postprocessing
         self.writers = list(writers)
+        self.report = report
         stages = {"preparer": preparer, "postprocessing": postprocessing, "writers": self.writers}
         self.settings = {**settings, **scorer.settings(), "stages": component_record(stages)}
         self.output_dir = require_output_folder(output_dir)
@@ -246,6 +249,12 @@ class SlideInference:
         finally:
             self.preparer.close()
 
+    def _report(self, rows: dict[str, dict]) -> pd.DataFrame:
+        """The slides' rows as a table, and the report rewritten from them (this shard's own, when sharded)."""
+        summary = pd.DataFrame([rows[slide] for slide in self.slides]).reindex(columns=SUMMARY_COLUMNS)
+        self.report.write(summary, self.settings, f"report{self.suffix}.html")
+        return summary
+
     def _run_all(self) -> pd.DataFrame:
         """The cohort as one stream: the next slide's grid and stain fit are prepared (in a child process) while the
         previous one's outputs are written (in a thread), and beside a model on a GPU both go on while a slide is
@@ -261,6 +270,7 @@ class SlideInference:
             done = completed_summary(self.output_dir / slide_id(slide), slide, self.settings, self.overwrite)
             if done is None:
                 todo.append((k, slide))
+                rows[slide]["status"] = "pending"
                 continue
             logger.info("[%d/%d] %s: outputs complete from an earlier run, skipped", k, len(self.slides), slide)
             rows[slide].update(done, seconds=0.0)
@@ -268,6 +278,7 @@ class SlideInference:
         if todo:  # a summary describes the slide folders: it goes before any of them changes, and returns at the end
             for stale in {summary_file, self.output_dir / "summary.csv"}:
                 stale.unlink(missing_ok=True)
+            self._report(rows)
         writing: tuple[str, Future] | None = None
         with (
             ThreadPoolExecutor(1, "skip96-open") as opener,
@@ -283,7 +294,7 @@ class SlideInference:
                 try:
                     result = self.postprocessing(self.scorer(preparing.result()))
                     summary = summary_row(result)
-                    rows[slide].update(summary)
+                    rows[slide].update(summary, status="ok")
                 except Exception as error:  # one bad slide must not lose the others
                     record_failure(rows[slide], slide, error)
                 if writing is not None:
@@ -299,9 +310,10 @@ class SlideInference:
                     self._written(rows, *writing)
                     writing = None
                 rows[slide]["seconds"] = round(time.perf_counter() - start, 2)
+                self._report(rows)
             if writing is not None:
                 self._written(rows, *writing)
-        summary = pd.DataFrame([rows[slide] for slide in self.slides]).reindex(columns=SUMMARY_COLUMNS)
+        summary = self._report(rows)
         try:
             with atomic_path(summary_file) as tmp:
                 summary.to_csv(tmp, index=False)
@@ -309,5 +321,7 @@ class SlideInference:
             raise OutputWriteError(f"cannot write {summary_file}: {write_failure(error)}") from error
         log_failures(summary, self.output_dir)
         cohort = merge_shards(self.output_dir, self.num_shards, self.cohort) if self.num_shards > 1 else summary
+        if cohort is not None and self.num_shards > 1:
+            self.report.write(cohort, self.settings, REPORT_FILE)
         refuse_failures(summary, cohort, self.strict, self.output_dir)
         return summary

@@ -17,10 +17,11 @@ import pandas as pd
 
 from .atomic import atomic_path, folder_lock
 from .evaluation_figures import save_curves, save_overlay
-from .lesions import BURDEN_STRATA, lesion_detection, lesion_froc, lesion_raster, slide_level
+from .lesions import BURDEN_STRATA, froc_curve, froc_summary, lesion_detection, lesion_raster, slide_level
 from .metrics import overlap, pr_auc, roc_auc, strict_json
 from .operating_point import operating_point, shown, stated, sweep_grid
 from .regions import cells_on_image, grid_index
+from .report import CohortReport, EvaluatedCohort
 from .settings import recorded
 from .slide_truth import CohortLabels, SlideResult
 
@@ -85,10 +86,17 @@ def pixel_auc(slides: Sequence[SlideResult], tissue_only: bool) -> float:
 
 class Evaluation:
     """``evaluate``: the metrics of the scored slides of ``labels`` at one decision, written with their tables and
-    figures; ``thresholds`` and ``min_region_tiles`` are what the oracle tries."""
+    figures, and added to the cohort's ``report``; ``thresholds`` and ``min_region_tiles`` are what the oracle tries."""
 
-    def __init__(self, labels: CohortLabels, thresholds: Sequence[float], min_region_tiles: Sequence[int]) -> None:
+    def __init__(
+        self,
+        labels: CohortLabels,
+        report: CohortReport,
+        thresholds: Sequence[float],
+        min_region_tiles: Sequence[int],
+    ) -> None:
         self.labels = labels
+        self.report = report
         self.thresholds, self.min_region_tiles = sweep_grid(thresholds, min_region_tiles)
 
     def start(self, slides: Sequence[str]) -> None:
@@ -153,9 +161,10 @@ class Evaluation:
         point = operating_point(int(lesion_table["found"].sum()), len(lesion_table), free_regions, table["tp"],
                                 table["fp"], table["fn"])  # fmt: skip
         area = called_area(slides, z_threshold, min_region_tiles)  # beside every lesion count, so none reads as more
+        froc = froc_curve(slides, rasters)
         metrics |= {
             "operating_point": point, "slide_level": slide_task, "called_area": area,
-            "lesion_detection": {**lesion_task, **area}, "froc": {**lesion_froc(slides, rasters), **area},
+            "lesion_detection": {**lesion_task, **area}, "froc": {**froc_summary(froc), **area},
         }  # fmt: skip
         with atomic_path(self.labels.output_dir / "heatmap_summary.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -164,6 +173,7 @@ class Evaluation:
         with atomic_path(self.labels.output_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
         save_curves(slides, self.labels.output_dir)
+        self.report.write_evaluation(EvaluatedCohort(metrics, table, lesion_table, froc))
         logger.info(
             "pooled patch AUC %.3f, mean IoU %.3f (oracle %.3f); %s; FROC %s; called area: pixel recall %s, "
             "precision %s",

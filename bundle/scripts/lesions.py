@@ -78,8 +78,22 @@ def size_class(diameter_um: float) -> str:
     return "macro" if diameter_um > MACRO_MIN_UM else "micro" if diameter_um > ITC_MAX_UM else "itc"
 
 
-def lesion_froc(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) -> dict:
-    """CAMELYON16 FROC (mean sensitivity at 1/4 ... 8 false positives per slide) from MONAI's LesionFROC parts.
+@dataclass(frozen=True)
+class FrocCurve:
+    """The cohort's lesion FROC curve: sensitivity against the mean false positives per slide, as thresholds on the
+    detections fall."""
+
+    fp_per_slide: np.ndarray
+    sensitivity: np.ndarray
+    n_lesions: int
+
+    def sensitivity_at(self, fp_per_slide: Sequence[float]) -> list[float]:
+        """The curve's sensitivity at each rate, interpolated as ``compute_froc_score`` does."""
+        return np.interp(fp_per_slide, self.fp_per_slide[::-1], self.sensitivity[::-1]).tolist()
+
+
+def froc_curve(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) -> FrocCurve | None:
+    """CAMELYON16's lesion FROC curve from MONAI's LesionFROC parts; None without a lesion to find.
 
     LesionFROC itself reads 0/1 mask TIFFs and probability maps from files; here the same steps run on the
     annotation rasterised at the lesion raster's level and a detection map ``sigmoid(z)`` on its pixels (0 off
@@ -101,12 +115,20 @@ def lesion_froc(slides: Sequence[SlideResult], rasters: Sequence[LesionRaster]) 
         tp_probs.extend(tp)
         num_targets += targets
     if num_targets == 0:
-        return {"score": None, "note": "no lesion larger than an isolated tumour cell in the evaluated slides"}
+        return None
     fps, sensitivity = compute_froc_curve_data(np.array(fp_probs), np.array(tp_probs), num_targets, len(slides))
+    return FrocCurve(np.asarray(fps, dtype=float), np.asarray(sensitivity, dtype=float), int(num_targets))
+
+
+def froc_summary(curve: FrocCurve | None) -> dict:
+    """The FROC score (mean sensitivity at 1/4 ... 8 false positives per slide) and the sensitivity at each rate."""
+    if curve is None:
+        return {"score": None, "note": "no lesion larger than an isolated tumour cell in the evaluated slides"}
     return {
-        "score": float(compute_froc_score(fps, sensitivity, FROC_FP_RATES)),
+        "score": float(compute_froc_score(curve.fp_per_slide, curve.sensitivity, FROC_FP_RATES)),
         "fp_per_slide_thresholds": list(FROC_FP_RATES),
-        "n_lesions": int(num_targets),
+        "sensitivity_at_thresholds": curve.sensitivity_at(FROC_FP_RATES),
+        "n_lesions": curve.n_lesions,
     }
 
 

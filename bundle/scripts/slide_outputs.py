@@ -26,7 +26,7 @@ COMPLETE_MARKER = "complete.json"
 PATCH_COLUMNS = ["x", "y", "size0", "level", "score", "z", "tissue_fraction", "stain_fallback", "tumour"]
 SUMMARY_COLUMNS = [
     "slide", "path", "status", "error", "n_patches", "tissue_mm2", "score_mean", "score_std", "tumour_mm2",
-    "stain_fallbacks", "domain_distance", "out_of_domain", "seconds",
+    "n_regions", "slide_score", "stain_fallbacks", "domain_distance", "out_of_domain", "seconds",
 ]  # fmt: skip
 
 
@@ -114,6 +114,8 @@ def summary_row(result: ScoredSlide) -> dict:
         "score_mean": float(result.scores.mean()),
         "score_std": float(result.scores.std()),
         "tumour_mm2": round(area_mm2(result.regions, tiling.geometry.mpp0), 4),
+        "n_regions": len(result.regions),
+        "slide_score": round(result.z.slide_score, 4) if math.isfinite(result.z.slide_score) else None,
         "stain_fallbacks": int(result.stain_fallback.sum()),
         "domain_distance": None if math.isnan(distance) else round(distance, 3),
         "out_of_domain": result.slide.domain.out_of_domain,
