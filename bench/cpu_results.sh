@@ -56,4 +56,5 @@ run train_throughput $python train_throughput.py --pcam_from "$normals" --pcam_p
   $python synthetic_slide.py "$work/camelyon16_sized.tif" --tiles_dir "$tiles" > /dev/null
 run infer_throughput_camelyon16_sized $python infer_throughput.py "$work/camelyon16_sized.tif" --copies 0
 run patch_detections $python patch_detections.py "$work/camelyon16_sized.tif"
+run report_page $python report_page.py --slides 130
 rm -rf "$work"
