@@ -115,7 +115,8 @@ def test_a_full_disk_fails_its_slide_alone_and_the_summary_is_written(tmp_path, 
     assert list(summary["status"]) == ["ok", "error", "ok"]
     assert "No space left on device; free space on that disk and rerun" in summary.loc["b", "error"]
     assert "\n" not in summary.loc["b", "error"]
-    assert {p.name for p in output.iterdir()} == {"a", "c", "summary.csv", "inference.log", ".skip96.lock"}
+    run_files = {"summary.csv", "report.html", "inference.log", ".skip96.lock"}
+    assert {p.name for p in output.iterdir()} == {"a", "c", *run_files}
     for name in ("a", "c"):
         assert {p.name for p in (output / name).iterdir()} == SLIDE_FILES
     assert "Traceback" not in result.stdout + result.stderr

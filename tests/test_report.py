@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
 import subprocess
@@ -76,6 +77,7 @@ def test_thumbnails_are_made_once_per_overlay_file(tmp_path, monkeypatch):
 
 RECORDING_REPORT = '''
 import json
+import logging
 from pathlib import Path
 
 from scripts.report import SLIDE_COLUMNS, CohortReport
@@ -183,3 +185,17 @@ def test_the_report_opens_in_a_real_browser(evaluated, tmp_path):
         order = list(listed(opened.dom))
         ranked = sorted((s for s in scores if not pd.isna(scores[s])), key=scores.get, reverse=descending)
         assert order == [*ranked, "broken"]  # the failed slide, with no score, last either way
+
+
+def test_a_page_that_cannot_be_written_is_logged_once_and_fails_nothing(tmp_path, monkeypatch, caplog):
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "atomic_path", full_disk)
+    report = CohortReport(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            report.write(summary({"slide": "s1"}), {})
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cannot write" in warnings[0] and "report.html" in warnings[0]
+    assert not (tmp_path / "report.html").exists()
