@@ -5,7 +5,7 @@ import pytest
 from skimage import color, io
 from torch.utils.data import DataLoader
 
-from scripts.datasets import PCamNormals, TileNormals, tile_names
+from scripts.datasets import PCamPatches, TileNormals, tile_names
 from scripts.tissue import hsv_saturation, tissue_mask, window_fraction
 from scripts.training_data import normal_tissue_splits
 from scripts.transforms import compute_channel_stats
@@ -13,7 +13,7 @@ from tests_helpers import write_datalist
 
 
 def test_pcam_uses_only_normals_and_reads_lazily(pcam_dir):
-    ds = PCamNormals(pcam_dir)
+    ds = PCamPatches(pcam_dir)
     # label 1 on every third patch: 20 of 30 train and 8 of 12 valid patches are normal
     assert len(ds) == 28
     assert ds._handles == {}, "no HDF5 image file may be opened before a patch is asked for"
@@ -28,7 +28,7 @@ def test_pcam_uses_only_normals_and_reads_lazily(pcam_dir):
 
 def test_pcam_missing_files_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="camelyonpatch_level_2_split_train_x.h5"):
-        PCamNormals(tmp_path)
+        PCamPatches(tmp_path)
 
 
 def test_tile_crops_lie_on_tissue_and_outside_tumour(tiles_dir):
@@ -77,7 +77,7 @@ def test_unknown_source_is_refused():
 
 
 def test_channel_stats_match_numpy(pcam_dir):
-    ds = PCamNormals(pcam_dir)
+    ds = PCamPatches(pcam_dir)
     stats = compute_channel_stats(ds, num_samples=1000)
     pixels = np.stack([ds[i]["image"] for i in range(len(ds))]).astype(np.float64) / 255
     assert np.allclose(stats.mean, pixels.mean(axis=(0, 2, 3)))
@@ -154,7 +154,7 @@ def test_patches_in_memory_hold_every_patch_of_the_source(pcam_dir, monkeypatch)
 
     from scripts.training_data import PatchesInMemory
 
-    source = PCamNormals(pcam_dir)
+    source = PCamPatches(pcam_dir)
     memory = PatchesInMemory(source, num_workers=2)
     assert len(memory) == len(source) and memory.images.dtype == torch.uint8
     for i in range(len(source)):

@@ -19,7 +19,7 @@ from scripts.annotations import find_annotation, read_annotation, read_asap_xml,
 from scripts.atomic import TEMP_TAG, atomic_path, folder_lock, remove_stale_temp_files
 from scripts.calibration import calibrated, thresholds_calibrated
 from scripts.cohort import unique_slide_ids
-from scripts.datasets import PCamNormals, TileNormals
+from scripts.datasets import PCamPatches, TileNormals
 from scripts.isolation import ANSWER_TIMEOUT_S, IsolatedWorker, ReaderCrashError
 from scripts.settings import reject_unknown_overrides, require_number
 from scripts.slide_outputs import read_summary
@@ -311,7 +311,7 @@ def test_training_patches_of_the_wrong_kind_are_refused(tmp_path, patches, words
         with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
             f.create_dataset("y", data=np.zeros((len(patches), 1, 1, 1), np.uint8))
     with pytest.raises(ValueError, match=words) as error:
-        PCamNormals(tmp_path)
+        PCamPatches(tmp_path)
     assert "camelyonpatch_level_2_split_train_x.h5" in str(error.value)
 
 

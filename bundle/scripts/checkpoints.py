@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,14 @@ class AtomicCheckpointer:
 
     ``engine_key`` adds the attached engine's own state (epoch, iteration) under that key, which a config cannot do
     by reference without a cycle (the engine holds this handler). With ``metric_name`` it saves only when that
-    metric (lower is better) beats the best so far; the best score is part of this handler's own ``state_dict`` so
-    that a resumed run keeps comparing against it. A ``save_dict`` of one object (``model.pt``) is saved as that
-    object's bare ``state_dict``, as ignite's ``Checkpoint`` does, so it loads straight into ``network_def``. Writes
-    go to a temp file in the same folder and are swapped in with ``os.replace``: a run killed mid-save keeps the
-    previous file. Not ignite's ``Checkpoint`` (which MONAI's ``CheckpointSaver`` wraps), even with its atomic
-    ``DiskSaver``: to keep one file of a fixed name it removes the old file before writing the new one
-    (``Checkpoint.__call__``, ignite 0.5), so a kill between the two leaves no ``model.pt``.
+    metric (lower is better, or higher with ``higher_is_better``) beats the best so far; the best score is part of
+    this handler's own ``state_dict`` so that a resumed run keeps comparing against it. A ``save_dict`` of one
+    object (``model.pt``) is saved as that object's bare ``state_dict``, as ignite's ``Checkpoint`` does, so it
+    loads straight into ``network_def``. Writes go to a temp file in the same folder and are swapped in with
+    ``os.replace``: a run killed mid-save keeps the previous file. Not ignite's ``Checkpoint`` (which MONAI's
+    ``CheckpointSaver`` wraps), even with its atomic ``DiskSaver``: to keep one file of a fixed name it removes the
+    old file before writing the new one (``Checkpoint.__call__``, ignite 0.5), so a kill between the two leaves no
+    ``model.pt``.
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class AtomicCheckpointer:
         filename: str,
         metric_name: str | None = None,
         engine_key: str | None = None,
+        higher_is_better: bool = False,
     ):
         self.path = Path(save_dir) / filename
         self.save_dict = save_dict
         self.metric_name = metric_name
         self.engine_key = engine_key
+        self.sign = -1.0 if higher_is_better else 1.0  # the best is kept as the lowest signed score
         self.best = math.inf
 
     def state_dict(self) -> dict[str, float]:
@@ -71,7 +75,7 @@ class AtomicCheckpointer:
 
     def __call__(self, engine: Engine) -> None:
         if self.metric_name is not None:
-            score = float(engine.state.metrics[self.metric_name])
+            score = self.sign * float(engine.state.metrics[self.metric_name])
             if not score < self.best:
                 return
             self.best = score
@@ -101,10 +105,12 @@ class RNGState:
         torch.set_rng_state(state["torch"])
 
 
-def refuse_to_overwrite(ckpt_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Stop a new run before it replaces the checkpoints of an earlier one (a worse model would take the better's
-    place as soon as its first epoch validates)."""
-    existing = [name for name in ("model.pt", "last.pt") if (Path(ckpt_dir) / name).is_file()]
+def refuse_to_overwrite(
+    ckpt_dir: str | Path, resume: bool, overwrite: bool, names: Sequence[str] = ("model.pt", "last.pt")
+) -> None:
+    """Stop a new run before it replaces the checkpoints ``names`` of an earlier one (a worse model would take the
+    better's place as soon as its first epoch validates)."""
+    existing = [name for name in names if (Path(ckpt_dir) / name).is_file()]
     if existing and not resume and not overwrite:
         raise FileExistsError(
             f"ckpt_dir {ckpt_dir} already holds {' and '.join(existing)} from an earlier run; pass --resume True to "

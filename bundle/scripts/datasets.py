@@ -58,40 +58,51 @@ def read_tumour_mask(path: str | Path) -> np.ndarray:
     return mask > (0.5 if mask.max() <= 1.0 else 127)
 
 
-class PCamNormals(Dataset):
-    """Label-0 (normal) patches of the official PatchCamelyon HDF5 files, pooled over ``splits``.
+class PCamPatches(Dataset):
+    """Patches of the official PatchCamelyon HDF5 files, pooled over ``splits``: the label-0 (normal) ones for the VAE
+    (``normals_only``), or all of them with their labels for the supervised head.
 
     Only the small label files are read up front; images are read one at a time from a handle opened lazily in each
     process, because h5py handles do not survive ``fork`` into DataLoader workers.
     """
 
     def __init__(
-        self, dataset_dir: str | Path, splits: Sequence[str] = PCAM_SPLITS, patch_size: int = PATCH_SIZE
+        self,
+        dataset_dir: str | Path,
+        splits: Sequence[str] = PCAM_SPLITS,
+        patch_size: int = PATCH_SIZE,
+        normals_only: bool = True,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.x_paths = []
-        index = []
+        index, kept_labels = [], []
         for k, split in enumerate(splits):
             x_path = self.dataset_dir / f"camelyonpatch_level_2_split_{split}_x.h5"
             y_path = self.dataset_dir / f"camelyonpatch_level_2_split_{split}_y.h5"
-            for path in (x_path, y_path):
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"{path} not found: data_source 'pcam' needs the official PCam files in --dataset_dir; "
-                        "for tiles with masks use --data_source tiles, for a folder of normal patch images "
-                        "--data_source patches --normals_dir DIR."
-                    )
+            if not x_path.is_file():
+                raise FileNotFoundError(
+                    f"{x_path} not found: data_source 'pcam' needs the official PCam files in --dataset_dir; "
+                    "for tiles with masks use --data_source tiles, for a folder of patch images "
+                    "--data_source patches --normals_dir DIR (train_head: --data_source folders)."
+                )
+            if not y_path.is_file():
+                raise FileNotFoundError(
+                    f"{y_path.name} not found beside {x_path}: each PCam _x.h5 file needs its _y.h5 labels (both "
+                    "come in the official release)."
+                )
             with h5py.File(y_path, "r") as f:
-                labels = np.asarray(f["y"]).reshape(-1)
+                labels = np.asarray(f["y"]).reshape(-1).astype(np.int64)
             with h5py.File(x_path, "r") as f:
                 x = f["x"]
                 check_patch_array(x_path, x.dtype, x.shape, patch_size, x[: min(len(x), 64)])
                 if len(x) != len(labels):
                     raise ValueError(f"{x_path}: {len(x)} patches but {len(labels)} labels in {y_path.name}.")
-            normals = np.flatnonzero(labels == 0)
-            index.append(np.stack([np.full_like(normals, k), normals], axis=1))
+            kept = np.flatnonzero(labels == 0) if normals_only else np.arange(len(labels))
+            index.append(np.stack([np.full_like(kept, k), kept], axis=1))
+            kept_labels.append(labels[kept])
             self.x_paths.append(x_path)
         self.index = np.concatenate(index)
+        self.labels = np.concatenate(kept_labels)
         self._handles: dict[int, h5py.File] = {}
         self._pid = -1
 
@@ -104,7 +115,8 @@ class PCamNormals(Dataset):
         k, row = (int(v) for v in self.index[i])
         if k not in self._handles:
             self._handles[k] = h5py.File(self.x_paths[k], "r")
-        return {"image": np.ascontiguousarray(np.moveaxis(self._handles[k]["x"][row], -1, 0))}
+        image = np.ascontiguousarray(np.moveaxis(self._handles[k]["x"][row], -1, 0))
+        return {"image": image, "label": int(self.labels[i])}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}, "_pid": -1}

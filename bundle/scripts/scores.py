@@ -12,11 +12,12 @@ from monai.inferers import Inferer
 from monai.metrics.regression import compute_ssim_and_cs
 
 from .gaussian import mahalanobis
+from .head import LatentHead, head_digest, read_head
 from .model_files import read_normal_stats
 from .settings import DECISION_RANGES, require_number
 from .transforms import ChannelStats
 
-SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")  # each patch on its own
+SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio", "head")  # each patch on its own
 SLIDE_RELATIVE_SCORES = ("rarity",)  # each patch against the rest of its slide (``SlideRarity``)
 COMPLEXITY_FACTOR = 4
 RARITY_LEVEL = 1  # the encoder level whose feature statistics ``rarity`` compares (48 px for 96-px patches)
@@ -124,6 +125,9 @@ class AnomalyScoreInferer(Inferer):
     ``latent_ignored_variance``: leave out of the ``latent`` distance the leading principal components of the normal
     latents that hold this share of their variance (``minor_component_precision``).
 
+    ``head``: the log-odds of tumour that a supervised head (``train_head``, ``head.py``) gives the latent mean:
+    monotone in its probability, and not squashed at 0 and 1, so that a slide's z-scores still spread.
+
     ``rarity``: not a score yet but each patch's descriptor, the channel means and standard deviations of the encoder's
     48-px feature map, which ``SlideRarity`` turns into scores once the whole slide is in (``tta`` does not apply).
 
@@ -139,9 +143,13 @@ class AnomalyScoreInferer(Inferer):
         tta: bool = False,
         cpu_bf16: bool = False,
         latent_ignored_variance: float = 0.0,
+        head: LatentHead | None = None,
     ) -> None:
         super().__init__()
         check_score(score, tta)
+        if score == "head" and head is None:
+            raise ValueError("--score head needs --head_path FILE: the head.pt that run train_head wrote.")
+        self.head = head
         if score == "latent" and latent_stats is None:
             raise ValueError(
                 "score 'latent' needs latent_stats in normal_stats.pt; retrain with this bundle's train.json."
@@ -160,11 +168,12 @@ class AnomalyScoreInferer(Inferer):
     @classmethod
     def from_checkpoint(
         cls, score: str, path: str | Path, tta: bool = False, cpu_bf16: bool = False,
-        latent_ignored_variance: float = 0.0,
+        latent_ignored_variance: float = 0.0, head_path: str | Path | None = None,
     ) -> AnomalyScoreInferer:  # fmt: skip
         stats = read_normal_stats(path)
+        head = read_head(head_path, path) if score == "head" else None
         return cls(score, ChannelStats.from_checkpoint(path), stats.get("latent_stats"), tta, cpu_bf16,
-                   latent_ignored_variance)  # fmt: skip
+                   latent_ignored_variance, head)  # fmt: skip
 
     def settings(self) -> dict:
         """How the scores are computed beyond the score's own settings (``AnomalyScore.settings``), for telling stale
@@ -189,6 +198,8 @@ class AnomalyScoreInferer(Inferer):
         if self.score == "latent":
             stats = self.latent_stats
             return mahalanobis(mu.flatten(1).float(), stats["mean"].to(mu.device), stats["precision"].to(mu.device))
+        if self.score == "head":
+            return self.head.to(mu.device)(mu)
         if self.score == "rarity":
             features = skips[RARITY_LEVEL].float()
             return torch.cat([features.mean((2, 3)), features.std((2, 3))], 1)
@@ -272,9 +283,12 @@ class AnomalyScore:
     tta: bool
     latent_ignored_variance: float
     rarity: SlideRarity
+    head_path: str | None = None  # the head.pt of score ``head``
 
     def __post_init__(self) -> None:
         check_score(self.name, self.tta)
+        if self.name == "head" and not self.head_path:
+            raise ValueError("--score head needs --head_path FILE: the head.pt that run train_head wrote.")
 
     @property
     def slide_scores(self) -> SlideRarity | None:
@@ -286,11 +300,12 @@ class AnomalyScore:
         return {
             "score": self.name, "tta": self.tta, "latent_ignored_variance": self.latent_ignored_variance,
             **(slide_scores.settings() if slide_scores else {}),
+            **({"head": head_digest(self.head_path)} if self.name == "head" else {}),
         }  # fmt: skip
 
     def inferer(self, ckpt_path: str | Path, cpu_bf16: bool = False) -> AnomalyScoreInferer:
         return AnomalyScoreInferer.from_checkpoint(
-            self.name, ckpt_path, self.tta, cpu_bf16, self.latent_ignored_variance
+            self.name, ckpt_path, self.tta, cpu_bf16, self.latent_ignored_variance, self.head_path
         )
 
     def floors(self, ckpt_path: str | Path, normal_quantiles: Sequence[float]) -> dict[float, float]:

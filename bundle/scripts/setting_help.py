@@ -9,7 +9,8 @@ STAGES: dict[str, dict[str, str]] = {
     "Data": {
         "dataset_dir": "folder of the slides (inference) or of the training data (training)",
         "datalist": "JSON or CSV list of slides, instead of dataset_dir",
-        "data_source": "training data: pcam (HDF5), tiles (images/ + masks/), wsi (normal slides), patches",
+        "data_source": "training data: pcam (HDF5), tiles (images/ + masks/), wsi (normal slides), patches; "
+        "train_head: pcam, tiles or folders (normal/ and tumour/)",
         "normals_dir": "folder of normal patch images mixed into any training source",
         "normals_holdout": "fraction of normals_dir never trained on (kept for calibration slides)",
         "exclude": "tile names left out of tiles training (the demo slide's by default)",
@@ -19,7 +20,7 @@ STAGES: dict[str, dict[str, str]] = {
     },
     "Outputs": {
         "output_dir": "where results go: a folder per slide and summary.csv (training: runs and logs)",
-        "ckpt_dir": "where training writes model.pt, normal_stats.pt and last.pt",
+        "ckpt_dir": "where training writes model.pt, normal_stats.pt and last.pt (train_head: head.pt, head_last.pt)",
         "overwrite": "redo finished slides / replace an existing trained model",
         "strict": "exit non-zero when any slide of the cohort failed",
         "patch_detections": "also write patches.geojson: each patch a QuPath detection with its z and score",
@@ -42,7 +43,8 @@ STAGES: dict[str, dict[str, str]] = {
     },
     "Score": {
         "stain_mode": "Macenko stain normalisation: slide (one fit a slide), per_patch or none",
-        "score": "anomaly score: latent (distance from normal latents), rarity, l1, ...",
+        "score": "anomaly score: latent (distance from normal latents), rarity, l1, ..., or head (supervised)",
+        "head_path": "score head: the head.pt that train_head wrote for these weights",
         "tta": "average the score over the 8 flips and turns (about 5x the time)",
         "latent_ignored_variance": "share of the normal latents' leading variance the latent score leaves out",
         "rarity_neighbours": "rarity score: nearest patches of the same slide compared",
@@ -83,6 +85,9 @@ STAGES: dict[str, dict[str, str]] = {
         "hed_jitter": "HED stain jitter as augmentation",
         "patience": "epochs without improvement before early stop",
         "select_metric": "validation metric that picks the best model",
+        "head_hidden": "train_head: hidden units of the head (latent -> hidden -> 1 logit)",
+        "head_dropout": "train_head: dropout before the head's last layer",
+        "class_balance": "train_head: pos_weight (the loss weighs both classes alike) or none",
         "val_interval": "epochs between validations",
         "val_fraction": "share of patches, tiles or slides held out for validation",
         "stats_samples": "patches sampled for the channel statistics",

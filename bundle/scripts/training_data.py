@@ -20,7 +20,7 @@ from .datasets import (
     DATA_SOURCES,
     FIXED_SCALE_SOURCES,
     PatchFolderNormals,
-    PCamNormals,
+    PCamPatches,
     TileNormals,
     held_out_normals,
     normal_patch_files,
@@ -76,7 +76,8 @@ class NormalTissueSplits:
     val: Dataset
 
 
-def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded (training, validation) split of ``n`` items, each part non-empty."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -122,7 +123,7 @@ def normal_tissue_splits(
     if normals_dir is not None:
         files, held_out = held_out_normals(normal_patch_files(normals_dir), normals_holdout)
         folder = PatchFolderNormals(files, patch_size)
-        train_idx, val_idx = _split(len(folder), val_fraction, seed)
+        train_idx, val_idx = split_indices(len(folder), val_fraction, seed)
         splits.append(NormalTissueSplits(Subset(folder, train_idx), Subset(folder, val_idx)))
         logger.info("normals_dir %s: %d patches (%d held out of training)", normals_dir, len(folder), len(held_out))
     if len(splits) == 1:
@@ -135,24 +136,24 @@ def _source_splits(
     wsi_reader: str, target_mpp: float, min_tissue: float,
 ) -> NormalTissueSplits:  # fmt: skip
     if data_source == "pcam":
-        full = PCamNormals(dataset_dir, patch_size=patch_size)
-        train_idx, val_idx = _split(len(full), val_fraction, seed)
+        full = PCamPatches(dataset_dir, patch_size=patch_size)
+        train_idx, val_idx = split_indices(len(full), val_fraction, seed)
         return NormalTissueSplits(Subset(full, train_idx), Subset(full, val_idx))
     if data_source == "tiles":
         names = tile_names(dataset_dir, exclude)
         if len(names) < 2:
             raise ValueError(f"{dataset_dir}: data_source 'tiles' needs at least 2 tiles to split, found {names}.")
-        train_idx, val_idx = _split(len(names), val_fraction, seed)
+        train_idx, val_idx = split_indices(len(names), val_fraction, seed)
         tiles = [[names[i] for i in idx] for idx in (train_idx, val_idx)]
         return NormalTissueSplits(*(TileNormals(dataset_dir, t, patch_size, min_tissue=min_tissue) for t in tiles))
     per_slide = wsi_normal_patches(
         find_slides(dataset_dir, datalist), wsi_reader, target_mpp, patch_size, patch_size, min_tissue
     )
     if len(per_slide) >= 2:
-        train_idx, val_idx = _split(len(per_slide), val_fraction, seed)
+        train_idx, val_idx = split_indices(len(per_slide), val_fraction, seed)
         return NormalTissueSplits(
             ConcatDataset([per_slide[i] for i in train_idx]), ConcatDataset([per_slide[i] for i in val_idx])
         )
     full = ConcatDataset(per_slide)
-    train_idx, val_idx = _split(len(full), val_fraction, seed)
+    train_idx, val_idx = split_indices(len(full), val_fraction, seed)
     return NormalTissueSplits(Subset(full, train_idx), Subset(full, val_idx))

@@ -196,3 +196,17 @@ class PrepareTrainingBatch:
             noisy = clean + self.denoise_sigma * torch.randn(clean.shape).to(clean.device)
         inputs, targets = self.norm_stats.normalise(noisy), self.norm_stats.normalise(clean)
         return inputs.contiguous(memory_format=self.memory_format), targets.contiguous(memory_format=self.memory_format)
+
+
+class PrepareLabelledBatch:
+    """ignite ``prepare_batch`` for the supervised head: the patches prepared by ``prepare`` (as the VAE's training
+    prepares them) and their labels as float targets for the BCE loss."""
+
+    def __init__(self, prepare: PrepareTrainingBatch) -> None:
+        self.prepare = prepare
+
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, _ = self.prepare(batchdata, device, non_blocking)
+        return inputs, torch.as_tensor(batchdata["label"]).float().to(device, non_blocking=non_blocking)
