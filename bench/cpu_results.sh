@@ -44,6 +44,9 @@ wanted infer_throughput_mosaic &&
 run detection_quality $python detection_quality.py --tiles_dir "$tiles" --folds "$folds"
 run sparse_folds $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$normals" --folds "$folds" \
   --out "$work/sparse" ${VERSUS:+--versus "$VERSUS"}
+run head_folds $python head_folds.py --tiles_dir "$tiles" --folds "$folds" --out "$work/heads"
+run sparse_folds_head $python sparse_folds.py --tiles_dir "$tiles" --normals_dir "$normals" --folds "$folds" \
+  --out "$work/sparse_head" --heads "$work/heads" --versus "$work/sparse"
 run unseen_tumour_free $python unseen_tumour_free.py --tiles_dir "$tiles" --normals_dir "$normals" --skin "$skin" \
   --out "$work/unseen"
 run tissue_mask $python tissue_mask.py --tiles_dir "$tiles"

@@ -2,7 +2,7 @@
 
     python bench/sparse_folds.py --tiles_dir ../shared/data/camelyon16_tiles \\
         --normals_dir ../shared/data/pcam_normals --folds FOLDS --ckpt bundle/models/model.pt --out OUT \\
-        [--versus BASE] [--z_statistics mean_std median_mad] [-- --tta False]
+        [--versus BASE] [--heads HEADS] [--z_statistics mean_std median_mad] [-- --tta False]
 
 For every fold (the three of ``bench/train_folds.py`` and the demo tiles with ``--ckpt``): calibration slides are
 built (``tools/sparse_slides.py``) from the tiles that fold's model was trained on (tumour-sparse slides, and
@@ -68,6 +68,8 @@ def fold_results(
         build(root / "test", args.tiles_dir, test_tiles, args.normals_dir, slides=args.slides, seed=2,
               normal_slides=args.test_normal_slides, normals_part="held_out")  # fmt: skip
     common = ["--ckpt_path", str(model), "--z_statistics", statistics, *args.extra]
+    if args.heads:  # the fold's own head (bench/head_folds.py), trained on the fold's training tiles
+        common += ["--score", "head", "--head_path", str(args.heads / fold / "head.pt")]
     cal_out, test_out = root / f"cal_{statistics}", root / f"test_{statistics}"
     bundle_run("calibrate", root / f"calibrate_{statistics}.log", "--dataset_dir", str(root / "cal"),
                "--annotation_dir", str(root / "cal"), "--output_dir", str(cal_out), *common)  # fmt: skip
@@ -99,6 +101,7 @@ def collect(root: Path, fold: str, statistics: str) -> tuple[list[dict], list[di
             "target": calibration.get("operating_point", {}).get("target_false_regions"),
             "lesion_sensitivity": metrics["lesion_detection"]["lesion_sensitivity"],
             "froc": metrics["froc"].get("score"), "pooled_auc": metrics["pooled"]["auc"],
+            "pooled_pr_auc": metrics["pooled"]["pr_auc"],
         })  # fmt: skip
     lesions = pd.read_csv(test_out / "lesions.csv", dtype={"slide": str}).assign(fold=fold)
     return rows, lesions.to_dict("records")
@@ -135,7 +138,8 @@ def paired(rows: list[dict], lesions: list[dict], versus: list[dict], versus_les
     tumour, normal = both[~both["tumour_free"]], both[both["tumour_free"]]
     found = pd.DataFrame(lesions).merge(pd.DataFrame(versus_lesions), on=[*keys, "lesion"], suffixes=("", "_versus"),
                                         validate="one_to_one")  # fmt: skip
-    folds = both.groupby("fold")[["froc", "froc_versus"]].first()
+    by_fold = ["froc", "froc_versus", "pooled_auc", "pooled_auc_versus", "pooled_pr_auc", "pooled_pr_auc_versus"]
+    folds = both.groupby("fold")[by_fold].first()
     print(
         f"\n  paired against --versus ({len(tumour)} tumour, {len(normal)} tumour-free slides, {len(found)} lesions):"
     )
@@ -146,6 +150,8 @@ def paired(rows: list[dict], lesions: list[dict], versus: list[dict], versus_les
         ("false mm², tumour-free slides", normal["false_mm2"], normal["false_mm2_versus"], None),
         ("lesion sensitivity", found["found"], found["found_versus"], slide_keys(found)),
         ("FROC (by fold)", folds["froc"], folds["froc_versus"], None),
+        ("pooled patch AUC (by fold)", folds["pooled_auc"], folds["pooled_auc_versus"], None),
+        ("pooled patch PR-AUC (by fold)", folds["pooled_pr_auc"], folds["pooled_pr_auc_versus"], None),
     ):
         this, other = values.astype(float), versus_values.astype(float)
         print(f"  {name:32} {this.mean():8.3f}    {other.mean():8.3f}    {interval(this - other, groups=groups)}")
@@ -159,6 +165,7 @@ def summarise(rows: list[dict], lesions: list[dict], title: str) -> None:
     print(f"  Dice                            {interval(tumour['dice'])}")
     print(f"  FROC (per fold, mean)           {table.groupby('fold')['froc'].first().mean():.3f}")
     print(f"  pooled patch AUC (per fold, mean) {table.groupby('fold')['pooled_auc'].first().mean():.3f}")
+    print(f"  pooled patch PR-AUC (per fold, mean) {table.groupby('fold')['pooled_pr_auc'].first().mean():.3f}")
     poisson = rate_interval(int(normal["regions"].sum()), len(normal)) if len(normal) else [np.nan] * 2
     target = table["target"].dropna().max()  # the calibrations' target (NaN: calibrated before targets existed)
     met = "met" if normal["regions"].mean() <= target else "MISSED"
@@ -193,6 +200,7 @@ def main() -> None:
     cli.add_argument("--test_normal_slides", type=int, default=6, help="tumour-free test slides per fold")
     cli.add_argument("--z_statistics", nargs="+", default=["mean_std"])
     cli.add_argument("--versus", type=Path, help="the --out of another run on the same slides, for paired differences")
+    cli.add_argument("--heads", type=Path, help="score head with each fold's OUT/<fold>/head.pt of bench/head_folds.py")
     cli.add_argument("extra", nargs="*", help="more bundle settings after --, e.g. -- --tta False")
     args = cli.parse_args()
     folds = [(fold, args.folds / fold / "model.pt" if fold != "demo" else args.ckpt, train_tiles, test_tiles)

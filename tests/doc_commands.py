@@ -34,6 +34,8 @@ class Run:
 
 
 README_TRAIN = "python -m monai.bundle run training --config_file bundle/configs/train.json --dataset_dir DIR"
+HEAD_CONFIGS = "\"['bundle/configs/train.json','bundle/configs/train_head.json']\""
+README_TRAIN_HEAD = f"python -m monai.bundle run train_head --config_file {HEAD_CONFIGS} --dataset_dir DIR"
 CARD_TRAIN = "python -m monai.bundle run training --config_file configs/train.json --dataset_dir DIR"
 RECIPE = "\"['configs/train.json','configs/shipped_recipe.json']\""
 EVALUATE = "\"['bundle/configs/inference.json','bundle/configs/evaluate.json']\""
@@ -119,7 +121,20 @@ COMMANDS: dict[tuple[str, str], Run] = {
         "torchrun --nproc_per_node=N -m monai.bundle run inference --config_file bundle/configs/inference.json "
         "--dataset_dir SLIDES --output_dir OUT",
     ): Run(bind={"N": "2", "SLIDES": "slides", "OUT": "out"}, expect=SUMMARY),
+    ("README.md", README_TRAIN_HEAD): Run(
+        bind={"DIR": "pcam"}, shorten=ONE_EPOCH, expect=("bundle/runs/models/head.pt",)
+    ),
+    (
+        "README.md",
+        "python -m monai.bundle run inference --config_file bundle/configs/inference.json --score head --head_path "
+        "bundle/runs/models/head.pt --dataset_dir SLIDES --output_dir OUT",
+    ): Run(bind={"SLIDES": "slides", "OUT": "head_out"}, after=f"README.md::{README_TRAIN_HEAD}", expect=SUMMARY),
     ("bundle/docs/README.md", CARD_TRAIN): Run(bind={"DIR": "pcam"}, shorten=ONE_EPOCH, expect=CARD_MODEL),
+    (
+        "bundle/docs/README.md",
+        "python -m monai.bundle run train_head --config_file \"['configs/train.json','configs/train_head.json']\" "
+        "--dataset_dir DIR",
+    ): Run(bind={"DIR": "pcam"}, shorten=ONE_EPOCH, expect=("runs/models/head.pt",)),
     (
         "bundle/docs/README.md",
         "torchrun --nproc_per_node=N -m monai.bundle run training --config_file "

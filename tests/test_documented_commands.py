@@ -55,7 +55,8 @@ def fixture_data(tmp_path_factory, tiles_dir) -> dict[str, Path]:
     datalist.write_text(json.dumps([str(s) for s in normal_slides]))
     calibration_tiles, normals = write_calibration_tissue(root, rng)
     outputs = {
-        name: root / name for name in ("out", "cal_out", "test_out", "card_cal_out", "card_test_out", "cal_slides")
+        name: root / name
+        for name in ("out", "head_out", "cal_out", "test_out", "card_cal_out", "card_test_out", "cal_slides")
     }
     return {"slides": slides, "annotated": annotated, "pcam": pcam, "tiles": tiles_dir, "normal_slides": datalist,
             "calibration_tiles": calibration_tiles, "normal_patches": normals, **outputs}  # fmt: skip

@@ -201,6 +201,8 @@ def evaluation_section(evaluated: EvaluatedCohort) -> dict:
     metrics = evaluated.metrics
     froc, area, slide_task = metrics["froc"], metrics["called_area"], metrics["slide_level"]
     at_rates = froc.get("sensitivity_at_thresholds", [None] * len(FROC_FP_RATES))  # None: no lesion to find
+    tumour = evaluated.slides[evaluated.slides["tumour_fraction"] > 0]
+    tumour_iou = float(tumour["iou"].mean()) if len(tumour) else None
     lesion_numbers = {
         "FROC score (mean of the points below)": shown(froc["score"]),
         **{
@@ -216,7 +218,8 @@ def evaluation_section(evaluated: EvaluatedCohort) -> dict:
         "tumour / normal slides": f"{slide_task['n_tumour']} / {slide_task['n_normal']}",
         "pooled patch AUC": shown(metrics["pooled"]["auc"]),
         "pooled patch PR-AUC": shown(metrics["pooled"]["pr_auc"]),
-        "mean IoU": shown(metrics["mean_iou"]),
+        "mean IoU, tumour slides": shown(tumour_iou),
+        "mean IoU, all slides (a tumour-free slide without a call counts 1)": shown(metrics["mean_iou"]),
         "oracle mean IoU (thresholds from each slide's own labels: a bound, not a result)": shown(
             metrics["oracle"]["mean_iou"]
         ),
