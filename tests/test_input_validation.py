@@ -405,7 +405,7 @@ def test_a_score_is_checked_once_where_the_config_chooses_it():
 
     with pytest.raises(ValueError, match="score must be one of"):
         AnomalyScore("psnr", False, 0.0, SlideRarity(5, 4))
-    with pytest.raises(ValueError, match="tta applies to per-patch scores, not 'rarity'"):
+    with pytest.raises(ValueError, match="tta applies to the label-free per-patch scores, not 'rarity'"):
         AnomalyScore("rarity", True, 0.0, SlideRarity(5, 4))
 
 

@@ -38,9 +38,10 @@ def listed(page: str) -> dict[str, str]:
 
 
 def test_the_page_lists_every_slide_escaped_with_its_status_and_thumbnail(tmp_path):
-    (tmp_path / "s1").mkdir()
-    Image.fromarray(np.full((58, 100, 3), 200, np.uint8)).save(tmp_path / "s1" / "heatmap.png")
     odd = 'a<b>&"c'  # a legal file name that HTML must escape
+    for slide in ("s1", odd, "s3"):  # the failed and pending slides' folders hold an earlier run's images
+        (tmp_path / slide).mkdir()
+        Image.fromarray(np.full((58, 100, 3), 200, np.uint8)).save(tmp_path / slide / "heatmap.png")
     table = summary(
         {"slide": "s1", "n_patches": 210, "tumour_mm2": 0.25, "n_regions": 1, "slide_score": 2.5},
         {"slide": odd, "status": "error", "error": "x.tif: not a slide <script>alert(1)</script>"},
@@ -50,7 +51,7 @@ def test_the_page_lists_every_slide_escaped_with_its_status_and_thumbnail(tmp_pa
     page = (tmp_path / "report.html").read_text()
     assert listed(page) == {"s1": "ok", odd: "error", "s3": "pending"}
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert page.count('src="data:image/jpeg;base64,') == 1  # s1's overlay; the failed and pending slides have none
+    assert page.count('src="data:image/jpeg;base64,') == 1  # s1's overlay: not the failed or the pending slide's
     assert 'href="s1/heatmap.png"' in page and 'data-sort="2.5"' in page
     assert re.search(r"<b>1</b> called.*<b>1</b> failed|<b>1</b> failed.*<b>1</b> called", page, re.DOTALL)
     assert "<td>min_slide_score</td><td>off</td>" in page
@@ -153,6 +154,15 @@ def test_evaluate_on_sparse_slides_writes_a_report_with_its_curves(evaluated):
     assert "not evaluated (inference failed): broken" in page
     for slide in ("normal_00", "sparse_00"):  # each thumbnail opens the slide's overlay, which evaluate drew
         assert f'href="{slide}/overlay.png"' in page and (evaluated / slide / "overlay.png").is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_the_browser_reports_what_a_broken_page_prints(tmp_path):
+    """The control for the report's check: a console error and an uncaught exception are both read back."""
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>console.error('boom'); missingFunction();</script></body></html>")
+    console = open_page(page).console
+    assert len(console) == 2 and "boom" in console[0] and "missingFunction is not defined" in console[1]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)

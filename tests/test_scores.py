@@ -131,7 +131,7 @@ def test_rarity_hands_on_the_48px_feature_statistics_and_refuses_tta(tiny_checkp
         features = net.encode(x)[2][1]
     assert descriptors.shape == (4, 2 * features.shape[1])
     assert torch.allclose(descriptors, torch.cat([features.mean((2, 3)), features.std((2, 3))], 1))
-    with pytest.raises(ValueError, match="tta applies to per-patch scores, not 'rarity'"):
+    with pytest.raises(ValueError, match="tta applies to the label-free per-patch scores, not 'rarity'"):
         AnomalyScoreInferer.from_checkpoint("rarity", tiny_checkpoint, tta=True)
 
 

@@ -276,7 +276,7 @@ class SlideInference:
             rows[slide].update(done, seconds=0.0)
         summary_file = self.output_dir / f"summary{self.suffix}.csv"
         if todo:  # a summary describes the slide folders: it goes before any of them changes, and returns at the end
-            for stale in {summary_file, self.output_dir / "summary.csv"}:
+            for stale in {summary_file, self.output_dir / "summary.csv", self.output_dir / REPORT_FILE}:
                 stale.unlink(missing_ok=True)
             self._report(rows)
         writing: tuple[str, Future] | None = None

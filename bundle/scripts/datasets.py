@@ -74,6 +74,7 @@ class PCamPatches(Dataset):
         normals_only: bool = True,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
+        self.normals_only = normals_only
         self.x_paths = []
         index, kept_labels = [], []
         for k, split in enumerate(splits):
@@ -116,7 +117,8 @@ class PCamPatches(Dataset):
         if k not in self._handles:
             self._handles[k] = h5py.File(self.x_paths[k], "r")
         image = np.ascontiguousarray(np.moveaxis(self._handles[k]["x"][row], -1, 0))
-        return {"image": image, "label": int(self.labels[i])}
+        # normals carry no label: they are pooled with sources that have none (a normals_dir folder)
+        return {"image": image} if self.normals_only else {"image": image, "label": int(self.labels[i])}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}, "_pid": -1}

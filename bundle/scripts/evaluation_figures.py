@@ -77,11 +77,12 @@ def save_curves(slides: Sequence[SlideResult], folder: Path) -> None:
 def slide_roc_figure(slide_table: pd.DataFrame, auc: float | None) -> Figure:
     """Task 1's ROC: each slide's score against its label (``slide_score``, ``slide_label`` of the slide table)."""
     figure, axis = _report_axes("slide-level ROC", "false positive rate (normal slides)", "true positive rate")
-    labels, scores = slide_table["slide_label"].to_numpy(), slide_table["slide_score"].to_numpy()
-    if labels.min() == labels.max():
+    scored = slide_table[np.isfinite(slide_table["slide_score"].astype(float))]  # a slide without tissue has none
+    labels, scores = scored["slide_label"].to_numpy(), scored["slide_score"].to_numpy()
+    if len(labels) == 0 or labels.min() == labels.max():
         axis.text(0.5, 0.5, "undefined: the cohort needs tumour and normal slides", ha="center", wrap=True)
     else:
-        fpr, tpr, _ = roc_curve(labels, np.nan_to_num(scores, nan=-np.inf))
+        fpr, tpr, _ = roc_curve(labels, scores)
         axis.plot(fpr, tpr, drawstyle="steps-post", color=CALL_COLOURS["TP"], label=f"AUC {auc:.3f}")
         axis.plot([0, 1], [0, 1], ":", color="grey", label="chance")
         axis.legend(loc="lower right")
@@ -96,7 +97,7 @@ def froc_figure(curve: FrocCurve | None) -> Figure:
     if curve is None:
         axis.text(0.5, 0.5, "no lesion larger than an isolated tumour cell", ha="center", transform=axis.transAxes)
         return figure
-    order = np.argsort(curve.fp_per_slide, kind="stable")
+    order = np.lexsort((curve.sensitivity, curve.fp_per_slide))  # ties in false positives: rising sensitivity
     axis.plot(curve.fp_per_slide[order], curve.sensitivity[order], drawstyle="steps-post", color=CALL_COLOURS["TP"])
     points = curve.sensitivity_at(FROC_FP_RATES)
     axis.plot(FROC_FP_RATES, points, "o", color=CALLED_COLOUR, label=f"challenge points, mean {np.mean(points):.3f}")

@@ -268,14 +268,16 @@ def _loss_is_finite(engine: Engine) -> bool:
     return loss is None or math.isfinite(loss)
 
 
-def raise_if_stopped_on_nan(trainer: Engine, ckpt_dir: str | Path) -> None:
+def raise_if_stopped_on_nan(
+    trainer: Engine, ckpt_dir: str | Path, best_file: str = "model.pt", remedy: str = "--learning_rate or --beta"
+) -> None:
     """After ``trainer.run()``: turn a stop by ignite's ``TerminateOnNan`` into an error with a clear message.
 
-    The checkpoints need no repair: ``model.pt`` is only replaced after a finite, better validation loss.
+    The checkpoints need no repair: ``best_file`` is only replaced after a finite, better validation score.
     """
     if not _loss_is_finite(trainer):
         raise RuntimeError(
             f"training stopped: the loss became {_last_loss(trainer)} at epoch {trainer.state.epoch}, "
-            f"iteration {trainer.state.iteration}; {Path(ckpt_dir) / 'model.pt'} still holds the best finite model. "
-            "Lower --learning_rate or --beta, or check the data for blank patches."
+            f"iteration {trainer.state.iteration}; {Path(ckpt_dir) / best_file} still holds the best finite model. "
+            f"Lower {remedy}, or check the data for blank patches."
         )

@@ -17,6 +17,7 @@ from torch import nn
 from .model_files import checkpoint_digest, load_checkpoint_file, weights_digest
 
 HEAD_FILE = "head.pt"
+HEAD_METRICS = ("val_pr_auc", "val_auc")  # train_head's validation metrics, higher is better
 
 
 class LatentHead(nn.Module):
@@ -59,7 +60,8 @@ class FrozenEncoderHead(nn.Module):
 
 class HeadProvenance:
     """What ``head.pt`` records beside the weights, as a checkpointable object: the digest of the encoder weights in
-    ``ckpt_path``, the head's widths and what it was ``trained_on``."""
+    ``ckpt_path``, the head's widths and what it was ``trained_on``. Restored on ``--resume``, it refuses a run
+    whose encoder or data differ from the interrupted one's: its head and best score belong to those."""
 
     def __init__(self, ckpt_path: str | Path, head: LatentHead, trained_on: dict[str, Any]) -> None:
         self.record = {
@@ -71,24 +73,44 @@ class HeadProvenance:
         return dict(self.record)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.record = dict(state)
+        changed = sorted(key for key in self.record if state.get(key) != self.record[key])
+        if changed:
+            raise ValueError(
+                f"the interrupted head was trained with another {' and '.join(changed)} (head_last.pt); resume with "
+                "the same --ckpt_path, data and head settings, or start anew with --overwrite True."
+            )
+
+
+def require_head_metric(select_metric: str) -> None:
+    """The head is kept by a metric that rises as it improves (``AtomicCheckpointer(higher_is_better=True)``)."""
+    if select_metric not in HEAD_METRICS:
+        raise ValueError(f"--select_metric for train_head must be one of {list(HEAD_METRICS)}, got {select_metric!r}.")
+
+
+def head_file(head_path: str | Path | None) -> dict[str, Any]:
+    """The content of a ``head.pt`` that ``train_head`` wrote, each way it can be wrong a one-line error."""
+    if not head_path:
+        raise ValueError("--score head needs --head_path FILE: the head.pt that run train_head wrote.")
+    path = Path(head_path)
+    if path.is_dir():
+        raise IsADirectoryError(f"head_path {path} is a folder; give the head.pt file in it.")
+    if not path.is_file():
+        raise FileNotFoundError(f"head_path {path} not found: run train_head first and pass the head.pt it wrote.")
+    content = load_checkpoint_file(path, "head_path")
+    if not isinstance(content, dict) or not {"head", "provenance"} <= set(content):
+        raise ValueError(f"head_path {path} is not a head.pt written by train_head (no head and provenance).")
+    return content
 
 
 def read_head(head_path: str | Path | None, ckpt_path: str | Path) -> LatentHead:
-    """The head in ``head_path`` (written by ``train_head``), in eval mode, checked to belong to ``ckpt_path``'s
-    encoder."""
-    if not head_path:
-        raise ValueError("--score head needs --head_path FILE: the head.pt that run train_head wrote.")
-    if not Path(head_path).is_file():
-        raise FileNotFoundError(f"head_path {head_path} not found: run train_head first and pass the head.pt it wrote.")
-    content = load_checkpoint_file(Path(head_path), "head_path")
-    if not isinstance(content, dict) or not {"head", "provenance"} <= set(content):
-        raise ValueError(f"head_path {head_path} is not a head.pt written by train_head (no head/provenance).")
+    """The head in ``head_path``, in eval mode, checked to belong to ``ckpt_path``'s encoder."""
+    content = head_file(head_path)
     record = content["provenance"]
-    if record["encoder"] != checkpoint_digest(ckpt_path):
+    if record.get("encoder") != checkpoint_digest(ckpt_path):
         raise ValueError(
-            f"head_path {head_path} was trained on the encoder of other weights (digest {record['encoder'][:12]}), "
-            f"not {ckpt_path}; train a head for these weights (run train_head --ckpt_path {ckpt_path})."
+            f"head_path {head_path} was trained on the encoder of other weights (digest "
+            f"{str(record.get('encoder'))[:12]}), not {ckpt_path}; train a head for these weights (run train_head "
+            f"--ckpt_path {ckpt_path})."
         )
     head = LatentHead(record["in_features"], record["hidden"])
     head.load_state_dict(content["head"])
@@ -97,4 +119,4 @@ def read_head(head_path: str | Path | None, ckpt_path: str | Path) -> LatentHead
 
 def head_digest(head_path: str | Path) -> str:
     """What a calibration and a finished slide record of the head: its weights' digest."""
-    return weights_digest(load_checkpoint_file(Path(head_path), "head_path")["head"])
+    return weights_digest(head_file(head_path)["head"])

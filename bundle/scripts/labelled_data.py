@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 LABELLED_SOURCES = ("pcam", "tiles", "folders")
 CLASS_FOLDERS = {"normal": 0, "tumour": 1}  # data_source 'folders': the subfolder of each class
+ONE_CLASS_REMEDY = {
+    "pcam": "use the official files, whose train and valid splits hold both",
+    "tiles": "add tiles with tumour, or change --seed or --val_fraction (tiles are split by tile)",
+    "folders": "add patches of the missing class (each class is split by --val_fraction)",
+}
 
 
 def crop_labels(tumour: np.ndarray, corners: np.ndarray, patch_size: int, rule: str, min_fraction: float) -> np.ndarray:
@@ -152,7 +157,7 @@ def labelled_splits(
             raise ValueError(
                 f"{dataset_dir}: the {name} split holds {'no patch' if not len(labels) else 'one class only'} "
                 f"({int(labels.sum())} tumour of {len(labels)}); a head needs tumour and normal patches in both "
-                "splits (more tiles with tumour, or another --seed / --val_fraction)."
+                f"splits: {ONE_CLASS_REMEDY[data_source]}."
             )
     return splits
 

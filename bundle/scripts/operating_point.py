@@ -194,7 +194,7 @@ def choose_operating_point(
 
 def shown(value: float | None) -> str:
     """A measure in a log line: three decimals, or '-' for what the slides cannot tell."""
-    return "-" if value is None else f"{value:.3f}"
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def stated(point: dict, target: float | None = None) -> str:

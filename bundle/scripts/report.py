@@ -84,8 +84,8 @@ def cell(value: object) -> tuple[str, object]:
         return ("yes" if value else "no"), int(value)
     if isinstance(value, int | np.integer):
         return str(int(value)), int(value)
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}", float(value)
+    if isinstance(value, float | np.floating):  # a count in a column with missing values is a float too
+        return (f"{int(value)}" if float(value).is_integer() else f"{float(value):.4g}"), float(value)
     return str(value), str(value)
 
 
@@ -121,30 +121,36 @@ class CohortReport:
         self._render(summary.join(by_slide, on="slide"), settings, evaluated, name)
 
     def _render(self, table: pd.DataFrame, settings: dict, evaluated: EvaluatedCohort | None, name: str) -> None:
+        """Render and write the page; whatever goes wrong is logged once and costs the run nothing else."""
         start = time.perf_counter()
-        columns = {**SLIDE_COLUMNS, **(EVALUATED_COLUMNS if evaluated is not None else {})}
-        page = self.template.render(
-            title=f"Skip96 report: {self.output_dir.resolve().name}",
-            written=time.strftime("%Y-%m-%d %H:%M:%S"),
-            counts=cohort_counts(table),
-            decision={key: cell(settings[key])[0] or "off" for key in DECISION_SETTINGS if key in settings},
-            columns=columns,
-            rows=[self._row(row, columns) for row in table.to_dict("records")],
-            evaluation=evaluation_section(evaluated) if evaluated is not None else None,
-        )
         try:
+            columns = {**SLIDE_COLUMNS, **(EVALUATED_COLUMNS if evaluated is not None else {})}
+            page = self.template.render(
+                title=f"Skip96 report: {self.output_dir.resolve().name}",
+                written=time.strftime("%Y-%m-%d %H:%M:%S"),
+                counts=cohort_counts(table),
+                decision={key: cell(settings[key])[0] or "off" for key in DECISION_SETTINGS if key in settings},
+                columns=columns,
+                rows=[self._row(row, columns) for row in table.to_dict("records")],
+                evaluation=evaluation_section(evaluated) if evaluated is not None else None,
+            )
             with atomic_path(self.output_dir / name) as tmp:
                 tmp.write_text(page, encoding="utf-8")
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001  (the page is a view of the results, never a reason to lose them)
             if not self._failed:
-                logger.warning("cannot write %s: %s", self.output_dir / name, write_failure(error))
+                reason = write_failure(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+                logger.warning("cannot write %s: %s", self.output_dir / name, reason)
+                logger.debug("report failure", exc_info=error)
             self._failed = True
             return
         logger.debug("%s written in %.2f s", self.output_dir / name, time.perf_counter() - start)
 
     def _row(self, row: dict, columns: dict[str, str]) -> dict:
+        """A slide's row; its thumbnail only once it is scored (a failed or pending slide's folder holds an earlier
+        run's images, or is none of its own)."""
         folder = self.output_dir / str(row["slide"])
-        image = next((folder / f for f in ("overlay.png", "heatmap.png") if (folder / f).is_file()), None)
+        images = ("overlay.png", "heatmap.png") if row["status"] == "ok" else ()
+        image = next((folder / f for f in images if (folder / f).is_file()), None)
         return {
             "cells": [cell(row.get(key)) for key in columns],
             "status": row["status"],

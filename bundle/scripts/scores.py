@@ -17,7 +17,8 @@ from .model_files import read_normal_stats
 from .settings import DECISION_RANGES, require_number
 from .transforms import ChannelStats
 
-SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio", "head")  # each patch on its own
+SCORES = ("l1", "mse", "ssim", "latent", "l1_ratio", "bottleneck_ratio")  # each patch on its own, label-free
+LABELLED_SCORES = ("head",)  # a supervised head's, trained with labels (``train_head``)
 SLIDE_RELATIVE_SCORES = ("rarity",)  # each patch against the rest of its slide (``SlideRarity``)
 COMPLEXITY_FACTOR = 4
 RARITY_LEVEL = 1  # the encoder level whose feature statistics ``rarity`` compares (48 px for 96-px patches)
@@ -57,10 +58,11 @@ def minor_component_precision(precision: torch.Tensor, ignored_variance: float) 
 
 def check_score(score: str, tta: bool) -> None:
     """Refuse an unknown score, and ``tta`` for a score that is made per slide rather than per patch."""
-    if score not in SCORES + SLIDE_RELATIVE_SCORES:
-        raise ValueError(f"score must be one of {list(SCORES + SLIDE_RELATIVE_SCORES)}, got {score!r}.")
-    if score in SLIDE_RELATIVE_SCORES and tta:
-        raise ValueError(f"tta applies to per-patch scores, not {score!r}; pass --tta False.")
+    known = SCORES + SLIDE_RELATIVE_SCORES + LABELLED_SCORES
+    if score not in known:
+        raise ValueError(f"score must be one of {list(known)}, got {score!r}.")
+    if score not in SCORES and tta:  # tta averages squares: distances only, not per-slide descriptors or log-odds
+        raise ValueError(f"tta applies to the label-free per-patch scores, not {score!r}; pass --tta False.")
 
 
 def normal_score_floor(ckpt_path: str | Path, score: str, normal_quantile: float) -> float:
