@@ -496,6 +496,7 @@ def test_an_empty_slide_folder_is_named(tmp_path):
         (["inference.json", "evaluate.json"], ("--annotation_dir", "--tumour_free_slides", "--ckpt_path")),
         (["train.json"], ("--max_epochs", "--data_source", "--exclude", "--learning_rate")),
         (["train.json", "multi_gpu_train.json"], ("--max_epochs", "--seed")),
+        (["train.json", "train_head.json"], ("--head_hidden", "--class_balance", "--label_rule", "--ckpt_path")),
     ],
 )
 def test_help_describes_every_setting_by_stage_with_its_default(configs, listed, capsys):

@@ -162,7 +162,7 @@ def labelled_splits(
     return splits
 
 
-def positive_weight(dataset: Dataset, class_balance: str) -> torch.Tensor | None:
+def positive_weight(dataset: Dataset, class_balance: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The BCE loss's weight of tumour patches: ``pos_weight`` (normal / tumour patches, so both classes weigh alike
     in the loss, whatever the share of tumour) or ``none`` (None: every patch alike)."""
     if class_balance == "none":
@@ -170,4 +170,4 @@ def positive_weight(dataset: Dataset, class_balance: str) -> torch.Tensor | None
     if class_balance != "pos_weight":
         raise ValueError(f"class_balance must be 'pos_weight' or 'none', got {class_balance!r}.")
     labels = labels_of(dataset)
-    return torch.tensor([(len(labels) - labels.sum()) / max(labels.sum(), 1)], dtype=torch.float32)
+    return torch.tensor([(len(labels) - labels.sum()) / max(labels.sum(), 1)], dtype=torch.float32, device=device)
