@@ -57,7 +57,7 @@ def minor_component_precision(precision: torch.Tensor, ignored_variance: float) 
 
 
 def check_score(score: str, tta: bool) -> None:
-    """Refuse an unknown score, and ``tta`` for a score that is made per slide rather than per patch."""
+    """Refuse an unknown score, and ``tta`` for any but the label-free per-patch scores."""
     known = SCORES + SLIDE_RELATIVE_SCORES + LABELLED_SCORES
     if score not in known:
         raise ValueError(f"score must be one of {list(known)}, got {score!r}.")
