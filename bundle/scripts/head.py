@@ -21,8 +21,8 @@ HEAD_METRICS = ("val_pr_auc", "val_auc")  # train_head's validation metrics, hig
 
 
 class LatentHead(nn.Module):
-    """Latent mean (flattened) -> ``hidden`` units -> one logit: ~100k parameters at the shipped widths (288 latent
-    values, 320 hidden units)."""
+    """Latent mean (flattened) -> ``hidden`` units -> one logit: 92,801 parameters at the shipped widths (288 latent
+    values, 320 hidden units), the write-up's "about 100k"."""
 
     def __init__(self, in_features: int, hidden: int = 320, dropout: float = 0.2) -> None:
         super().__init__()
